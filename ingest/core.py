@@ -1,0 +1,269 @@
+"""Ingest plumbing shared by the FHIR, DICOM and VCF readers.
+
+A reader is a function ``read(path: Path, ctx: FileContext) -> None``. It calls
+
+* ``ctx.emit(table, row)`` (a dict) or ``ctx.emit_columns(table, {col: list})`` for accepted rows,
+* ``ctx.record()`` once for every input record it reads (a resource, an image, a VCF line),
+* ``ctx.ignore(kind)`` for a valid record of a type raretarget does not store,
+* ``ctx.quarantine(record, reason, raw)`` for a bad one (then goes on with the next record).
+
+So for each file ``records == accepted + ignored + quarantined`` and nothing is dropped silently.
+A reader that raises is caught by the runner: the exception becomes one quarantine entry for the
+rest of the file (what was emitted before it is kept).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from raretarget.pseudo import Pseudonymizer
+
+#: cap on raw bytes kept per quarantined record (on the secure side)
+MAX_RAW = 65536
+
+
+@dataclass
+class QuarantineItem:
+    file: str        # real path (in memory and on the secure side only)
+    file_ref: str    # pseudonymous file reference (what the store and printed summaries show)
+    record: str      # locator inside the file
+    reason: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.file_ref} [{self.record}]: {self.reason}"
+
+
+class BatchState:
+    """What the files of one batch share: buffers, link records, cross-file lookups."""
+
+    def __init__(self, pseudo: Pseudonymizer, resources: "Resources", known_phi: Callable[[str], Any]):
+        self.pseudo = pseudo
+        self.res = resources
+        self.rows: dict[str, dict[str, list]] = defaultdict(dict)
+        self.nrows: Counter = Counter()
+        self.quarantine: list[QuarantineItem] = []
+        self.raw: list[str] = []
+        self.files: list[tuple[str, str, str, str]] = []     # file_ref, path, sha256, kind
+        self.phi_terms: dict[str, list[str]] = {}           # patient_id -> identifying strings (secure side)
+        self.alias: dict[str, str] = {}                     # alias_key(MRN/PatientID/...) -> patient_id
+        self.study_patient: dict[str, str] = {}             # pseudonymous study UID -> patient_id
+        self._known_phi = known_phi
+        self.ledger: list[dict] = []
+
+    def phi_for(self, patient_id: str):
+        """Compiled scrub pattern of a patient's identifiers (this batch first, then earlier batches)."""
+        from .deid import compile_terms
+
+        terms = self.phi_terms.get(patient_id)
+        if terms is None:
+            terms = self._known_phi(patient_id) or []
+        return compile_terms(terms)
+
+
+class FileContext:
+    """Per-file view of the batch: counts records and stamps provenance."""
+
+    def __init__(self, batch: BatchState, path: Path, file_ref: str, kind: str):
+        self.batch = batch
+        self.path = path
+        self.file_ref = file_ref
+        self.kind = kind
+        self.pseudo = batch.pseudo
+        self.res = batch.res
+        self.records = 0
+        self.ignored: Counter = Counter()
+        self.quarantined = 0
+        self.accepted_rows: Counter = Counter()
+
+    # provenance ---------------------------------------------------------------------------------
+    def ref(self, locator: str) -> str:
+        """Pseudonymous source reference ``<kind>:<file_ref>/<locator>`` (locator must be pseudonymous)."""
+        return f"{self.kind}:{self.file_ref}/{locator}"
+
+    # accounting ---------------------------------------------------------------------------------
+    def record(self, n: int = 1) -> None:
+        self.records += n
+
+    def ignore(self, what: str, n: int = 1) -> None:
+        self.ignored[what] += n
+
+    def quarantine(self, record: str, reason: str, raw: str | bytes | None = None) -> None:
+        from .deid import scrub_text
+
+        self.quarantined += 1
+        reason = scrub_text(reason)   # reasons may quote values; the raw record goes to the secure side only
+        if isinstance(raw, bytes):
+            raw = raw[:MAX_RAW].decode("utf-8", "replace")
+        self.batch.quarantine.append(QuarantineItem(str(self.path), self.file_ref, record, reason, self.kind))
+        self.batch.raw.append((raw or "")[:MAX_RAW])
+
+    def emit(self, table: str, row: dict) -> None:
+        b = self.batch
+        cols = b.rows[table]
+        n = b.nrows[table]
+        for k, v in row.items():
+            col = cols.get(k)
+            if col is None:                      # column first seen now: pad earlier rows
+                col = cols[k] = [None] * n
+            col.append(v)
+        b.nrows[table] = n + 1
+        if len(row) != len(cols):
+            for col in cols.values():
+                if len(col) == n:
+                    col.append(None)
+        self.accepted_rows[table] += 1
+
+    def emit_columns(self, table: str, columns: dict[str, list]) -> None:
+        b = self.batch
+        cols = b.rows[table]
+        n0 = b.nrows[table]
+        n = len(next(iter(columns.values()))) if columns else 0
+        for k, v in columns.items():
+            if len(v) != n:
+                raise ValueError(f"emit_columns({table}): column {k} has {len(v)} values, expected {n}")
+            col = cols.get(k)
+            if col is None:
+                col = cols[k] = [None] * n0
+            col.extend(v)
+        b.nrows[table] = n0 + n
+        for col in cols.values():
+            if len(col) == n0:
+                col.extend([None] * n)
+        self.accepted_rows[table] += n
+
+
+class Resources:
+    """Lazily loaded reference data (unit table, gene table, HPO maps), one per Engine."""
+
+    def __init__(self):
+        self._units = None
+        self._genes = None
+        self._pheno = None
+
+    @property
+    def units(self):
+        if self._units is None:
+            from .units import UnitNormalizer
+            self._units = UnitNormalizer()
+        return self._units
+
+    @property
+    def genes(self):
+        if self._genes is None:
+            from .genes import GeneNormalizer
+            self._genes = GeneNormalizer()
+        return self._genes
+
+    @property
+    def phenotypes(self):
+        if self._pheno is None:
+            from .phenotypes import PhenotypeMapper
+            self._pheno = PhenotypeMapper()
+        return self._pheno
+
+
+# ---- input discovery ---------------------------------------------------------------------------
+
+@dataclass(order=True)
+class InputFile:
+    order: int
+    path: Path = field(compare=True)
+    kind: str = field(compare=False, default="unknown")   # fhir|dicom|vcf|unknown
+    note: str = field(compare=False, default="")
+
+
+def open_text(path: Path):
+    """Open a text file, transparently gunzipping; UTF-8 strictly (bad bytes raise)."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
+    return open(path, "r", encoding="utf-8", errors="strict")
+
+
+def _peek(path: Path, n: int = 512) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(max(n, 132))
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as g:
+                return g.read(n)
+        except (OSError, EOFError):
+            return b""
+    return head
+
+
+_SKIP_SUFFIXES = (".tbi", ".csi", ".md", ".txt", ".gitkeep")
+
+
+def classify(path: Path) -> str:
+    name = path.name.lower()
+    for suf in (".gz", ".bgz"):
+        if name.endswith(suf):
+            name = name[: -len(suf)]
+    if name.endswith((".vcf", ".bcf")):
+        return "vcf"
+    if name.endswith((".ndjson", ".json", ".jsonl")):
+        return "fhir"
+    if name.endswith((".dcm", ".dicom")) or path.name.upper() == "DICOMDIR":
+        return "dicom"
+    head = _peek(path)
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"##fileformat=VCF") or head.startswith(b"BCF"):
+        return "vcf"
+    if head.lstrip()[:1] == b"{":
+        return "fhir"
+    return "unknown"
+
+
+def _fhir_order(path: Path) -> int:
+    # Patients first so notes in later files can be scrubbed of their names; Bundles carry their own.
+    n = path.name
+    return 0 if n.startswith("Patient") else 1
+
+
+def discover(paths, skip: Callable[[Path], bool] | None = None) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """Expand files/folders into ordered inputs: FHIR (Patient files first), then DICOM, then VCF.
+
+    Returns (inputs, skipped) where skipped lists (path, reason) for index/sidecar files that are
+    not input records themselves (``.tbi``, ``.csi``, README files, hidden files).
+    """
+    out: list[InputFile] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    rank = {"fhir": 0, "dicom": 2, "vcf": 3, "unknown": 4}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise FileNotFoundError(f"input path does not exist: {p}")
+        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+        for f in files:
+            rp = f.resolve()
+            if rp in seen:
+                continue
+            seen.add(rp)
+            rel = f.relative_to(p) if p.is_dir() else Path(f.name)
+            if any(part.startswith(".") for part in rel.parts) or f.name.lower().endswith(_SKIP_SUFFIXES) \
+                    or f.name.upper().startswith(("LICENSE", "README", "SOURCES", "COPYRIGHT")):
+                skipped.append((str(f), "sidecar/index/hidden file, not an input record"))
+                continue
+            kind = classify(f)
+            order = rank[kind] * 10 + (_fhir_order(f) if kind == "fhir" else 0)
+            out.append(InputFile(order, f, kind))
+    out.sort()
+    return out, skipped
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""raretarget.prioritize: see the README's roadmap; filled in by later stages."""

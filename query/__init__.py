@@ -1,0 +1,1 @@
+"""raretarget.query: see the README's roadmap; filled in by later stages."""
