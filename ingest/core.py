@@ -51,10 +51,28 @@ class BatchState:
         self.raw: list[str] = []
         self.files: list[tuple[str, str, str, str]] = []     # file_ref, path, sha256, kind
         self.phi_terms: dict[str, list[str]] = {}           # patient_id -> identifying strings (secure side)
-        self.alias: dict[str, str] = {}                     # alias_key(MRN/PatientID/...) -> patient_id
+        self.alias: dict[str, str] = {}                     # identifier value (MRN, ...) -> patient_id (this batch)
+        self.known_alias: dict[str, str] = {}               # same, from earlier batches (link folder)
         self.study_patient: dict[str, str] = {}             # pseudonymous study UID -> patient_id
         self._known_phi = known_phi
         self.ledger: list[dict] = []
+
+    def add_alias(self, value: str, patient_id: str) -> None:
+        """Register a secondary identifier (MRN, DICOM PatientID, VCF sample name) of a patient."""
+        if value and value.strip():
+            self.alias[value.strip()] = patient_id
+
+    def patient_for_identifier(self, value: str | None) -> str | None:
+        """Patient pseudonym for an identifier met in DICOM ``PatientID`` or a VCF sample name.
+
+        A value registered as an identifier of a FHIR Patient (``Patient.identifier``: MRN ...) links
+        to that patient; anything else is taken as the patient id itself and pseudonymised, so the
+        same raw id in FHIR, DICOM and VCF gives the same ``patient_id``.
+        """
+        if value is None or not str(value).strip():
+            return None
+        v = str(value).strip()
+        return self.alias.get(v) or self.known_alias.get(v) or self.pseudo.patient(v)
 
     def phi_for(self, patient_id: str):
         """Compiled scrub pattern of a patient's identifiers (this batch first, then earlier batches)."""

@@ -65,6 +65,7 @@ class Engine:
 
         self.resources = Resources()
         self._phi_cache: dict[str, list[str]] | None = None
+        self._alias_cache: dict[str, str] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, create: bool = False, links: str | os.PathLike | None = None) -> "Engine":
@@ -124,6 +125,7 @@ class Engine:
         pseudo = self.pseudo
         batch = BatchState(pseudo, self.resources, self._known_phi)
         batch.study_patient.update(self._known_studies())
+        batch.known_alias = self._known_alias()
         batch_id = "b" + hashlib.blake2b("|".join(f for _, _, f in files).encode(), digest_size=8).hexdigest()
         ledger = []
         for inp, digest, fref in files:
@@ -167,7 +169,7 @@ class Engine:
             "ignored": [x[4] for x in ledger], "quarantined": [x[5] for x in ledger]})
         report.quarantine.extend(q)
 
-        ids = pseudo.drain()
+        ids = pseudo.drain() + [(pid, value, "alias") for value, pid in batch.alias.items()]
         links = {
             "ids": pa.table({"pseudo": [i[0] for i in ids], "original": [i[1] for i in ids], "kind": [i[2] for i in ids]},
                             schema=S.LINK_TABLES["ids"]),
@@ -183,6 +185,8 @@ class Engine:
         self.store.commit(batch_id, tables, links)
         if self._phi_cache is not None:
             self._phi_cache.update(batch.phi_terms)
+        if self._alias_cache is not None:
+            self._alias_cache.update(batch.alias)
         self._id_cache = getattr(self, "_id_cache", {})
         for name, t in tables.items():
             if name in self._id_cache:
@@ -213,6 +217,13 @@ class Engine:
             t = self.store.read_links("phi")
             self._phi_cache = dict(zip(t.column("patient_id").to_pylist(), t.column("terms").to_pylist()))
         return self._phi_cache.get(patient_id)
+
+    def _known_alias(self) -> dict[str, str]:
+        if self._alias_cache is None:
+            t = self.store.read_links("ids")
+            self._alias_cache = {o: p for p, o, k in zip(t.column("pseudo").to_pylist(), t.column("original").to_pylist(),
+                                                          t.column("kind").to_pylist()) if k == "alias"}
+        return self._alias_cache
 
     def _known_studies(self) -> dict[str, str]:
         t = self.store.read("imaging_studies", ["study_uid", "patient_id"])
