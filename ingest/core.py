@@ -55,7 +55,7 @@ class BatchState:
         self.known_alias: dict[str, str] = {}               # same, from earlier batches (link folder)
         self.study_patient: dict[str, str] = {}             # pseudonymous study UID -> patient_id
         self._known_phi = known_phi
-        self.ledger: list[dict] = []
+        self.options: dict[str, Any] = {}
 
     def add_alias(self, value: str, patient_id: str) -> None:
         """Register a secondary identifier (MRN, DICOM PatientID, VCF sample name) of a patient."""

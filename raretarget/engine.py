@@ -81,13 +81,19 @@ class Engine:
 
     # ---- ingest ----------------------------------------------------------------------------------
     def ingest(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_files: int = 64,
-               batch_records: int = 200_000, progress: bool | Callable[[int, int], None] = False) -> IngestReport:
+               batch_records: int = 200_000, fhir_validate: str = "none",
+               progress: bool | Callable[[int, int], None] = False) -> IngestReport:
         """Ingest files or folders (FHIR Bundles/NDJSON, DICOM, VCF/BCF, any mix; gzip ok).
 
         Files are committed in batches (``batch_files`` files or about ``batch_records`` records),
         each batch atomically. A file whose content was already ingested is skipped, so re-running
         after a crash completes the store without duplicates. Bad records are quarantined, never fatal.
+        ``fhir_validate="full"`` also validates each stored FHIR resource with the fhir.resources R4B
+        models (about 10x slower; failures are quarantined).
         """
+        if fhir_validate not in ("none", "full"):
+            raise ValueError("fhir_validate must be 'none' or 'full'")
+        self._options = {"fhir_validate": fhir_validate}
         from raretarget.ingest.core import discover, sha256_file
 
         if isinstance(paths, (str, os.PathLike)):
@@ -126,6 +132,7 @@ class Engine:
         batch = BatchState(pseudo, self.resources, self._known_phi)
         batch.study_patient.update(self._known_studies())
         batch.known_alias = self._known_alias()
+        batch.options = dict(getattr(self, "_options", {}))
         batch_id = "b" + hashlib.blake2b("|".join(f for _, _, f in files).encode(), digest_size=8).hexdigest()
         ledger = []
         for inp, digest, fref in files:
@@ -234,8 +241,9 @@ class Engine:
         """Run DuckDB SQL over the store's committed Parquet; one view per table. Returns a pyarrow Table."""
         con = self.store.duckdb()
         try:
-            rel = con.execute(query, params) if params is not None else con.execute(query)
-            return rel.fetch_arrow_table()
+            # con.sql(...).to_arrow_table() works on duckdb 1.x and 2.x (2.x dropped fetch_arrow_table)
+            rel = con.sql(query, params=params) if params is not None else con.sql(query)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
         finally:
             con.close()
 
