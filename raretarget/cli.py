@@ -1,0 +1,177 @@
+"""Command line: ``raretarget ingest|sql|status|quarantine|demo``.
+
+Printed output never contains source file names or identifiers: quarantined records are shown by
+pseudonymous file reference (``--show-paths`` resolves them from the link folder, for the data owner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _print_table(con, table, title: str | None = None, limit: int = 50) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        t.add_column(name)
+    for row in table.slice(0, limit).to_pylist():
+        t.add_row(*[_fmt(v) for v in row.values()])
+    con.print(t)
+    if table.num_rows > limit:
+        con.print(f"... {table.num_rows - limit} more row(s)")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v) if v is not None else ""
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def cmd_ingest(args) -> int:
+    from . import Engine
+
+    con = _console()
+    eng = Engine.open(args.store, create=True, links=args.links)
+    t0 = time.perf_counter()
+    rep = eng.ingest(args.paths, progress=not args.quiet, fhir_validate=args.fhir_validate)
+    dt = time.perf_counter() - t0
+    con.print(f"[bold]ingest[/bold] {rep.summary()} in {dt:.1f}s")
+    if rep.quarantine:
+        q = eng.quarantine(reveal=args.show_paths)
+        shown = q.slice(q.num_rows - rep.quarantined) if q.num_rows >= rep.quarantined else q
+        _print_table(con, shown.drop_columns(["record_id", "batch_id"]), title="quarantined (this run)", limit=20)
+        con.print(f"raw records of quarantined inputs are kept on the secure side: {eng.store.links / 'quarantine'}")
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from . import Engine
+
+    eng = Engine.open(args.store, links=args.links)
+    res = eng.sql(args.query)
+    if args.format == "json":
+        print(json.dumps(res.to_pylist(), default=str))
+    elif args.format == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(res, sys.stdout.buffer)
+    else:
+        _print_table(_console(), res, limit=args.limit)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from . import Engine
+
+    eng = Engine.open(args.store, links=args.links)
+    print(json.dumps(eng.status(), indent=1))
+    return 0
+
+
+def cmd_quarantine(args) -> int:
+    from . import Engine
+
+    eng = Engine.open(args.store, links=args.links)
+    q = eng.quarantine(reveal=args.show_paths)
+    _print_table(_console(), q.drop_columns(["record_id"]), title=f"quarantine ({q.num_rows})", limit=args.limit)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Generate a small cohort, ingest it, and show what the store holds."""
+    from . import Engine
+    from .cohort import generate
+
+    con = _console()
+    out = Path(args.out)
+    cohort_dir = out.with_name(out.name + ".cohort")
+    con.rule("[bold]raretarget demo")
+    t0 = time.perf_counter()
+    generate(n_patients=args.patients, seed=args.seed, out=cohort_dir)
+    con.print(f"1. generated a cohort of {args.patients} patients (FHIR + DICOM + VCF) in {cohort_dir} "
+              f"({time.perf_counter() - t0:.1f}s)")
+    eng = Engine.open(out, create=True)
+    t0 = time.perf_counter()
+    rep = eng.ingest([cohort_dir / "fhir", cohort_dir / "dicom", cohort_dir / "vcf"], progress=True)
+    con.print(f"2. ingest: {rep.summary()} ({time.perf_counter() - t0:.1f}s)")
+    st = eng.status()
+    con.print("3. store status:", json.dumps(st["tables"]), f"quarantined={st['quarantined']}")
+    _print_table(con, eng.sql(
+        "select hpo_id, any_value(display) as phenotype, count(distinct patient_id) as patients "
+        "from conditions where hpo_id is not null group by hpo_id order by patients desc limit 8"),
+        title="top phenotypes (HPO) across patients")
+    _print_table(con, eng.sql(
+        "select gene, count(distinct patient_id) as carriers, "
+        "count(*) filter (where clinvar like '%pathogenic%' and clinvar not like '%conflicting%') as plp "
+        "from variants group by gene order by plp desc, carriers desc limit 8"),
+        title="genes with (likely) pathogenic variants")
+    _print_table(con, eng.sql(
+        "select loinc, any_value(display) as lab, unit, count(*) as n, "
+        "count(distinct original_unit) as units_seen, round(avg(value), 2) as mean from observations "
+        "where unit_status in ('canonical', 'converted') group by loinc, unit order by units_seen desc, n desc limit 8"),
+        title="labs in canonical UCUM units")
+    con.print("Later stages (train → index → query → ranked targets) are not built yet; see the README roadmap.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="raretarget", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp):
+        sp.add_argument("store", help="store folder")
+        sp.add_argument("--links", default=None, help="secure link folder (default: <store>.links)")
+
+    sp = sub.add_parser("ingest", help="ingest FHIR/DICOM/VCF files or folders into a store")
+    common(sp)
+    sp.add_argument("paths", nargs="+")
+    sp.add_argument("--fhir-validate", choices=["none", "full"], default="none")
+    sp.add_argument("--show-paths", action="store_true", help="print real file paths of quarantined inputs")
+    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("sql", help="run DuckDB SQL over the store")
+    common(sp)
+    sp.add_argument("query")
+    sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.set_defaults(func=cmd_sql)
+
+    sp = sub.add_parser("status", help="row counts, quarantine, embeddings, index")
+    common(sp)
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("quarantine", help="list quarantined records and reasons")
+    common(sp)
+    sp.add_argument("--show-paths", action="store_true")
+    sp.add_argument("--limit", type=int, default=100)
+    sp.set_defaults(func=cmd_quarantine)
+
+    sp = sub.add_parser("demo", help="generate a cohort, ingest it, show the store")
+    sp.add_argument("--out", default="demo_store")
+    sp.add_argument("--patients", type=int, default=50)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_demo)
+
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"raretarget: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
