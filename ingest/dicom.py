@@ -51,6 +51,11 @@ def read_dicom(path: Path, ctx) -> None:
 
 
 def _read(path: Path, ctx) -> None:
+    hit = _cache(ctx).get(ctx.file_ref)
+    if hit is not None:              # same content already read through a DICOMDIR
+        ctx.record()
+        _emit(hit, ctx, ctx.file_ref)
+        return
     try:
         ds = _open(path)
     except _NotDicom as e:
@@ -99,6 +104,8 @@ def _open(path: Path):
             if forced:
                 raise _NotDicom("no DICM preamble and the forced parse ran past the end of the file")
             raise _Truncated("the file ends inside a data element")
+    if not forced:
+        _check_complete(ds, path)
     if forced:
         try:
             ok = bool(ds.get("SOPInstanceUID") or ds.get("SOPClassUID") or ds.get("DirectoryRecordSequence"))
@@ -106,7 +113,46 @@ def _open(path: Path):
             ok = False
         if not ok:
             raise _NotDicom("no DICM preamble and no SOP Class/Instance UID")
+    _guess_transfer_syntax(ds)
     return ds
+
+
+def _guess_transfer_syntax(ds) -> None:
+    """A data set without file meta (no preamble) is native: name its syntax from how it was parsed."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
+def _check_complete(ds, path: Path) -> None:
+    """Raise _Truncated when the data set is empty or its last element runs past the end of the file."""
+    keys = list(ds.keys())
+    if not keys:
+        raise _Truncated("no data set after the file meta information")
+    try:
+        elem = ds.get_item(max(keys))            # raw element: no value conversion
+    except Exception:  # noqa: BLE001
+        return
+    length = getattr(elem, "length", None)
+    tell = getattr(elem, "value_tell", None)
+    if length is None or tell is None or length == 0xFFFFFFFF:
+        return
+    value = elem.value
+    if value is None:                            # deferred (large) element: compare with the file size
+        if tell + length > path.stat().st_size:
+            raise _Truncated(f"the last element declares {length} bytes, the file ends before")
+    elif isinstance(value, (bytes, bytearray)) and len(value) < length:
+        raise _Truncated(f"the last element has {len(value)} of {length} bytes")
 
 
 def _is_dicomdir(ds) -> bool:
@@ -149,6 +195,10 @@ def _read_dicomdir(path: Path, ds, ctx) -> None:
             fref = ctx.pseudo.file(digest)
             if not any(f[0] == fref for f in ctx.batch.files):
                 ctx.batch.files.append((fref, str(target), digest, "dicom"))
+            hit = _cache(ctx).get(fref)
+            if hit is not None:
+                _emit(hit, ctx, fref)
+                continue
             sub = _open(target)
         except _NotDicom as e:
             ctx.quarantine(loc, f"DICOMDIR references a non-DICOM file: {e}", raw)
@@ -182,53 +232,95 @@ def _resolve(root: Path, parts: list[str]) -> Path | None:
 
 # ---- one instance -> one row ---------------------------------------------------------------------
 
-def _emit_image(ds, ctx, file_ref: str, loc: str) -> None:
-    pseudo = ctx.pseudo
+def _extract(ds, pseudo) -> dict:
+    """Everything a row needs from one instance that depends only on the file's content.
+
+    Raises _Truncated (pixel data cut off) and _NoSop (no SOP Instance UID).
+    """
     sop = _str(ds, "SOPInstanceUID")
     if not sop:
         meta = getattr(ds, "file_meta", None)
         sop = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip() if meta is not None else ""
     if not sop:
-        ctx.quarantine(loc, "DICOM object has no SOP Instance UID")
-        return
-    uid = pseudo.uid(sop)
+        raise _NoSop()
     study = _str(ds, "StudyInstanceUID")
     series = _str(ds, "SeriesInstanceUID")
-    study_p = pseudo.uid(study) if study else None
-    series_p = pseudo.uid(series) if series else None
-
-    patient_id = ctx.batch.study_patient.get(study_p) if study_p else None
-    if patient_id is None:
-        patient_id = ctx.batch.patient_for_identifier(_str(ds, "PatientID") or None)
-
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     frames = _int(ds, "NumberOfFrames") or 1
-    row: dict[str, Any] = {
-        "patient_id": patient_id,
+    status, feats, thumb = _pixels(ds)
+    return {
+        # in memory only (never emitted): the patient link is resolved per batch in _emit
+        "_patient_raw": _str(ds, "PatientID") or None,
+        "_acquired_raw": _acquired(ds),
+        "_thumb": bytes(thumb) if thumb is not None else None,
         "modality": _str(ds, "Modality") or None,
         "body_part": (_str(ds, "BodyPartExamined").upper() or None),
-        "study_uid": study_p,
-        "series_uid": series_p,
-        "instance_uid": uid,
+        "study_uid": pseudo.uid(study) if study else None,
+        "series_uid": pseudo.uid(series) if series else None,
+        "instance_uid": pseudo.uid(sop),
         "rows": rows,
         "columns": cols,
         "frames": frames if rows else None,
         "pixel_spacing": _spacing(ds),
         "transfer_syntax": _tsyntax_name(ds),
-        "acquired": pseudo.shift(_acquired(ds), patient_id),
-        "source_ref": f"{ctx.kind}:{file_ref}/{uid}",
-        "features": None,
-        "thumbnail": None,
+        "decode_status": status,
+        "features": feats,
     }
+
+
+class _NoSop(Exception):
+    pass
+
+
+def _emit(ex: dict, ctx, file_ref: str) -> None:
+    """Link the patient (ImagingStudy first, then PatientID), shift the date, emit the row."""
+    study_p = ex["study_uid"]
+    patient_id = ctx.batch.study_patient.get(study_p) if study_p else None
+    if patient_id is None:
+        patient_id = ctx.batch.patient_for_identifier(ex["_patient_raw"])
+    row: dict[str, Any] = {k: v for k, v in ex.items() if not k.startswith("_")}
+    row["patient_id"] = patient_id
+    row["acquired"] = ctx.pseudo.shift(ex["_acquired_raw"], patient_id)
+    row["thumbnail"] = list(ex["_thumb"]) if ex["_thumb"] is not None else None
+    row["source_ref"] = f"{ctx.kind}:{file_ref}/{ex['instance_uid']}"
+    ctx.emit("images", row)
+
+
+def _emit_image(ds, ctx, file_ref: str, loc: str) -> None:
     try:
-        status, feats, thumb = _pixels(ds)
+        ex = _extract(ds, ctx.pseudo)
+    except _NoSop:
+        ctx.quarantine(loc, "DICOM object has no SOP Instance UID")
+        return
     except _Truncated as e:
         ctx.quarantine(loc, f"truncated DICOM file: {e}")
         return
-    row["decode_status"] = status
-    row["features"] = feats
-    row["thumbnail"] = thumb
-    ctx.emit("images", row)
+    _cache_put(ctx, file_ref, ex)
+    _emit(ex, ctx, file_ref)
+
+
+# Same content met again in one Engine (a file listed by several DICOMDIRs, or via folder and
+# DICOMDIR): reuse the parsed/decoded result instead of decoding twice. Keyed by file_ref, which is
+# a keyed hash of the content, so a hit is the same bytes. Bounded FIFO (thumbnails kept as bytes).
+CACHE_MAX = 4096
+
+
+def _cache(ctx) -> dict:
+    c = getattr(ctx.res, "_dicom_extract_cache", None)
+    if c is None:
+        c = {}
+        try:
+            ctx.res._dicom_extract_cache = c
+        except AttributeError:
+            pass
+    return c
+
+
+def _cache_put(ctx, file_ref: str, ex: dict) -> None:
+    c = _cache(ctx)
+    if len(c) >= CACHE_MAX:
+        c.pop(next(iter(c)))
+    c[file_ref] = ex
 
 
 def _str(ds, keyword: str) -> str:
@@ -451,10 +543,10 @@ def _thumbnail(ds, frame: np.ndarray) -> list[int]:
     if (h, w) != (THUMB_SIZE, THUMB_SIZE):
         resample = Image.BOX if (h >= THUMB_SIZE and w >= THUMB_SIZE) else Image.BILINEAR
         f = np.asarray(Image.fromarray(np.ascontiguousarray(f), mode="F").resize((THUMB_SIZE, THUMB_SIZE), resample))
-    t = np.clip((f - lo) * (255.0 / (hi - lo)), 0, 255)
+    t = np.rint(np.clip((f - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
     if _str(ds, "PhotometricInterpretation").upper() == "MONOCHROME1":
-        t = 255.0 - t
-    return np.rint(t).astype(np.uint8).reshape(-1).tolist()
+        t = 255 - t                      # display inversion only; features keep the stored values
+    return t.reshape(-1).tolist()
 
 
 def _voi_window(ds) -> tuple[float, float] | None:
