@@ -1,0 +1,766 @@
+"""VCF/BCF reader → the ``variants`` table.
+
+* Reads plain, gzip/bgzip VCF and BCF with cyvcf2 (htslib). Coordinates are kept as in the file:
+  ``pos`` is the VCF ``POS``, **1-based**; ``chrom`` loses a ``chr`` prefix and ``M``/``chrM`` become ``MT``.
+* One row per sample × alt allele the sample's genotype carries (multi-allelic sites are split; hom-ref
+  and no-call samples give no row). ``zygosity`` is ``het`` / ``hom_alt`` / ``hemi`` (haploid call, e.g.
+  male chrX/Y or MT). Sites-only files (no samples, e.g. ClinVar) give one row per alt allele with null
+  ``patient_id`` and ``zygosity``.
+* Annotation per allele: VEP ``CSQ`` (field order from the header's ``Format:``) or snpEff ``ANN``;
+  the most severe consequence (Ensembl order, :data:`CONSEQUENCE_ORDER`) wins, canonical/MANE
+  transcripts first at equal severity. The gene comes from that entry (``SYMBOL`` / ``Gene_Name``;
+  ClinVar ``GENEINFO`` as fallback, ClinVar ``MC`` for the consequence) and is normalised with
+  :class:`raretarget.ingest.genes.GeneNormalizer`. ``clinvar`` is ``CLNSIG`` lower-cased with ``_``
+  (numeric Scout/old-ClinVar codes are decoded from the header legend; several assertions are
+  ``|``-joined). ``af`` is a population frequency: gnomAD-like CSQ fields, else INFO population fields
+  (:data:`INFO_AF_KEYS`), and INFO ``AF`` only for sites-only files (in a sample file it is the cohort's).
+* Accounting: every data line is one record. A line giving rows is accepted; a line whose samples carry
+  no alt allele is ignored as ``vcf_site_without_carrier`` (``vcf_site_without_alt`` for ALT ``.``);
+  a bad line is quarantined with its line number and the reader goes on.
+
+Robustness: htslib aborts the whole iteration on one malformed line (bad POS, wrong column count, bad
+GT; see ``tests/test_vcf.py``) and silently accepts unknown contigs. Text VCFs are therefore pre-scanned
+in Python (bytes, C-speed checks): bad lines (non-UTF-8, wrong column count, non-integer POS, bad
+REF/ALT/QUAL, bad GT, contig neither in ``##contig`` lines nor a standard human contig) are quarantined
+and cyvcf2 reads a copy of the file without them (the original when nothing was wrong). A truncated or
+corrupt gzip stream is quarantined once; the lines before it are ingested. If htslib still fails on a
+line the reader quarantines that line and restarts after it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import tempfile
+import zlib
+from array import array
+from pathlib import Path
+
+import numpy as np
+
+#: Ensembl/VEP consequence terms, most severe first, with their VEP IMPACT
+#: (https://www.ensembl.org/info/genome/variation/prediction/predicted_data.html)
+CONSEQUENCE_ORDER: tuple[tuple[str, str], ...] = (
+    ("transcript_ablation", "HIGH"),
+    ("splice_acceptor_variant", "HIGH"),
+    ("splice_donor_variant", "HIGH"),
+    ("stop_gained", "HIGH"),
+    ("frameshift_variant", "HIGH"),
+    ("stop_lost", "HIGH"),
+    ("start_lost", "HIGH"),
+    ("transcript_amplification", "HIGH"),
+    ("feature_elongation", "HIGH"),
+    ("feature_truncation", "HIGH"),
+    ("inframe_insertion", "MODERATE"),
+    ("inframe_deletion", "MODERATE"),
+    ("missense_variant", "MODERATE"),
+    ("protein_altering_variant", "MODERATE"),
+    ("splice_donor_5th_base_variant", "LOW"),
+    ("splice_region_variant", "LOW"),
+    ("splice_donor_region_variant", "LOW"),
+    ("splice_polypyrimidine_tract_variant", "LOW"),
+    ("incomplete_terminal_codon_variant", "LOW"),
+    ("start_retained_variant", "LOW"),
+    ("stop_retained_variant", "LOW"),
+    ("synonymous_variant", "LOW"),
+    ("coding_sequence_variant", "MODIFIER"),
+    ("mature_miRNA_variant", "MODIFIER"),
+    ("5_prime_UTR_variant", "MODIFIER"),
+    ("3_prime_UTR_variant", "MODIFIER"),
+    ("non_coding_transcript_exon_variant", "MODIFIER"),
+    ("intron_variant", "MODIFIER"),
+    ("NMD_transcript_variant", "MODIFIER"),
+    ("non_coding_transcript_variant", "MODIFIER"),
+    ("coding_transcript_variant", "MODIFIER"),
+    ("upstream_gene_variant", "MODIFIER"),
+    ("downstream_gene_variant", "MODIFIER"),
+    ("TFBS_ablation", "MODIFIER"),
+    ("TFBS_amplification", "MODIFIER"),
+    ("TF_binding_site_variant", "MODIFIER"),
+    ("regulatory_region_ablation", "MODERATE"),
+    ("regulatory_region_amplification", "MODIFIER"),
+    ("regulatory_region_variant", "MODIFIER"),
+    ("intergenic_variant", "MODIFIER"),
+    ("sequence_variant", "MODIFIER"),
+)
+SEVERITY: dict[str, int] = {t: i for i, (t, _) in enumerate(CONSEQUENCE_ORDER)}
+TERM_IMPACT: dict[str, str] = dict(CONSEQUENCE_ORDER)
+#: other tools' names for Ensembl terms (snpEff, ClinVar MC, older VEP) → the Ensembl term reported
+TERM_ALIASES: dict[str, str] = {
+    "nonsense": "stop_gained", "initiator_codon_variant": "start_lost",
+    "non-coding_transcript_variant": "non_coding_transcript_variant",
+    "non_coding_exon_variant": "non_coding_transcript_exon_variant",
+    "nc_transcript_variant": "non_coding_transcript_variant",
+    "conservative_inframe_insertion": "inframe_insertion", "disruptive_inframe_insertion": "inframe_insertion",
+    "conservative_inframe_deletion": "inframe_deletion", "disruptive_inframe_deletion": "inframe_deletion",
+    "inframe_indel": "protein_altering_variant", "exon_loss_variant": "transcript_ablation",
+    "5_prime_UTR_premature_start_codon_gain_variant": "5_prime_UTR_variant",
+    "genic_upstream_transcript_variant": "upstream_gene_variant",
+    "genic_downstream_transcript_variant": "downstream_gene_variant",
+    "intragenic_variant": "intron_variant", "intergenic_region": "intergenic_variant",
+    "gene_fusion": "transcript_ablation", "bidirectional_gene_fusion": "transcript_ablation",
+    "rare_amino_acid_variant": "protein_altering_variant",
+}
+_UNRANKED = len(CONSEQUENCE_ORDER)          # terms not in the list rank after all known ones
+
+#: population allele frequency fields looked up in CSQ entries, first present wins
+CSQ_AF_FIELDS = ("gnomADe_AF", "gnomAD_AF", "gnomADg_AF", "gnomAD_exomes_AF", "gnomAD_genomes_AF", "MAX_AF", "AF")
+#: population allele frequency INFO fields (any file), first present wins; INFO ``AF`` is added for sites-only files
+INFO_AF_KEYS = ("gnomAD_AF", "gnomADe_AF", "gnomADg_AF", "GNOMADAF", "gnomad_AF", "AF_EXAC", "EXACAF",
+                "AF_TGP", "1000GAF", "AF_ESP")
+CSQ_CLNSIG_FIELDS = ("CLNSIG", "clnsig", "ClinVar_CLNSIG", "CLIN_SIG")
+ANN_DEFAULT_FORMAT = ("Allele", "Annotation", "Annotation_Impact", "Gene_Name", "Gene_ID", "Feature_Type",
+                      "Feature_ID", "Transcript_BioType", "Rank", "HGVS.c", "HGVS.p", "cDNA.pos / cDNA.length",
+                      "CDS.pos / CDS.length", "AA.pos / AA.length", "Distance", "ERRORS / WARNINGS / INFO")
+STANDARD_CONTIGS = frozenset([str(i) for i in range(1, 23)] + ["X", "Y", "MT"])
+
+_VARIANT_COLS = ("patient_id", "chrom", "pos", "ref", "alt", "gene", "gene_raw", "gene_status", "consequence",
+                 "impact", "hgvsc", "hgvsp", "clinvar", "af", "zygosity", "qual", "filter", "source_ref")
+
+_REF_RE = re.compile(rb"[ACGTNacgtn]+")
+_ALT_RE = re.compile(rb"\.|(?:[ACGTNacgtn*]+|<[^<>\t]+>|[^\t,]*[\[\]][^\t,]*|\.[ACGTNacgtn]+|[ACGTNacgtn]+\.)"
+                     rb"(?:,(?:[ACGTNacgtn*]+|<[^<>\t]+>|[^\t,]*[\[\]][^\t,]*|\.[ACGTNacgtn]+|[ACGTNacgtn]+\.))*")
+_QUAL_RE = re.compile(rb"\.|[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|nan|Inf|NaN|INF|NAN)")
+_GT = rb"(?:\.|\d+)(?:[/|](?:\.|\d+))*"
+_SAMPLES_GT_FIRST = re.compile(rb"[/|]?" + _GT + rb"(?::[^\t]*)?(?:\t[/|]?" + _GT + rb"(?::[^\t]*)?)*")
+_GT_ONE = re.compile(rb"[/|]?" + _GT)
+_CLNSIG_SPLIT = re.compile(r"[|&]|,(?!_)")
+
+
+def normalize_chrom(c: str) -> str:
+    """``chr1`` → ``1``, ``chrM``/``M`` → ``MT`` (other names unchanged apart from the prefix)."""
+    if c[:3].lower() == "chr":
+        c = c[3:]
+    return "MT" if c in ("M", "m", "MT", "mt") else c
+
+
+class VcfFormatError(Exception):
+    pass
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+
+def read_vcf(path: Path, ctx) -> None:
+    """Read one VCF/BCF file into ``variants`` (see the module docstring; ``pos`` is 1-based)."""
+    path = Path(path)
+    kind = _sniff(path)
+    if kind == "bcf":
+        _Reader(ctx, path).run_bcf()
+        return
+    if kind == "unreadable":
+        ctx.record()
+        ctx.quarantine("file", "unreadable gzip: not a valid gzip/BGZF stream")
+        return
+    scan = _prescan(path, ctx)
+    if scan is None:
+        return
+    reader = _Reader(ctx, path)
+    reader.run_text(scan)
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as g:
+                inner = g.read(4)
+        except (OSError, EOFError, zlib.error):
+            return "unreadable"
+        return "bcf" if inner[:3] == b"BCF" else "vcf"
+    return "bcf" if head[:3] == b"BCF" else "vcf"
+
+
+# ---- pre-scan of text VCFs -----------------------------------------------------------------------
+
+class _Scan:
+    __slots__ = ("header", "good", "problems", "samples")
+
+    def __init__(self):
+        self.header: list[bytes] = []
+        self.good = array("q")        # line numbers (1-based, physical) of the data lines that passed
+        self.problems = False         # True → cyvcf2 must read a cleaned copy
+        self.samples = 0
+
+
+def _open_bytes(path: Path, fast: bool = True):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        if not fast:
+            return gzip.open(path, "rb")       # line by line: loses nothing before a truncation point
+        return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)   # much faster readline
+    return open(path, "rb", buffering=1 << 20)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _prescan(path: Path, ctx) -> _Scan | None:
+    """Validate every line; quarantine the bad ones. None when the file as a whole is unusable."""
+    scan = _Scan()
+    contigs: set[bytes] = set()
+    ncols = 0
+    gt_first_fmt: dict[bytes, int] = {}
+    n = 0
+    chrom_ok: dict[bytes, bool] = {}
+    retried = None
+    with _open_bytes(path) as f:
+        it = iter(f)
+        while True:
+            try:
+                raw = next(it)
+            except StopIteration:
+                break
+            except (OSError, EOFError, zlib.error) as e:
+                if retried is None and _is_gzip(path):
+                    # the big read buffer lost the lines just before the bad spot: re-read them slowly
+                    retried = _open_bytes(path, fast=False)
+                    try:
+                        for _ in range(n):
+                            retried.readline()
+                    except (OSError, EOFError, zlib.error):
+                        pass
+                    it = iter(retried)
+                    continue
+                ctx.record()
+                where = f"line {n + 1}" if n else "file"
+                ctx.quarantine(where, f"unreadable gzip: stream truncated or corrupt after line {n} "
+                                      f"({type(e).__name__}); earlier lines kept")
+                scan.problems = True
+                if ncols == 0:
+                    return None
+                break
+            n += 1
+            line = raw.rstrip(b"\r\n")
+            if len(line) != len(raw) - 1:
+                scan.problems = True              # CRLF or no final newline: hand htslib a clean copy
+            if ncols == 0:
+                if not line.startswith(b"#"):
+                    if not line.strip():
+                        continue
+                    ctx.record()
+                    ctx.quarantine("file", "not a VCF: data before the #CHROM header line", raw)
+                    return None
+                scan.header.append(line)
+                if line.startswith(b"##contig=<"):
+                    m = re.search(rb"[<,]ID=([^,>]+)", line)
+                    if m:
+                        contigs.add(m.group(1))
+                elif line.startswith(b"#CHROM"):
+                    ncols = line.count(b"\t") + 1
+                    if ncols < 8:
+                        ctx.record()
+                        ctx.quarantine("file", f"not a VCF: #CHROM line has {ncols} columns (< 8)", raw)
+                        return None
+                    scan.samples = max(0, ncols - 9)
+                continue
+            if not line.strip():
+                scan.problems = True
+                continue
+            bad = _check_line(line, ncols, contigs, chrom_ok, gt_first_fmt, scan.samples)
+            if bad is None:
+                scan.good.append(n)
+            else:
+                ctx.record()
+                ctx.quarantine(f"line {n}", bad, raw)
+                scan.problems = True
+    if retried is not None:
+        retried.close()
+    if ncols == 0:
+        ctx.record()
+        ctx.quarantine("file", "not a VCF: no #CHROM header line")
+        return None
+    return scan
+
+
+def _check_line(line: bytes, ncols: int, contigs: set, chrom_ok: dict, fmt_cache: dict, nsamples: int) -> str | None:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not valid UTF-8 (byte offset {e.start})"
+    nt = line.count(b"\t") + 1
+    if nt != ncols:
+        return f"expected {ncols} tab-separated columns, found {nt}"
+    p = line.split(b"\t", 9)
+    chrom = p[0]
+    ok = chrom_ok.get(chrom)
+    if ok is None:
+        c = chrom.decode("utf-8", "replace")
+        ok = chrom_ok[chrom] = bool(chrom) and (chrom in contigs or normalize_chrom(c) in STANDARD_CONTIGS)
+    if not ok:
+        return "unknown contig: not in the header's ##contig lines and not a standard human contig"
+    if not p[1].isdigit() or int(p[1]) == 0:
+        return "POS is not a positive integer"
+    if not _REF_RE.fullmatch(p[3]):
+        return "REF is not a DNA sequence"
+    if not _ALT_RE.fullmatch(p[4]):
+        return "ALT is not a valid allele list"
+    if not _QUAL_RE.fullmatch(p[5]):
+        return "QUAL is not a number"
+    if nsamples:
+        fmt = p[8]
+        gi = fmt_cache.get(fmt)
+        if gi is None:
+            keys = fmt.split(b":")
+            gi = fmt_cache[fmt] = keys.index(b"GT") if b"GT" in keys else -1
+        if gi == 0:
+            if not _SAMPLES_GT_FIRST.fullmatch(p[9]):
+                return "bad genotype (GT) in a sample column"
+        elif gi > 0:
+            for s in p[9].split(b"\t"):
+                parts = s.split(b":")
+                if len(parts) > gi and not _GT_ONE.fullmatch(parts[gi]):
+                    return "bad genotype (GT) in a sample column"
+    return None
+
+
+def _write_subset(path: Path, scan: _Scan, good: array, out: Path) -> None:
+    """Header + the given data lines (by line number) of ``path`` into a plain-text VCF."""
+    keep = set(good)
+    with open(out, "wb") as w:
+        for h in scan.header:
+            w.write(h + b"\n")
+        n = 0
+        with _open_bytes(path, fast=False) as f:
+            try:
+                for raw in f:
+                    n += 1
+                    if n in keep:
+                        w.write(raw.rstrip(b"\r\n") + b"\n")
+            except (OSError, EOFError, zlib.error):
+                pass
+
+
+# ---- annotation ----------------------------------------------------------------------------------
+
+def _format_from_description(desc: str) -> list[str] | None:
+    m = re.search(r"Format:\s*'?([^'\"]+)", desc or "")
+    if not m:
+        return None
+    return [x.strip() for x in m.group(1).strip().split("|")]
+
+
+def _clnsig_legend(desc: str) -> dict[str, str]:
+    """Numeric CLNSIG legend from a header description ("0 - Uncertain significance, 1 - not provided, ...")."""
+    return {k: v.strip().lower().replace(" ", "_") for k, v in re.findall(r"(\d+)\s*-\s*([A-Za-z][A-Za-z _]*)", desc or "")}
+
+
+def _num(x) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, (int, float)):
+        return float(x) if x == x else None
+    best = None
+    for t in str(x).replace("&", ",").split(","):
+        try:
+            v = float(t)
+        except ValueError:
+            continue
+        if v == v and (best is None or v > best):
+            best = v
+    return best
+
+
+def _vep_keys(ref: str, alts: list[str]) -> dict[str, int]:
+    """CSQ ``Allele`` → alt index. VEP drops the first base when all alleles share it and any is an indel."""
+    m: dict[str, int] = {}
+    plain = [a for a in alts if a and a[0] not in "<*." and "[" not in a and "]" not in a]
+    if ref and plain and any(len(a) != len(ref) for a in plain) and all(a[0] == ref[0] for a in plain):
+        for i, a in enumerate(alts):
+            if a in plain:
+                m.setdefault(a[1:] or "-", i)
+    for i, a in enumerate(alts):
+        m.setdefault(a, i)
+    return m
+
+
+class _Reader:
+    def __init__(self, ctx, path: Path):
+        self.ctx = ctx
+        self.path = path
+        self.genes = ctx.res.genes
+        self.cols: dict[str, list] = {c: [] for c in _VARIANT_COLS}
+        self._chrom: dict[str, str] = {}
+        self._ann_cache: dict = {}
+
+    # -- header ---------------------------------------------------------------------------------
+    def _setup(self, vcf) -> None:
+        info = {}
+        for h in vcf.header_iter():
+            try:
+                d = h.info()
+            except Exception:
+                continue
+            if d.get("HeaderType") == "INFO" and "ID" in d:
+                info[d["ID"]] = d.get("Description", "")
+        self.csq = self.ann = None
+        if "CSQ" in info:
+            fmt = _format_from_description(info["CSQ"])
+            if fmt:
+                self.csq = {k: i for i, k in enumerate(fmt)}
+        if "ANN" in info:
+            fmt = _format_from_description(info["ANN"]) or list(ANN_DEFAULT_FORMAT)
+            self.ann = {k: i for i, k in enumerate(fmt)}
+        self.has_clnsig = "CLNSIG" in info
+        self.clnsig_legend = _clnsig_legend(info.get("CLNSIG", "")) if self.has_clnsig else {}
+        self.has_geneinfo = "GENEINFO" in info
+        self.has_mc = "MC" in info
+        self.samples = list(vcf.samples)
+        self.sites_only = not self.samples
+        keys = (("AF",) if self.sites_only else ()) + INFO_AF_KEYS
+        self.af_keys = [k for k in keys if k in info]
+        batch = self.ctx.batch
+        self.pids = np.array([batch.patient_for_identifier(s) for s in self.samples], dtype=object)
+
+    # -- running --------------------------------------------------------------------------------
+    def run_text(self, scan: _Scan) -> None:
+        import cyvcf2
+
+        good = scan.good
+        start = 0
+        tmpdir = None
+        restarts = 0
+        try:
+            while start < len(good):
+                if scan.problems or start > 0:
+                    if tmpdir is None:
+                        tmpdir = tempfile.TemporaryDirectory(prefix="raretarget-vcf-")
+                    src = Path(tmpdir.name) / f"part{restarts}.vcf"
+                    _write_subset(self.path, scan, good[start:], src)
+                else:
+                    src = self.path
+                try:
+                    vcf = cyvcf2.VCF(str(src), gts012=False, lazy=True)
+                except Exception as e:
+                    self.ctx.record()
+                    self.ctx.quarantine("file", f"htslib could not read the VCF header: {_msg(e)}")
+                    # the data lines were not read: count them as covered by this one entry
+                    return
+                try:
+                    self._setup(vcf)
+                    done = self._iterate(vcf)
+                    start = len(good)
+                except _IterError as e:
+                    ln = good[start + e.done]
+                    self.ctx.record()
+                    self.ctx.quarantine(f"line {ln}", f"htslib could not parse the line: {_msg(e.cause)}")
+                    start += e.done + 1
+                    restarts += 1
+                    if restarts > 1000:
+                        for ln in good[start:]:
+                            self.ctx.record()
+                            self.ctx.quarantine(f"line {ln}", "not read: too many htslib errors in this file")
+                        start = len(good)
+                finally:
+                    vcf.close()
+        finally:
+            self._flush()
+            if tmpdir is not None:
+                tmpdir.cleanup()
+
+    def run_bcf(self) -> None:
+        import cyvcf2
+
+        try:
+            vcf = cyvcf2.VCF(str(self.path), lazy=True)
+        except Exception as e:
+            self.ctx.record()
+            self.ctx.quarantine("file", f"htslib could not open the BCF: {_msg(e)}")
+            return
+        try:
+            self._setup(vcf)
+            self._iterate(vcf)
+        except _IterError as e:
+            self.ctx.record()
+            self.ctx.quarantine(f"record {e.done + 1}", f"htslib could not read the BCF record; rest of file "
+                                                         f"not read: {_msg(e.cause)}")
+        finally:
+            vcf.close()
+            self._flush()
+
+    def _flush(self) -> None:
+        cols = self.cols
+        if cols["pos"]:
+            self.ctx.emit_columns("variants", cols)
+        self.cols = {c: [] for c in _VARIANT_COLS}
+
+    # -- hot loop -------------------------------------------------------------------------------
+    def _iterate(self, vcf) -> int:
+        ctx = self.ctx
+        cols = self.cols
+        c_pid, c_chrom, c_pos, c_ref, c_alt = (cols[k] for k in ("patient_id", "chrom", "pos", "ref", "alt"))
+        c_gene, c_graw, c_gst, c_cons, c_imp = (cols[k] for k in ("gene", "gene_raw", "gene_status", "consequence", "impact"))
+        c_hc, c_hp, c_cv, c_af, c_zyg = (cols[k] for k in ("hgvsc", "hgvsp", "clinvar", "af", "zygosity"))
+        c_q, c_f, c_sr = cols["qual"], cols["filter"], cols["source_ref"]
+        chrom_cache = self._chrom
+        sites_only = self.sites_only
+        pids = self.pids
+        zyg_names = np.array(["het", "hom_alt", "hemi"], dtype=object)
+        annotate = self._annotate
+        ref_fn = ctx.ref
+        ignored_carrier = ignored_alt = 0
+        done = 0
+        it = iter(vcf)
+        try:
+            while True:
+                try:
+                    v = next(it)
+                except StopIteration:
+                    break
+                except Exception as e:
+                    raise _IterError(done, e) from None
+                done += 1
+                ctx.record()
+                alts = v.ALT
+                nalt = len(alts)
+                if nalt == 0:
+                    ignored_alt += 1
+                    continue
+                raw_chrom = v.CHROM
+                chrom = chrom_cache.get(raw_chrom)
+                if chrom is None:
+                    chrom = chrom_cache[raw_chrom] = normalize_chrom(raw_chrom)
+                pos = v.POS
+                ref = v.REF
+                qual = v.QUAL
+                filt = v.FILTERS
+                filt = ";".join(filt) if filt else None
+                if sites_only:
+                    rows = 0
+                    anns = annotate(v, ref, alts)
+                    for k, alt in enumerate(alts):
+                        if alt == "*":
+                            continue
+                        a = anns[k]
+                        c_pid.append(None); c_chrom.append(chrom); c_pos.append(pos); c_ref.append(ref); c_alt.append(alt)
+                        c_gene.append(a[0]); c_graw.append(a[1]); c_gst.append(a[2]); c_cons.append(a[3]); c_imp.append(a[4])
+                        c_hc.append(a[5]); c_hp.append(a[6]); c_cv.append(a[7]); c_af.append(a[8]); c_zyg.append(None)
+                        c_q.append(qual); c_f.append(filt); c_sr.append(ref_fn(f"{chrom}:{pos}:{ref}:{alt}:-"))
+                        rows += 1
+                    if not rows:
+                        ignored_alt += 1
+                    continue
+                g = v.genotype
+                if g is None:
+                    ignored_carrier += 1
+                    continue
+                arr = g.array()[:, :-1]
+                if arr.shape[1] == 1:
+                    ploidy = None                           # all haploid
+                else:
+                    ploidy = (arr != -2).sum(1)
+                rows = 0
+                anns = None
+                for k in range(1, nalt + 1):
+                    hit = arr == k
+                    cnt = hit.sum(1) if hit.ndim == 2 else hit
+                    idx = np.flatnonzero(cnt)
+                    m = len(idx)
+                    if not m:
+                        continue
+                    alt = alts[k - 1]
+                    if alt == "*":
+                        continue
+                    if anns is None:
+                        anns = annotate(v, ref, alts)
+                    a = anns[k - 1]
+                    if ploidy is None:
+                        zyg = ["hemi"] * m
+                    else:
+                        pl = ploidy[idx]
+                        cn = cnt[idx]
+                        code = np.where(pl == 1, 2, np.where(cn >= pl, 1, 0))
+                        zyg = zyg_names[code].tolist()
+                    sel = pids[idx].tolist()
+                    prefix = ref_fn(f"{chrom}:{pos}:{ref}:{alt}:")
+                    c_sr.extend([prefix + p for p in sel])
+                    c_pid.extend(sel)
+                    c_zyg.extend(zyg)
+                    c_chrom.extend([chrom] * m); c_pos.extend([pos] * m); c_ref.extend([ref] * m); c_alt.extend([alt] * m)
+                    c_gene.extend([a[0]] * m); c_graw.extend([a[1]] * m); c_gst.extend([a[2]] * m)
+                    c_cons.extend([a[3]] * m); c_imp.extend([a[4]] * m); c_hc.extend([a[5]] * m); c_hp.extend([a[6]] * m)
+                    c_cv.extend([a[7]] * m); c_af.extend([a[8]] * m); c_q.extend([qual] * m); c_f.extend([filt] * m)
+                    rows += m
+                if not rows:
+                    ignored_carrier += 1
+        finally:
+            if ignored_carrier:
+                ctx.ignore("vcf_site_without_carrier", ignored_carrier)
+            if ignored_alt:
+                ctx.ignore("vcf_site_without_alt", ignored_alt)
+        return done
+
+    # -- per-allele annotation ----------------------------------------------------------------------
+    def _annotate(self, v, ref: str, alts: list[str]) -> list[tuple]:
+        """Per alt: (gene, gene_raw, gene_status, consequence, impact, hgvsc, hgvsp, clinvar, af)."""
+        INFO = v.INFO
+        csq = INFO.get("CSQ") if self.csq else None
+        ann = INFO.get("ANN") if (self.ann and not csq) else None
+        clnsig = INFO.get("CLNSIG") if self.has_clnsig else None
+        geneinfo = INFO.get("GENEINFO") if self.has_geneinfo else None
+        mc = INFO.get("MC") if (self.has_mc and not csq and not ann) else None
+        afv = None
+        for key in self.af_keys:
+            afv = INFO.get(key)
+            if afv is not None:
+                break
+        key = (ref, tuple(alts), csq, ann, clnsig, geneinfo, mc, afv if not isinstance(afv, list) else tuple(afv))
+        hit = self._ann_cache.get(key)
+        if hit is not None:
+            return hit
+        nalt = len(alts)
+        if csq:
+            picks = self._pick(csq, self.csq, ref, alts, "Allele", "Consequence", "IMPACT", "SYMBOL", "HGVSc", "HGVSp", True)
+        elif ann:
+            picks = self._pick(ann, self.ann, ref, alts, "Allele", "Annotation", "Annotation_Impact", "Gene_Name",
+                               "HGVS.c", "HGVS.p", False)
+        else:
+            picks = [None] * nalt
+        clin_info = self._clnsig(clnsig) if clnsig is not None else None
+        gene_fallback = None
+        if geneinfo:
+            gene_fallback = str(geneinfo).split("|")[0].split(":")[0] or None
+        mc_pick = _most_severe_mc(mc) if mc else None
+        out = []
+        for k in range(nalt):
+            p = picks[k]
+            if p is not None:
+                gene_raw, cons, impact, hgvsc, hgvsp, clin_csq, af = p
+            else:
+                gene_raw = cons = impact = hgvsc = hgvsp = clin_csq = af = None
+            if not gene_raw:
+                gene_raw = gene_fallback
+            if cons is None and mc_pick is not None:
+                cons, impact = mc_pick
+            if af is None and afv is not None:
+                if isinstance(afv, (tuple, list)):
+                    af = _num(afv[k]) if k < len(afv) else None
+                else:
+                    af = _num(afv)
+            gene, status = self.genes.normalize(gene_raw)
+            out.append((gene, gene_raw, status, cons, impact, hgvsc, hgvsp, clin_info or clin_csq, af))
+        if len(self._ann_cache) > 20000:
+            self._ann_cache.clear()
+        self._ann_cache[key] = out
+        return out
+
+    def _pick(self, text: str, fmt: dict, ref: str, alts: list[str], f_allele: str, f_cons: str, f_imp: str,
+              f_sym: str, f_hc: str, f_hp: str, vep: bool) -> list:
+        """Most severe entry per alt allele of a CSQ/ANN value → (symbol, term, impact, hgvsc, hgvsp, clnsig, af)."""
+        ia, ic, ii, isy = fmt.get(f_allele), fmt.get(f_cons), fmt.get(f_imp), fmt.get(f_sym)
+        ihc, ihp = fmt.get(f_hc), fmt.get(f_hp)
+        inum = fmt.get("ALLELE_NUM") if vep else None
+        ican = fmt.get("CANONICAL") if vep else None
+        imane = None
+        if vep:
+            for name in ("MANE_SELECT", "MANE"):
+                if name in fmt:
+                    imane = fmt[name]
+                    break
+        iaf = next((fmt[n] for n in CSQ_AF_FIELDS if n in fmt), None) if vep else None
+        icl = next((fmt[n] for n in CSQ_CLNSIG_FIELDS if n in fmt), None) if vep else None
+        amap = _vep_keys(ref, alts) if vep else {a: i for i, a in enumerate(alts)}
+        nalt = len(alts)
+        best: list = [None] * nalt          # (key, fields, term)
+        best_sym: list = [None] * nalt      # most severe entry with a gene symbol
+        for entry in text.split(","):
+            f = entry.split("|")
+            nf = len(f)
+            k = None
+            if inum is not None and inum < nf and f[inum].isdigit():
+                k = int(f[inum]) - 1
+            elif ia is not None and ia < nf:
+                k = amap.get(f[ia])
+            if k is None:
+                if nalt == 1:
+                    k = 0
+                else:
+                    continue
+            if not 0 <= k < nalt:
+                continue
+            cons = f[ic] if ic is not None and ic < nf else ""
+            rank, term = _UNRANKED + 1, None
+            for t in cons.split("&"):
+                t = TERM_ALIASES.get(t, t)
+                r = SEVERITY.get(t, _UNRANKED)
+                if r < rank and t:
+                    rank, term = r, t
+            mane = imane is not None and imane < nf and f[imane] != ""
+            canon = ican is not None and ican < nf and f[ican] == "YES"
+            key = (rank, not mane, not canon)
+            b = best[k]
+            if b is None or key < b[0]:
+                best[k] = (key, f, term)
+            sym = f[isy] if isy is not None and isy < nf else ""
+            if sym:
+                bs = best_sym[k]
+                if bs is None or key < bs[0]:
+                    best_sym[k] = (key, f, term)
+        out = []
+        for k in range(nalt):
+            b = best[k]
+            if b is None:
+                out.append(None)
+                continue
+            _, f, term = b
+            nf = len(f)
+            g = lambda i: (f[i] or None) if i is not None and i < nf else None   # noqa: E731
+            sym = g(isy)
+            if not sym and best_sym[k] is not None:
+                sf = best_sym[k][1]
+                sym = sf[isy]
+            impact = g(ii) or (TERM_IMPACT.get(term) if term else None)
+            hc, hp = g(ihc), g(ihp)
+            if hp and "%3D" in hp:
+                hp = hp.replace("%3D", "=")
+            af = _num(g(iaf)) if iaf is not None else None
+            cl = self._clnsig(g(icl)) if icl is not None and g(icl) else None
+            out.append((sym, term, impact, hc, hp, cl, af))
+        return out
+
+    def _clnsig(self, value) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, (tuple, list)):
+            value = ",".join(str(x) for x in value)
+        legend = self.clnsig_legend
+        seen: list[str] = []
+        for tok in _CLNSIG_SPLIT.split(str(value)):
+            tok = tok.strip()
+            if not tok or tok == ".":
+                continue
+            tok = legend.get(tok, tok) if tok.isdigit() else tok
+            tok = tok.lower().replace(" ", "_")
+            if tok not in seen:
+                seen.append(tok)
+        return "|".join(seen) or None
+
+
+def _most_severe_mc(mc) -> tuple[str, str] | None:
+    """ClinVar ``MC`` ("SO:0001583|missense_variant,SO:…") → (most severe Ensembl term, impact)."""
+    best = None
+    for part in str(mc).split(","):
+        term = part.split("|")[-1].strip()
+        term = TERM_ALIASES.get(term, term)
+        r = SEVERITY.get(term, _UNRANKED)
+        if term and (best is None or r < best[0]):
+            best = (r, term)
+    if best is None:
+        return None
+    return best[1], TERM_IMPACT.get(best[1])
+
+
+class _IterError(Exception):
+    def __init__(self, done: int, cause: Exception):
+        super().__init__(str(cause))
+        self.done = done
+        self.cause = cause
+
+
+def _msg(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:300]

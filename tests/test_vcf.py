@@ -1,0 +1,293 @@
+"""VCF reader: rows per sample × carried allele, annotation picking, accounting, robustness, privacy."""
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+
+from raretarget import Engine
+from raretarget.ingest import vcf as V
+
+DATA = Path(__file__).parent / "data" / "vcf"
+SHARED_VCF = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vcf"
+
+
+def _lines(path: Path) -> tuple[list[str], list[list[str]]]:
+    raw = path.read_bytes()
+    header, data = [], []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        (header if line.startswith("#") else data).append(line)
+    return header[-1].split("\t")[9:], [l.split("\t") for l in data]
+
+
+def _expected_rows(path: Path) -> list[tuple]:
+    """Independent tiny parser: (chrom, pos, alt, sample_index, zygosity) for every carried allele."""
+    samples, data = _lines(path)
+    out = []
+    for f in data:
+        alts = f[4].split(",")
+        chrom = V.normalize_chrom(f[0])
+        for si, s in enumerate(f[9:]):
+            gt = s.split(":")[0].replace("|", "/").split("/")
+            for k, alt in enumerate(alts, 1):
+                n = gt.count(str(k))
+                if n:
+                    z = "hemi" if len(gt) == 1 else ("hom_alt" if n == len(gt) else "het")
+                    out.append((chrom, int(f[1]), alt, si, z))
+    return sorted(out)
+
+
+def _ingest(tmp_path, *paths):
+    eng = Engine.open(tmp_path / "s", create=True)
+    return eng, eng.ingest(list(paths))
+
+
+def _ledger(eng):
+    return eng.sql("select records, accepted, ignored, quarantined from ingested").to_pylist()
+
+
+def test_vep_multisample_rows_zygosity_and_patients(tmp_path):
+    p = DATA / "vep_multi.vcf"
+    eng, rep = _ingest(tmp_path, p)
+    exp = _expected_rows(p)
+    samples, data = _lines(p)
+    got = eng.sql("select chrom, pos, alt, patient_id, zygosity from variants").to_pylist()
+    assert rep.accepted["variants"] == len(exp) == len(got)
+    # patient ids are the keyed pseudonyms of the sample names
+    pid = {eng.pseudo.patient(s): i for i, s in enumerate(samples)}
+    assert sorted((r["chrom"], r["pos"], r["alt"], pid[r["patient_id"]], r["zygosity"]) for r in got) == exp
+    assert {z for *_, z in exp} == {"het", "hom_alt", "hemi"}
+    # accounting: every data line is a record; a line without carrier is ignored
+    carried = {(c, p_) for c, p_, *_ in exp}
+    no_carrier = sum((V.normalize_chrom(f[0]), int(f[1])) not in carried for f in data)
+    assert no_carrier >= 1
+    assert _ledger(eng) == [{"records": len(data), "accepted": len(data) - no_carrier, "ignored": no_carrier, "quarantined": 0}]
+    assert rep.ignored == {"vcf_site_without_carrier": no_carrier}
+    assert eng.sql("select distinct chrom from variants order by 1").column(0).to_pylist() == ["1", "MT", "X"]
+
+
+def test_vep_annotation_choice(tmp_path):
+    eng, _ = _ingest(tmp_path, DATA / "vep_multi.vcf")
+    rows = {(r["pos"], r["alt"]): r for r in eng.sql("select * from variants").to_pylist()}
+    r = rows[(100, "G")]
+    # equal-severity missense: the CANONICAL=YES transcript wins; intron entry loses on severity
+    assert (r["consequence"], r["impact"]) == ("missense_variant", "MODERATE")
+    assert r["hgvsc"] == "ENST00000000001.4:c.30A>G" and r["hgvsp"] == "ENSP00000000001.4:p.Lys10Arg"
+    assert (r["gene"], r["gene_raw"], r["gene_status"]) == ("KMT2A", "MLL", "alias")
+    assert r["clinvar"] == "likely_pathogenic"
+    assert r["af"] == pytest.approx(0.0001)
+    # multi-allelic indels: VEP's minimised alleles (first base dropped) matched to CT / CTT
+    a1, a2 = rows[(200, "CT")], rows[(200, "CTT")]
+    assert (a1["consequence"], a1["gene"], a1["gene_raw"], a1["gene_status"]) == ("frameshift_variant", None, "p34", "ambiguous")
+    assert (a2["consequence"], a2["gene"], a2["gene_status"]) == ("inframe_insertion", "BRCA1", "approved")
+    assert a1["af"] == pytest.approx(0.002) and a2["af"] == pytest.approx(0.0003)
+    assert a1["clinvar"] == a2["clinvar"] == "pathogenic/likely_pathogenic"
+    # MANE entry preferred over canonical at equal severity; chrM → MT
+    m = rows[(500, "C")]
+    assert m["hgvsc"] == "ENST00000361390.2:c.10T>C" and m["gene"] == "MT-ND1" and m["zygosity"] == "hemi"
+    x = rows[(400, "T")]
+    assert (x["gene"], x["gene_status"], x["hgvsp"], x["filter"]) == (None, "unknown", "p.Gly1=", None)
+    assert rows[(100, "G")]["filter"] == "PASS" and rows[(100, "G")]["qual"] == 50.0
+
+
+def test_most_severe_term_order():
+    order = [t for t, _ in V.CONSEQUENCE_ORDER]
+    assert order[:7] == ["transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained",
+                         "frameshift_variant", "stop_lost", "start_lost"]
+    assert order[-2:] == ["intergenic_variant", "sequence_variant"] and len(set(order)) == len(order)
+    assert V._most_severe_mc("SO:0001627|intron_variant,SO:0001587|nonsense") == ("stop_gained", "HIGH")
+
+
+def test_snpeff_ann(tmp_path):
+    p = DATA / "snpeff.vcf"
+    eng, rep = _ingest(tmp_path, p)
+    rows = {(r["pos"], r["alt"]): r for r in eng.sql("select * from variants").to_pylist()}
+    assert len(rows) == len(_expected_rows(p))
+    a = rows[(43045712, "A")]
+    assert (a["consequence"], a["impact"], a["gene"], a["hgvsp"]) == ("stop_gained", "HIGH", "BRCA1", "p.Arg35*")
+    t = rows[(43045712, "T")]
+    assert (t["consequence"], t["gene"], t["zygosity"]) == ("upstream_gene_variant", "NBR2", "het")
+    s = rows[(43045800, "G")]
+    assert (s["gene"], s["gene_raw"], s["gene_status"], s["zygosity"]) == ("RETREG1", "FAM134B", "alias", "hom_alt")
+
+
+def test_sites_only_clinvar_like(tmp_path):
+    p = DATA / "sites_only.vcf"
+    eng, rep = _ingest(tmp_path, p)
+    _, data = _lines(p)
+    with_alt = [f for f in data if f[4] != "."]
+    rows = {r["pos"]: r for r in eng.sql("select * from variants").to_pylist()}
+    assert len(rows) == sum(len(f[4].split(",")) for f in with_alt)
+    assert all(r["patient_id"] is None and r["zygosity"] is None for r in rows.values())
+    r = rows[43044295]
+    assert (r["gene"], r["gene_status"], r["clinvar"], r["consequence"]) == ("BRCA1", "approved", "pathogenic", "frameshift_variant")
+    assert r["af"] == pytest.approx(0.00002)
+    assert rows[43045000]["gene"] == "NBR2" and rows[43045000]["consequence"] == "stop_gained"
+    assert rows[32315000]["clinvar"] == "conflicting_classifications_of_pathogenicity|association"
+    assert _ledger(eng) == [{"records": len(data), "accepted": len(with_alt), "ignored": len(data) - len(with_alt),
+                             "quarantined": 0}]
+
+
+def test_bad_lines_quarantined_rest_kept(tmp_path):
+    p = DATA / "bad_lines.vcf"
+    eng, rep = _ingest(tmp_path, p)
+    raw = p.read_bytes().split(b"\n")
+    nhead = sum(l.startswith(b"#") for l in raw)
+    ndata = sum(1 for l in raw if l and not l.startswith(b"#"))
+    q = {x.record: x.reason for x in rep.quarantine}
+    line_of = {l.split(b"\t")[1]: i + 1 for i, l in enumerate(raw) if l and not l.startswith(b"#")}
+    assert q[f"line {line_of[b'1x00']}"] == "POS is not a positive integer"
+    assert "columns" in q[f"line {line_of[b'1100']}"]
+    assert "GT" in q[f"line {line_of[b'1200']}"]
+    assert "unknown contig" in q[f"line {line_of[b'1300']}"]
+    assert "UTF-8" in q[f"line {line_of[b'1700']}"]
+    assert len(q) == 5
+    # the good lines around them (declared GL contig, undeclared standard contig, the line after) are all in
+    pos = set(eng.sql("select pos from variants").column(0).to_pylist())
+    assert pos == {1000, 1400, 1600, 1800}
+    led = _ledger(eng)[0]
+    assert led["records"] == ndata and led["quarantined"] == 5 and led["ignored"] == 1
+    assert led["records"] == led["accepted"] + led["ignored"] + led["quarantined"]
+    # the raw bad line goes to the secure link folder only
+    assert eng.store.read_links("quarantine").num_rows == 5
+    assert nhead == 5
+
+
+def test_htslib_aborts_on_bad_line_but_reader_does_not(tmp_path):
+    """Documents why the pre-scan exists: cyvcf2 stops the whole iteration at a malformed line."""
+    import cyvcf2
+
+    got = []
+    with pytest.raises(Exception):
+        for v in cyvcf2.VCF(str(DATA / "bad_lines.vcf")):
+            got.append(v.POS)
+    assert got == [1000]
+
+
+def test_restart_after_unexpected_htslib_error(tmp_path, monkeypatch):
+    # a line the pre-scan lets through but htslib rejects (simulated): quarantined, the rest still read
+    src = (DATA / "vep_multi.vcf").read_text().replace("\t99\tPASS", "\t9\x009\tPASS")
+    p = tmp_path / "nul.vcf"
+    p.write_text(src)
+    monkeypatch.setattr(V, "_QUAL_RE", __import__("re").compile(rb"[^\t]*"))
+    eng, rep = _ingest(tmp_path, p)
+    _, data = _lines(p)
+    led = _ledger(eng)[0]
+    assert led["records"] == len(data) and led["records"] == led["accepted"] + led["ignored"] + led["quarantined"]
+    assert led["quarantined"] == 1 and "htslib" in rep.quarantine[0].reason
+    assert 500 in set(eng.sql("select pos from variants").column(0).to_pylist())
+
+
+def test_gzip_and_truncated_gzip(tmp_path):
+    src = (DATA / "vep_multi.vcf").read_bytes()
+    gz = tmp_path / "a.vcf.gz"
+    gz.write_bytes(gzip.compress(src))
+    eng, rep = _ingest(tmp_path, gz)
+    full = rep.accepted["variants"]
+    assert full == len(_expected_rows(DATA / "vep_multi.vcf")) and not rep.quarantine
+    # truncated: the part before the cut is kept, the cut is one quarantine entry
+    big = src + b"".join(b"1\t%d\t.\tA\tG\t50\tPASS\t.\tGT:DP\t0/1:1\t0/0:1\t0/0:1\n" % (10000 + i) for i in range(3000))
+    blob = gzip.compress(big)
+    tr = tmp_path / "t" / "b.vcf.gz"
+    tr.parent.mkdir()
+    tr.write_bytes(blob[: len(blob) // 2])
+    eng2 = Engine.open(tmp_path / "s2", create=True)
+    rep2 = eng2.ingest([tr])
+    assert len(rep2.quarantine) == 1 and "truncated" in rep2.quarantine[0].reason
+    n = rep2.accepted["variants"]
+    assert full < n < full + 3000
+    led = _ledger(eng2)[0]
+    assert led["records"] == led["accepted"] + led["ignored"] + led["quarantined"]
+    # garbage behind a gzip magic number
+    bad = tmp_path / "u" / "c.vcf.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
+    rep3 = Engine.open(tmp_path / "s3", create=True).ingest([bad])
+    assert len(rep3.quarantine) == 1 and "gzip" in rep3.quarantine[0].reason
+
+
+def test_sample_names_never_in_store_and_reingest_adds_nothing(tmp_path):
+    eng, rep = _ingest(tmp_path, DATA)
+    names = set()
+    for p in DATA.glob("*.vcf"):
+        names.update(_lines(p)[0])
+    assert names
+    blob = b"".join(f.read_bytes() for f in (tmp_path / "s").rglob("*") if f.is_file())
+    for n in names:
+        assert n.encode() not in blob, n
+    # the secure side does hold them (that is what links are for)
+    assert names <= set(eng.store.read_links("ids").column("original").to_pylist())
+    before = eng.status()["tables"]["variants"]
+    rep2 = eng.ingest([DATA])
+    assert rep2.files_already_ingested == rep.files and eng.status()["tables"]["variants"] == before
+    # a copy under another name is the same content → skipped too
+    cp = tmp_path / "copy.vcf"
+    shutil.copy(DATA / "vep_multi.vcf", cp)
+    assert eng.ingest([cp]).files_already_ingested == 1
+
+
+def test_same_sample_name_links_to_same_patient(tmp_path):
+    eng = Engine.open(tmp_path / "s", create=True)
+    eng.ingest([DATA / "vep_multi.vcf"])
+    s = _lines(DATA / "vep_multi.vcf")[0][0]
+    assert eng.pseudo.patient(s) in set(eng.sql("select patient_id from variants").column(0).to_pylist())
+
+
+def test_vep_allele_keys():
+    assert V._vep_keys("C", ["CT", "CTT"]) == {"T": 0, "TT": 1, "CT": 0, "CTT": 1}
+    assert V._vep_keys("CA", ["C"])["-"] == 0
+    assert V._vep_keys("C", ["CT", "A"]) == {"CT": 0, "A": 1}      # mixed first bases: no trimming
+    assert V._vep_keys("A", ["G"]) == {"G": 0}
+
+
+# ---- real data -----------------------------------------------------------------------------------
+
+def _need(p: Path) -> Path:
+    if not p.exists():
+        pytest.skip(f"real data not present: {p} (../shared/data/vcf is only on the build machine)")
+    return p
+
+
+@pytest.mark.realdata
+def test_scout_trio_real(tmp_path):
+    p = _need(SHARED_VCF / "scout_demo_trio" / "643594.clinical.vcf.gz")
+    eng, rep = _ingest(tmp_path, p)
+    assert not rep.quarantine, [str(q) for q in rep.quarantine]
+    with gzip.open(p, "rt") as f:
+        ndata = sum(1 for l in f if not l.startswith("#"))
+    led = _ledger(eng)[0]
+    assert led["records"] == ndata == 680 and led["accepted"] + led["ignored"] == ndata
+    t = eng.sql("select count(distinct patient_id) n, count(*) rows from variants").to_pylist()[0]
+    assert t["n"] == 3 and t["rows"] >= led["accepted"]
+    st = dict(eng.sql("select gene_status, count(*) from variants group by 1").to_pylist() and
+              [tuple(r.values()) for r in eng.sql("select gene_status, count(*) c from variants group by 1").to_pylist()])
+    assert st.get("approved", 0) / t["rows"] > 0.9 and st.get("ambiguous", 0) / t["rows"] < 0.02
+    assert eng.sql("select count(*) from variants where clinvar is not null").column(0)[0].as_py() > 0
+    assert eng.sql("select count(*) from variants where consequence is null").column(0)[0].as_py() / t["rows"] < 0.05
+
+
+@pytest.mark.realdata
+def test_clinvar_subset_real(tmp_path):
+    p = _need(SHARED_VCF / "clinvar_subset" / "clinvar_20260226_GRCh38_subset.vcf.gz")
+    eng, rep = _ingest(tmp_path, p)
+    assert not rep.quarantine, [str(q) for q in rep.quarantine][:5]
+    led = _ledger(eng)[0]
+    assert led["records"] == 69302 and led["accepted"] + led["ignored"] == led["records"]
+    assert eng.sql("select count(*) from variants where patient_id is not null or zygosity is not null").column(0)[0].as_py() == 0
+    st = {r["gene_status"]: r["c"] for r in eng.sql("select gene_status, count(*) c from variants group by 1").to_pylist()}
+    assert st["approved"] / sum(st.values()) > 0.98
+    top = eng.sql("select gene, count(*) c from variants group by 1 order by 2 desc limit 3").column(0).to_pylist()
+    assert set(top) == {"BRCA2", "APC", "BRCA1"}
+    cl = {r["clinvar"]: r["c"] for r in eng.sql("select clinvar, count(*) c from variants group by 1").to_pylist()}
+    with gzip.open(p, "rt") as f:
+        exp = {}
+        for l in f:
+            if not l.startswith("#"):
+                c = l.split("\t")
+                if c[4] != "." and ";CLNSIG=" in ";" + c[7]:
+                    v = (";" + c[7]).split(";CLNSIG=")[1].split(";")[0].lower()
+                    exp[v] = exp.get(v, 0) + 1
+    assert cl["pathogenic"] == exp["pathogenic"] > 12000
+    assert cl["likely_pathogenic"] == exp["likely_pathogenic"]
+    assert cl["pathogenic/likely_pathogenic"] == exp["pathogenic/likely_pathogenic"]
