@@ -85,7 +85,10 @@ def cmd_quarantine(args) -> int:
 
     eng = Engine.open(args.store, links=args.links)
     q = eng.quarantine(reveal=args.show_paths)
-    _print_table(_console(), q.drop_columns(["record_id"]), title=f"quarantine ({q.num_rows})", limit=args.limit)
+    print(f"{q.num_rows} quarantined record(s)")
+    for r in q.slice(0, args.limit).to_pylist():   # plain lines: long paths must not be cut
+        where = r["path"] if args.show_paths else r["file_ref"]
+        print(f"{where} [{r['record']}] ({r['kind']}): {r['reason']}")
     return 0
 
 

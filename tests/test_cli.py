@@ -1,0 +1,34 @@
+"""Command line: ingest / sql / status / quarantine, and no identifier in what it prints."""
+
+from __future__ import annotations
+
+import json
+
+from raretarget.cli import main
+from conftest import DATA
+
+
+def test_cli_ingest_sql_status(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    assert main(["ingest", store, str(DATA / "fhir"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "quarantined" in out and "rows accepted" in out
+    # printed output names files by pseudonymous reference only
+    for s in ("bundle_phi", "Quixtonfeld", "MRN-7731942", "Condition.ndjson"):
+        assert s not in out
+    assert main(["sql", store, "select count(*) as n from conditions", "--format", "json"]) == 0
+    n = json.loads(capsys.readouterr().out)[0]["n"]
+    assert n == 6                      # 3 in the bundle + 3 in the NDJSON file
+    assert main(["status", store]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["tables"]["conditions"] == n and st["quarantined"] > 0
+    # the data owner can resolve quarantined records to real paths
+    assert main(["quarantine", store, "--show-paths", "--limit", "100"]) == 0
+    assert "bundle_phi" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["sql", str(tmp_path / "nope"), "select 1"]) == 2
+    assert "not a raretarget store" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "s"), str(tmp_path / "missing-folder")]) == 2
+    assert "does not exist" in capsys.readouterr().err
