@@ -32,3 +32,16 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "not a raretarget store" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "s"), str(tmp_path / "missing-folder")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_demo_generates_ingests_and_reports(tmp_path, capsys):
+    out = tmp_path / "demo_store"
+    assert main(["demo", "--out", str(out), "--patients", "12", "--seed", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "0 quarantined" in text and "patients=12" in text
+    # a second run is idempotent: the same cohort is regenerated and nothing is added
+    assert main(["demo", "--out", str(out), "--patients", "12", "--seed", "3"]) == 0
+    assert "0 file(s) read" in capsys.readouterr().out
+    from raretarget import Engine
+
+    assert Engine.open(out).status()["tables"]["patients"] == 12
