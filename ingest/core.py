@@ -163,6 +163,8 @@ class Resources:
         self._units = None
         self._genes = None
         self._pheno = None
+        #: parsed DICOM results by file_ref, so content met twice (folder + DICOMDIR) is decoded once
+        self.dicom_cache: dict[str, dict] = {}
 
     @property
     def units(self):

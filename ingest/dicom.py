@@ -306,14 +306,7 @@ CACHE_MAX = 4096
 
 
 def _cache(ctx) -> dict:
-    c = getattr(ctx.res, "_dicom_extract_cache", None)
-    if c is None:
-        c = {}
-        try:
-            ctx.res._dicom_extract_cache = c
-        except AttributeError:
-            pass
-    return c
+    return ctx.res.dicom_cache
 
 
 def _cache_put(ctx, file_ref: str, ex: dict) -> None:

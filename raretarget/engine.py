@@ -66,6 +66,7 @@ class Engine:
         self.resources = Resources()
         self._phi_cache: dict[str, list[str]] | None = None
         self._alias_cache: dict[str, str] | None = None
+        self._id_cache: dict[str, set[int]] = {}       # record_ids per table, loaded on first dedupe
 
     @classmethod
     def open(cls, path: str | os.PathLike, create: bool = False, links: str | os.PathLike | None = None) -> "Engine":
@@ -194,7 +195,6 @@ class Engine:
             self._phi_cache.update(batch.phi_terms)
         if self._alias_cache is not None:
             self._alias_cache.update(batch.alias)
-        self._id_cache = getattr(self, "_id_cache", {})
         for name, t in tables.items():
             if name in self._id_cache:
                 self._id_cache[name].update(t.column("record_id").to_pylist())
@@ -204,9 +204,7 @@ class Engine:
         """Drop rows whose record_id is already in the store or earlier in the same batch."""
         import numpy as np
 
-        cache = getattr(self, "_id_cache", None)
-        if cache is None:
-            cache = self._id_cache = {}
+        cache = self._id_cache
         if name not in cache:
             cache[name] = set(self.store.read(name, ["record_id"]).column("record_id").to_pylist())
         existing = cache[name]
