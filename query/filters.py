@@ -1,0 +1,61 @@
+"""Structured filters evaluated through DuckDB on the store, combined with vector search.
+
+A filter resolves to the set of allowed ``patient_id``s (None = no restriction); vector hits of other
+patients are dropped (the search over-fetches so that k results remain where possible).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+_OPS = {">", ">=", "<", "<=", "=", "!="}
+_LOINC = re.compile(r"^\d{1,7}-\d$")
+_FORBIDDEN = re.compile(r";|--|/\*|\b(attach|copy|install|load|pragma|create|drop|insert|update|delete|alter|export)\b", re.I)
+
+
+@dataclass(frozen=True)
+class LabFilter:
+    """``loinc`` value compared in the canonical unit, e.g. LabFilter("2157-6", ">", 1000) for CK > 1000 U/L."""
+
+    loinc: str
+    op: str
+    value: float
+
+
+def allowed_patients(sql, where: str | None = None, genes: Sequence[str] | None = None,
+                     pathogenic_only: bool = False, labs: Iterable[LabFilter | tuple] | None = None) -> set[str] | None:
+    """Patients passing every given filter; ``sql`` is ``Engine.sql``.
+
+    ``where``: a SQL predicate over the ``patients`` table (e.g. ``"sex = 'female' and birth_year > 1990"``);
+    it is a predicate, not a statement (statements and comments are refused).
+    ``genes``: patients carrying a variant in any of these genes (``pathogenic_only``: ClinVar P/LP).
+    ``labs``: patients with at least one observation satisfying each (loinc, op, value), canonical units.
+    """
+    sets: list[set[str]] = []
+    if where:
+        if _FORBIDDEN.search(where):
+            raise ValueError(f"where must be a predicate over patients, got {where!r}")
+        t = sql(f"select patient_id from patients where {where}")
+        sets.append(set(t.column(0).to_pylist()))
+    if genes:
+        genes = [str(g) for g in genes]
+        cond = (" and clinvar like '%pathogenic%' and clinvar not like '%conflicting%'"
+                " and clinvar not like '%benign%'") if pathogenic_only else ""
+        t = sql(f"select distinct patient_id from variants where gene in (select unnest(?)) {cond}", [genes])
+        sets.append(set(t.column(0).to_pylist()))
+    for lab in labs or []:
+        lab = lab if isinstance(lab, LabFilter) else LabFilter(*lab)
+        if lab.op not in _OPS or not _LOINC.match(lab.loinc):
+            raise ValueError(f"bad lab filter {lab}")
+        t = sql(f"select distinct patient_id from observations where loinc = ? and value {lab.op} ?",
+                [lab.loinc, float(lab.value)])
+        sets.append(set(t.column(0).to_pylist()))
+    if not sets:
+        return None
+    out = sets[0]
+    for s in sets[1:]:
+        out &= s
+    out.discard(None)
+    return out
