@@ -185,7 +185,7 @@ def conform(table: str, data: Mapping[str, list] | pa.Table, schema: pa.Schema |
     Missing columns become nulls; ``record_id`` is computed from ``source_ref`` when absent.
     Raises ``KeyError`` on a column the schema does not know, so typos fail loudly.
     """
-    schema = schema or TABLES[table]
+    schema = schema if schema is not None else TABLES[table]
     if isinstance(data, pa.Table):
         cols = {name: data.column(name) for name in data.column_names}
         n = data.num_rows
@@ -215,3 +215,44 @@ def conform(table: str, data: Mapping[str, list] | pa.Table, schema: pa.Schema |
 
 def empty(table: str) -> pa.Table:
     return TABLES[table].empty_table()
+
+
+# ---- embeddings (stage 2) ----------------------------------------------------------------------
+#: one row per embedded record. ``record_id`` is the embedded row's record_id (note, image) or, for
+#: per-patient modalities (labs, variants, patient), ``patient_record_id(patient_id)``; genes use
+#: ``gene_record_id(symbol)``. ``vector`` is fixed_size_list<float32>[D], L2-normalised by the encoder.
+EMBEDDINGS = pa.schema([
+    pa.field("record_id", pa.int64(), nullable=False),
+    pa.field("patient_id", pa.string()),
+    pa.field("modality", pa.string()),
+    pa.field("source_ref", pa.string()),
+    pa.field("model_version", pa.string()),
+    pa.field("vector", pa.list_(pa.float32(), 1)),   # placeholder width; real width set per model
+])
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return EMBEDDINGS.set(EMBEDDINGS.get_field_index("vector"), pa.field("vector", pa.list_(pa.float32(), dim)))
+
+
+def patient_record_id(patient_id: str) -> int:
+    return int(record_ids("patients", ["patient:" + patient_id])[0])
+
+
+def gene_record_id(symbol: str) -> int:
+    return int(record_ids("genes", ["gene:" + symbol])[0])
+
+
+def conform_embeddings(t: pa.Table, atol: float = 1e-3) -> pa.Table:
+    """Check/cast an embeddings table: vector must be fixed-size float32 and unit-norm (within atol)."""
+    vt = t.schema.field("vector").type
+    if not pa.types.is_fixed_size_list(vt):
+        raise TypeError("embeddings.vector must be fixed_size_list<float32>[D]")
+    dim = vt.list_size
+    out = conform("embeddings", t, schema=embeddings_schema(dim))
+    vals = out.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if len(vals):
+        norms = np.linalg.norm(vals.astype(np.float64), axis=1)
+        if not np.allclose(norms, 1.0, atol=atol):
+            raise ValueError("embedding vectors must be L2-normalised (encoders normalise in one place)")
+    return out

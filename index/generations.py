@@ -1,0 +1,138 @@
+"""Embeddings and index generations inside a store.
+
+Layout::
+
+    <store>/embeddings/<model_version>/<modality>.parquet   EMBEDDINGS schema (one file per modality)
+    <store>/index/gen-<NNNNNN>/<modality>/                  one VectorIndex per modality (+ manifest.json)
+    <store>/index/CURRENT                                   {"generation", "model_version", "counts"}
+
+One index per modality (not one shared index with a filter): modalities differ in size by orders of
+magnitude (a few thousand genes vs millions of variants/notes), each gets the factory that suits its
+size, and a query over a subset of modalities touches only those indexes. Results from several
+modalities are merged by cosine score, which is comparable because every tower projects into the
+same L2-normalised space.
+
+A new generation is built beside the current one and published by replacing ``CURRENT`` atomically;
+readers holding an older generation keep using it; old generations beyond ``keep`` are removed.
+An index built from one model version refuses embeddings/queries of another (IndexMismatchError).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raretarget import schema as S
+from raretarget.store import atomic_write_bytes, atomic_write_parquet
+
+from .vector_index import IndexMismatchError, VectorIndex
+
+
+class Generations:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.emb_dir = self.root / "embeddings"
+        self.idx_dir = self.root / "index"
+
+    # ---- embeddings ------------------------------------------------------------------------------
+    def write_embeddings(self, model_version: str, modality: str, table: pa.Table) -> Path:
+        t = S.conform_embeddings(table)
+        if set(t.column("model_version").unique().to_pylist()) - {model_version}:
+            raise ValueError("embedding rows carry another model_version than the folder they go to")
+        path = self.emb_dir / model_version / f"{modality}.parquet"
+        atomic_write_parquet(path, t)
+        return path
+
+    def model_versions(self) -> list[str]:
+        if not self.emb_dir.exists():
+            return []
+        return sorted((p.name for p in self.emb_dir.iterdir() if p.is_dir()),
+                      key=lambda v: (self.emb_dir / v).stat().st_mtime)
+
+    def read_embeddings(self, model_version: str, modality: str | None = None) -> pa.Table:
+        d = self.emb_dir / model_version
+        files = [d / f"{modality}.parquet"] if modality else sorted(d.glob("*.parquet"))
+        files = [f for f in files if f.exists()]
+        if not files:
+            return S.EMBEDDINGS.empty_table()
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+    def embedding_counts(self, model_version: str | None) -> dict[str, int]:
+        if not model_version:
+            return {}
+        d = self.emb_dir / model_version
+        return {f.stem: pq.ParquetFile(f).metadata.num_rows for f in sorted(d.glob("*.parquet"))} if d.exists() else {}
+
+    # ---- index generations -----------------------------------------------------------------------
+    def current(self) -> dict | None:
+        p = self.idx_dir / "CURRENT"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def build(self, model_version: str, factory: str | None = None, keep: int = 3,
+              modalities: list[str] | None = None) -> dict:
+        """Build one index per modality from the embeddings of ``model_version``; publish atomically."""
+        cur = self.current()
+        gen = (cur["generation"] + 1) if cur else 1
+        gdir = self.idx_dir / f"gen-{gen:06d}"
+        if gdir.exists():                               # left by a killed build: never published
+            shutil.rmtree(gdir)
+        gdir.mkdir(parents=True)
+        counts = {}
+        t0 = time.time()
+        d = self.emb_dir / model_version
+        for f in sorted(d.glob("*.parquet")):
+            modality = f.stem
+            if modalities and modality not in modalities:
+                continue
+            t = pq.read_table(f, columns=["record_id", "vector"])
+            if t.num_rows == 0:
+                continue
+            vecs = vectors_of(t)
+            ids = t.column("record_id").to_numpy()
+            idx = VectorIndex.build(vecs, ids, factory=factory,
+                                    meta={"model_version": model_version, "modality": modality})
+            idx.save(gdir / modality)
+            counts[modality] = len(idx)
+        info = {"generation": gen, "model_version": model_version, "counts": counts,
+                "built_at": int(time.time()), "build_seconds": round(time.time() - t0, 3)}
+        atomic_write_bytes(gdir / "GENERATION.json", json.dumps(info).encode())
+        atomic_write_bytes(self.idx_dir / "CURRENT", json.dumps(info).encode())
+        self._prune(keep)
+        return info
+
+    def _prune(self, keep: int) -> None:
+        gens = sorted(p for p in self.idx_dir.glob("gen-*") if p.is_dir())
+        cur = self.current()
+        for p in gens[:-keep] if keep > 0 else []:
+            if cur and p.name == f"gen-{cur['generation']:06d}":
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+
+    def open(self, model_version: str | None = None, generation: dict | None = None) -> dict[str, VectorIndex]:
+        """Load the indexes of the current (or given) generation; refuse another model version."""
+        info = generation or self.current()
+        if info is None:
+            raise FileNotFoundError("no index built yet: call Engine.build_index() first")
+        if model_version is not None and info["model_version"] != model_version:
+            raise IndexMismatchError(
+                f"index generation {info['generation']} was built with model {info['model_version']}, "
+                f"but the store's current model is {model_version}: rebuild the index (Engine.build_index())")
+        gdir = self.idx_dir / f"gen-{info['generation']:06d}"
+        out = {}
+        for m in info["counts"]:
+            expect = {"model_version": info["model_version"]}
+            out[m] = VectorIndex.load(gdir / m, expect_meta=expect)
+        return out
+
+
+def vectors_of(t: pa.Table) -> np.ndarray:
+    """(n, D) float32 view of a ``fixed_size_list<float32>[D]`` column named ``vector``."""
+    col = t.column("vector").combine_chunks()
+    d = col.type.list_size
+    return col.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, d)
