@@ -17,7 +17,7 @@ Importing this package imports no torch / transformers / monai: the registry map
 paths and imports the module when an encoder is built.
 
 Entry points (lazy): ``train(cfg)``, ``load_model(folder)``, ``embed(model, store, out)``
-(:mod:`raretarget.encoders.train`), ``ContrastiveModule`` / ``MultiModalModel`` / ``clip_loss``
+(:mod:`raretarget.encoders.training`), ``ContrastiveModule`` / ``MultiModalModel`` / ``clip_loss``
 (:mod:`raretarget.encoders.model`), ``MultiModalDataModule`` (:mod:`raretarget.encoders.data`).
 """
 
@@ -35,10 +35,10 @@ _REGISTRY: dict[str, Any] = {
 }
 
 _LAZY = {
-    "train": "raretarget.encoders.train",
-    "load_model": "raretarget.encoders.train",
-    "embed": "raretarget.encoders.train",
-    "retrieval_recall": "raretarget.encoders.train",
+    "train": "raretarget.encoders.training",
+    "load_model": "raretarget.encoders.training",
+    "embed": "raretarget.encoders.training",
+    "retrieval_recall": "raretarget.encoders.training",
     "ContrastiveModule": "raretarget.encoders.model",
     "MultiModalModel": "raretarget.encoders.model",
     "clip_loss": "raretarget.encoders.model",

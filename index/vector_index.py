@@ -567,12 +567,12 @@ class VectorIndex:
             d, i = self._rerank(q, d, i, k)
         w = min(k, d.shape[1])
         I[:, :w] = i[:, :w]
-        D[:, :w] = np.where(i[:, :w] >= 0, d[:, :w], -np.inf)
+        D[:, :w] = np.where(i[:, :w] != -1, d[:, :w], -np.inf)
         return D, I
 
     def _rerank(self, q: np.ndarray, d: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         vecs, ok = self._store.lookup(i)
-        ok &= i >= 0
+        ok &= i != -1
         exact = np.matmul(vecs, q[:, :, None])[..., 0]   # (nq, kf): exact cosines of the candidates
         exact[~ok] = -np.inf
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]

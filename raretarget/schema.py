@@ -171,12 +171,17 @@ LINK_TABLES: dict[str, pa.Schema] = {
 
 
 def record_ids(table: str, source_refs: Iterable[str]) -> np.ndarray:
-    """Stable int64 ids: first 8 bytes of blake2b(table + '|' + source_ref), as signed int64."""
+    """Stable non-negative int64 ids: blake2b(table + '|' + source_ref), 8 bytes, sign bit cleared.
+
+    Non-negative because FAISS and most vector stores reserve -1 (and often all negatives) for
+    "no result". 63 bits keep collisions negligible (~1e-7 at 1e6 rows per table)."""
     out = []
     prefix = table.encode() + b"|"
     for ref in source_refs:
         out.append(hashlib.blake2b(prefix + ref.encode(), digest_size=8).digest())
-    return np.frombuffer(b"".join(out), dtype="<i8").copy() if out else np.zeros(0, dtype=np.int64)
+    if not out:
+        return np.zeros(0, dtype=np.int64)
+    return np.frombuffer(b"".join(out), dtype="<i8") & np.int64(0x7FFFFFFFFFFFFFFF)
 
 
 def conform(table: str, data: Mapping[str, list] | pa.Table, schema: pa.Schema | None = None) -> pa.Table:

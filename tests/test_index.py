@@ -334,3 +334,13 @@ def test_gpu_same_results(tmp_path, fac):
     gpu.save(tmp_path / "g")
     j = VectorIndex.load(tmp_path / "g", device="cpu")
     np.testing.assert_array_equal(j.search(q, 10)[1], cpu.search(q, 10)[1])
+
+
+def test_negative_ids_other_than_minus_one_are_real_results():
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(300, 16)).astype("float32")
+    ids = -(np.arange(300, dtype=np.int64) + 2) * 1_000_003          # all negative, none == -1
+    for factory in ("Flat", "HNSW32,Flat"):
+        idx = VectorIndex.build(v, ids, factory=factory)
+        scores, got = idx.search(v[:10], 1)
+        assert (got[:, 0] == ids[:10]).all() and np.isfinite(scores).all()
