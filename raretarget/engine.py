@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections import Counter
@@ -10,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute used in search)
 
 from . import schema as S
 from .pseudo import Pseudonymizer
@@ -249,14 +252,202 @@ class Engine:
         """``{"tables": {name: rows}, "quarantined": n, "embeddings": {modality: n}, "index": {...}}``."""
         self.store.manifest(refresh=True)
         tables = {name: self.store.count(name) for name in S.DATA_TABLES}
+        model = self.current_model()
+        gens = self._generations()
+        cur = gens.current()
         return {
             "tables": tables,
             "quarantined": self.store.count("quarantine"),
             "files": self.store.count("ingested"),
-            "embeddings": {},
-            "index": {"generation": None, "count": 0},
+            "model": model["model_version"] if model else None,
+            "embeddings": gens.embedding_counts(model["model_version"] if model else None),
+            "index": {"generation": cur["generation"] if cur else None,
+                      "count": sum(cur["counts"].values()) if cur else 0,
+                      "model_version": cur["model_version"] if cur else None},
             "version": self.store.manifest().get("version", 0),
         }
+
+    # ---- train / embed / index / search -----------------------------------------------------------
+    def _generations(self):
+        from raretarget.index.generations import Generations
+
+        return Generations(self.store.root)
+
+    def current_model(self) -> dict | None:
+        """``{"model_version", "path"}`` of the model that ``embed``/``search`` use, or None."""
+        p = self.store.root / "models" / "CURRENT"
+        if not p.exists():
+            return None
+        info = json.loads(p.read_text())
+        info["path"] = str(self.store.root / "models" / info["model_version"])
+        return info
+
+    def train(self, **overrides) -> dict:
+        """Train the shared-space encoders contrastively on this store; make the result current.
+
+        Overrides are dotted config keys or sections of :data:`raretarget.encoders.training.DEFAULTS`,
+        e.g. ``eng.train(max_epochs=1)`` or ``eng.train(**{"model.embed_dim": 128})``. Saved under
+        ``<store>/models/<model_version>/`` (safetensors + config.json + metrics.json).
+        """
+        from raretarget.encoders import train
+        from .store import atomic_write_bytes
+
+        for short in ("max_epochs", "precision", "accelerator", "devices", "strategy", "num_nodes"):
+            if short in overrides:
+                overrides[f"trainer.{short}"] = overrides.pop(short)
+        for short in ("batch_size",):
+            if short in overrides:
+                overrides[f"data.{short}"] = overrides.pop(short)
+        models = self.store.root / "models"
+        tmp = models / f".training-{os.getpid()}"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        models.mkdir(parents=True, exist_ok=True)
+        summary = train(store=self, out_dir=tmp, **overrides)
+        version = summary["model_version"]
+        final = models / version
+        if final.exists():                      # same weights trained again: keep the first copy
+            import shutil
+
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+        atomic_write_bytes(models / "CURRENT", json.dumps({"model_version": version}).encode())
+        self._searcher = None
+        summary["out_dir"] = str(final)
+        return summary
+
+    def embed(self, batch_size: int = 128) -> dict[str, int]:
+        """Embed every record with the current model into ``<store>/embeddings/<model_version>/``.
+
+        Returns rows per modality: note, image, labs, variants, patient (mean of a patient's modality
+        vectors, re-normalised), gene.
+        """
+        from raretarget.encoders.training import embed, load_model
+        from raretarget.index import l2_normalize
+        from raretarget.index.generations import vectors_of
+        from raretarget.query.search import MODALITY_NAMES
+
+        model = self.current_model()
+        if model is None:
+            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        net = load_model(model["path"])
+        version = model["model_version"]
+        tables = embed(net, self, batch_size=batch_size)
+        refs = {}
+        t = self.sql("select record_id, source_ref from patients union all select record_id, source_ref from images")
+        refs = dict(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+        gens = self._generations()
+        counts = {}
+        per_patient: dict[str, list[np.ndarray]] = {}
+        for m, tab in tables.items():
+            name = MODALITY_NAMES.get(m, m)
+            rids = tab.column("record_id").to_pylist()
+            if name == "gene":
+                src = [None] * len(rids)
+                vocab = list(net.encoders["variants"].genes)
+                src = ["gene:" + g for g in vocab] if len(vocab) == len(rids) else src
+            else:
+                src = [refs.get(r) for r in rids]
+                vecs = vectors_of(tab)
+                for pid, v in zip(tab.column("patient_id").to_pylist(), vecs):
+                    if pid is not None:
+                        per_patient.setdefault(pid, []).append(v)
+            tab = tab.drop_columns([c for c in ("source_ref",) if c in tab.column_names])
+            tab = tab.append_column("source_ref", pa.array(src, pa.string()))
+            tab = tab.set_column(tab.column_names.index("modality"), "modality", pa.array([name] * tab.num_rows))
+            gens.write_embeddings(version, name, tab)
+            counts[name] = tab.num_rows
+        if per_patient:
+            pids = sorted(per_patient)
+            fused = l2_normalize(np.stack([np.mean(per_patient[p], axis=0) for p in pids]))
+            prid = {p: r for p, r in zip(*self.sql("select patient_id, min(record_id) from patients group by 1")
+                                          .to_pydict().values())}
+            rids = [prid.get(p) or S.patient_record_id(p) for p in pids]
+            dim = fused.shape[1]
+            tab = pa.table({"record_id": pa.array(rids, pa.int64()), "patient_id": pids,
+                            "modality": ["patient"] * len(pids), "model_version": [version] * len(pids),
+                            "source_ref": [refs.get(r) for r in rids],
+                            "vector": pa.FixedSizeListArray.from_arrays(pa.array(fused.ravel()), dim)})
+            gens.write_embeddings(version, "patient", tab)
+            counts["patient"] = len(pids)
+        self._searcher = None
+        return counts
+
+    def build_index(self, factory: str | None = None, keep: int = 3) -> dict:
+        """Build one FAISS index per modality from the current embeddings; publish a new generation.
+
+        ``factory``: a faiss factory string for every modality, or None to choose by size
+        (:func:`raretarget.index.auto_factory`). Returns the generation info.
+        """
+        model = self.current_model()
+        if model is None or not self._generations().embedding_counts(model["model_version"]):
+            raise RuntimeError("no embeddings for the current model: call Engine.embed() first")
+        info = self._generations().build(model["model_version"], factory=factory, keep=keep)
+        self._searcher = None
+        return info
+
+    def _get_searcher(self):
+        s = getattr(self, "_searcher", None)
+        if s is not None:
+            return s
+        from raretarget.encoders.training import load_model
+        from raretarget.query.search import Searcher
+
+        model = self.current_model()
+        if model is None:
+            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        gens = self._generations()
+        indexes = gens.open(model_version=model["model_version"])      # refuses a stale index
+        lookups = {m: gens.read_embeddings(model["model_version"], m).select(["record_id", "patient_id", "source_ref"])
+                   for m in indexes}
+        self._searcher = Searcher(self, load_model(model["path"]), model["model_version"], indexes, lookups)
+        return self._searcher
+
+    def search(self, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
+               excluded: Sequence[str] = (), phenopacket=None, patient: str | None = None, image=None,
+               k: int = 20, modalities: Sequence[str] | None = None, where: str | None = None,
+               genes: Sequence[str] | None = None, pathogenic_only: bool = False, labs=None) -> pa.Table:
+        """Cross-modal top-k search. Exactly one query form: free text, HPO ``phenotypes`` (with optional
+        ``excluded``), a GA4GH ``phenopacket`` (path/dict), a pseudonymous ``patient`` id, or a DICOM ``image``.
+
+        ``modalities``: subset of note, image, labs, variants, patient, gene (default: all indexed).
+        Filters (``where`` over patients, carriers of ``genes``, ``labs`` thresholds) restrict patient
+        records; genes are never filtered. Returns a pyarrow Table: rank, score (cosine), modality,
+        record_id, patient_id, gene, source_ref.
+        """
+        from raretarget.query.filters import allowed_patients
+        from raretarget.query.search import phenotype_text
+
+        forms = [x is not None for x in (query, phenotypes, phenopacket, patient, image)]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of: query text, phenotypes, phenopacket, patient, image")
+        s = self._get_searcher()
+        exclude = None
+        if query is not None:
+            q = s.encode_text(query)
+        elif phenotypes is not None or phenopacket is not None:
+            if phenopacket is not None:
+                from raretarget.prioritize import parse_phenopacket
+
+                pp = parse_phenopacket(phenopacket)
+                phenotypes, excluded = pp[0], pp[1]
+            q = s.encode_text(phenotype_text(phenotypes, excluded, self.resources.phenotypes))
+        elif patient is not None:
+            t = self._generations().read_embeddings(s.model_version, "patient")
+            hit = t.filter(pa.compute.equal(t.column("patient_id"), patient))
+            if hit.num_rows == 0:
+                raise ValueError(f"unknown patient {patient!r} (no embeddings)")
+            from raretarget.index.generations import vectors_of
+
+            q = vectors_of(hit)[:1]
+            exclude = patient
+        else:
+            q = s.encode_image(image)
+        allowed = allowed_patients(self.sql, where=where, genes=genes, pathogenic_only=pathogenic_only, labs=labs)
+        return s.search(q, k, modalities, allowed, exclude_patient=exclude)
 
     def quarantine(self, reveal: bool = False) -> pa.Table:
         """Quarantined records with reasons. ``reveal=True`` adds real paths from the link folder."""

@@ -1,0 +1,121 @@
+"""Hypothesis queries: turn free text, HPO terms, a Phenopacket, a patient or an image into one query
+vector in the shared space, search the per-modality FAISS indexes, merge by cosine, filter.
+
+Modalities in results: ``note`` (a patient's notes, text tower), ``image`` (one DICOM image),
+``labs`` (a patient's lab profile), ``variants`` (a patient's variant set), ``patient`` (the mean of
+a patient's modality vectors, re-normalised), ``gene`` (a gene of the variant tower's vocabulary).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+#: encoder modality name → name used in the store / results
+MODALITY_NAMES = {"text": "note", "image": "image", "labs": "labs", "variants": "variants", "gene": "gene"}
+RESULT_SCHEMA = pa.schema([
+    pa.field("rank", pa.int32()), pa.field("score", pa.float32()), pa.field("modality", pa.string()),
+    pa.field("record_id", pa.int64()), pa.field("patient_id", pa.string()), pa.field("gene", pa.string()),
+    pa.field("source_ref", pa.string()),
+])
+
+
+def hpo_labels(terms: Sequence[str], mapper) -> list[str]:
+    """HPO ids → labels (packaged hp.obo; obsolete ids follow replaced_by; unknown ids raise)."""
+    out = []
+    for t in terms:
+        cur = mapper.current(t)
+        if cur is None:
+            raise ValueError(f"unknown HPO term {t!r}")
+        out.append(mapper.terms[cur].name)
+    return out
+
+
+def phenotype_text(observed: Sequence[str], excluded: Sequence[str], mapper) -> str:
+    """A phenotype profile as the text tower's input: labels of observed terms, 'no X' for excluded."""
+    parts = hpo_labels(observed, mapper)
+    parts += [f"no {x.lower()}" for x in hpo_labels(excluded, mapper)]
+    return "; ".join(parts)
+
+
+def image_thumbnail(path: str | os.PathLike) -> np.ndarray:
+    """The same 64x64 uint8 thumbnail ingest stores, computed from a DICOM file (no store write)."""
+    import pydicom
+
+    from raretarget.ingest import dicom as D
+
+    ds = pydicom.dcmread(str(path))
+    status, _features, thumb = D._pixels(ds)
+    if thumb is None:
+        raise ValueError(f"{Path(path).name}: no decodable pixel data ({status})")
+    return np.asarray(thumb, dtype=np.uint8)
+
+
+class Searcher:
+    """Loaded model + indexes + id→(patient, source_ref) lookups for one store generation."""
+
+    def __init__(self, engine, model, model_version: str, indexes: dict, lookups: dict[str, pa.Table]):
+        self.engine = engine
+        self.model = model
+        self.model_version = model_version
+        self.indexes = indexes
+        self.lookups = {m: dict(zip(t.column("record_id").to_pylist(),
+                                    zip(t.column("patient_id").to_pylist(), t.column("source_ref").to_pylist())))
+                        for m, t in lookups.items()}
+        self.patient_vectors: dict[str, np.ndarray] = {}
+
+    # ---- query vectors ---------------------------------------------------------------------------
+    def encode_text(self, text: str) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            self.model.eval()
+            return self.model.encode_text([text]).float().cpu().numpy()
+
+    def encode_image(self, path) -> np.ndarray:
+        from raretarget.encoders.training import encode_samples
+
+        enc = encode_samples(self.model, [{"image": image_thumbnail(path)}])
+        return enc["image"][1]
+
+    # ---- search ------------------------------------------------------------------------------------
+    def search(self, qvec: np.ndarray, k: int, modalities: Sequence[str] | None, allowed: set[str] | None,
+               exclude_patient: str | None = None) -> pa.Table:
+        mods = [m for m in (modalities or self.indexes) if m in self.indexes]
+        missing = [m for m in (modalities or []) if m not in self.indexes]
+        if missing:
+            raise ValueError(f"no index for modality {missing}; indexed: {sorted(self.indexes)}")
+        rows = []
+        for m in mods:
+            idx = self.indexes[m]
+            fetch = k
+            while True:
+                kk = min(fetch, len(idx))
+                scores, ids = idx.search(qvec, kk)
+                got = []
+                for s, rid in zip(scores[0].tolist(), ids[0].tolist()):
+                    if rid == -1:
+                        continue
+                    pid, ref = self.lookups.get(m, {}).get(rid, (None, None))
+                    if m != "gene" and ((allowed is not None and pid not in allowed) or
+                                        (exclude_patient is not None and pid == exclude_patient)):
+                        continue
+                    got.append((s, m, rid, pid, ref))
+                if len(got) >= k or kk >= len(idx):
+                    break
+                fetch *= 4                      # filters removed too many: over-fetch and retry
+            rows.extend(got[:k])
+        rows.sort(key=lambda r: -r[0])
+        rows = rows[:k]
+        genes = [ref[5:] if (m == "gene" and ref and ref.startswith("gene:")) else None for _, m, _, _, ref in rows]
+        return pa.table({
+            "rank": pa.array(range(1, len(rows) + 1), pa.int32()),
+            "score": pa.array([r[0] for r in rows], pa.float32()),
+            "modality": [r[1] for r in rows], "record_id": pa.array([r[2] for r in rows], pa.int64()),
+            "patient_id": pa.array([r[3] for r in rows], pa.string()), "gene": pa.array(genes, pa.string()),
+            "source_ref": pa.array([r[4] for r in rows], pa.string()),
+        }, schema=RESULT_SCHEMA)
