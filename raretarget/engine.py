@@ -433,7 +433,11 @@ class Engine:
                 from raretarget.prioritize import parse_phenopacket
 
                 pp = parse_phenopacket(phenopacket)
-                phenotypes, excluded = pp[0], pp[1]
+                known = self.resources.phenotypes.current        # skip ids the ontology lacks (not fatal)
+                phenotypes = [t for t in pp.observed if known(t)]
+                excluded = [t for t in pp.excluded if known(t)]
+                if not phenotypes:
+                    raise ValueError("the Phenopacket has no known observed HPO term")
             q = s.encode_text(phenotype_text(phenotypes, excluded, self.resources.phenotypes))
         elif patient is not None:
             t = self._generations().read_embeddings(s.model_version, "patient")
