@@ -123,9 +123,33 @@ def cmd_demo(args) -> int:
     _print_table(con, eng.sql(
         "select loinc, any_value(display) as lab, unit, count(*) as n, "
         "count(distinct original_unit) as units_seen, round(avg(value), 2) as mean from observations "
-        "where unit_status in ('canonical', 'converted') group by loinc, unit order by units_seen desc, n desc limit 8"),
+        "where unit_status in ('canonical', 'converted') group by loinc, unit order by units_seen desc, n desc limit 5"),
         title="labs in canonical UCUM units")
-    con.print("Later stages (train → index → query → ranked targets) are not built yet; see the README roadmap.")
+    if args.no_train:
+        return 0
+    t0 = time.perf_counter()
+    summary = eng.train(max_epochs=args.epochs)
+    con.print(f"4. trained the shared-space encoders (model {summary['model_version']}, "
+              f"{args.epochs} epochs, {time.perf_counter() - t0:.0f}s); held-out recall@1 "
+              f"{_fmt((summary.get('recall_untrained') or {}).get('recall@1'))} (untrained) → "
+              f"{_fmt((summary.get('recall') or {}).get('recall@1'))}")
+    counts = eng.embed()
+    info = eng.build_index()
+    con.print(f"5. embedded {sum(counts.values())} records {json.dumps(counts)}; index generation {info['generation']}")
+    truth = json.loads((cohort_dir / "truth.json").read_text())
+    dis = max(truth["diseases"], key=lambda d: sum(p.get("disease_id") == d["disease_id"] for p in truth["patients"]))
+    terms = dis["hpo"][:6]
+    con.print(f"6. hypothesis: patients with the phenotype of {dis['name']} ({', '.join(terms)})")
+    hits = eng.search(phenotypes=terms, k=8, modalities=["patient", "note", "image"])
+    _print_table(con, hits.drop_columns(["record_id", "gene"]), title="cross-modal hits")
+    ranked = eng.rank_targets(phenotypes=terms, k=10)
+    cols = [c for c in ranked.column_names if c not in ("evidence",)]
+    _print_table(con, ranked.select(cols), title="ranked candidate genes/targets")
+    genes = ranked.column("gene").to_pylist()
+    where = [g for g in dis["genes"] if g in genes]
+    con.print(f"7. the cohort's causal gene {', '.join(dis['genes'])} is ranked "
+              + (f"#{genes.index(where[0]) + 1}" if where else "outside the top 10")
+              + "; eng.explain(gene, phenotypes=...) lists the evidence and source records.")
     return 0
 
 
@@ -166,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", default="demo_store")
     sp.add_argument("--patients", type=int, default=50)
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--no-train", action="store_true", help="stop after ingest")
     sp.set_defaults(func=cmd_demo)
 
     args = p.parse_args(argv)

@@ -267,6 +267,40 @@ class Engine:
             "version": self.store.manifest().get("version", 0),
         }
 
+    # ---- prioritize --------------------------------------------------------------------------------
+    def knowledge(self):
+        """The gene knowledge base (HPO annotations via hpo3, druggability table), built once per Engine."""
+        if getattr(self, "_kb", None) is None:
+            from raretarget.prioritize import KnowledgeBase
+
+            self._kb = KnowledgeBase.from_hpo3()
+        return self._kb
+
+    def rank_targets(self, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
+                     excluded: Sequence[str] = (), phenopacket=None, patients: Sequence[str] | None = None,
+                     patient: str | None = None, vcf=None, k: int | None = 50, weights=None) -> pa.Table:
+        """Rank candidate genes/targets for a hypothesis; one row per gene with every component score.
+
+        Query forms as in :meth:`search` (free text, HPO ``phenotypes`` + ``excluded``, a Phenopacket);
+        ``patients``: the cohort of cases (default: patients matching the query's phenotypes);
+        ``patient`` / ``vcf``: the index patient's variants (a store patient, or a VCF file).
+        Components: phenotype_ic, knowledge, druggability, variant, cohort, embedding (see
+        :mod:`raretarget.prioritize`); weights from ``conf/prioritize/default.yaml`` or ``weights``.
+        Works on a store with no patients (knowledge evidence only). Columns: rank, gene, score,
+        one per component (NaN = no input), evidence (JSON).
+        """
+        from raretarget.prioritize.targets import rank_targets
+
+        return rank_targets(self, query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
+                            patients=patients, patient=patient, vcf=vcf, k=k, weights=weights)
+
+    def explain(self, gene: str, **query) -> dict:
+        """Evidence behind ``gene``'s row for a query (same keywords as :meth:`rank_targets`), with the
+        source records: matching conditions (HPO), variants in the gene, images of carriers."""
+        from raretarget.prioritize.targets import explain
+
+        return explain(self, gene, **query)
+
     # ---- train / embed / index / search -----------------------------------------------------------
     def _generations(self):
         from raretarget.index.generations import Generations

@@ -1,0 +1,157 @@
+"""``Engine.rank_targets`` / ``Engine.explain``: the store-aware layer over :func:`rank_genes`.
+
+Adds to the knowledge components (phenotype IC, knowledge, druggability, variant):
+* ``embedding``: cosine of the query vector with each gene's vector in the shared space (min-max scaled
+  to [0, 1] over genes), when the store has a trained model and gene embeddings;
+* ``cohort``: enrichment of rare damaging carriers among the patients that match the query vs the rest
+  of the store (:mod:`raretarget.prioritize.cohort`), when the store has patients.
+Works on any store: with no model and no patients only the knowledge evidence ranks the genes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+
+def resolve_query(engine, query, phenotypes, excluded, phenopacket):
+    """→ (observed HPO ids, excluded HPO ids, query text or None, notes)."""
+    notes = {}
+    if phenopacket is not None:
+        from . import parse_phenopacket
+
+        pp = parse_phenopacket(phenopacket)
+        phenotypes, excluded = list(pp.observed), list(pp.excluded)
+    known = engine.resources.phenotypes.current
+    obs, exc = [], []
+    for src, dst in ((phenotypes or [], obs), (excluded or [], exc)):
+        for t in src:
+            cur = known(t)
+            if cur is None:
+                notes[t] = "unknown HPO id, skipped"
+            else:
+                dst.append(cur)
+    return obs, exc, query, notes
+
+
+def _embedding_scores(engine, text: str | None, obs, exc) -> dict[str, float]:
+    from raretarget.query.search import phenotype_text
+
+    if engine.current_model() is None:
+        return {}
+    gens = engine._generations()
+    version = engine.current_model()["model_version"]
+    genes = gens.read_embeddings(version, "gene")
+    if genes.num_rows == 0:
+        return {}
+    s = engine._get_searcher()
+    q = s.encode_text(text if text is not None else phenotype_text(obs, exc, engine.resources.phenotypes))[0]
+    from raretarget.index.generations import vectors_of
+
+    cos = vectors_of(genes) @ q
+    lo, hi = float(cos.min()), float(cos.max())
+    scaled = (cos - lo) / (hi - lo) if hi > lo else np.zeros_like(cos)
+    syms = [r[5:] if r and r.startswith("gene:") else None for r in genes.column("source_ref").to_pylist()]
+    return {g: float(v) for g, v in zip(syms, scaled) if g}
+
+
+def _cases(engine, text, obs, max_cases: int = 50) -> list[str]:
+    from .cohort import matching_patients
+
+    if obs:
+        return matching_patients(engine.sql, obs, ontology=engine.resources.phenotypes)
+    if text is not None and engine.current_model() is not None and engine._generations().current():
+        hits = engine.search(text, k=max_cases, modalities=["patient"])
+        s = hits.column("score").to_numpy()
+        if len(s) == 0:
+            return []
+        cut = s.mean() + s.std()                     # the clearly closer patients only
+        return [p for p, v in zip(hits.column("patient_id").to_pylist(), s) if v >= cut]
+    return []
+
+
+def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
+                 excluded: Sequence[str] = (), phenopacket=None, patients: Sequence[str] | None = None,
+                 patient: str | None = None, vcf=None, k: int | None = 50, weights=None) -> pa.Table:
+    obs, exc, text, notes = resolve_query(engine, query, phenotypes, excluded, phenopacket)
+    if not obs and text is None:
+        raise ValueError("give a query: text, phenotypes (HPO ids) or a phenopacket with known terms")
+    kb = engine.knowledge()
+    extra: dict[str, dict[str, float]] = {}
+    evidence_extra: dict[str, dict] = {}
+    emb = _embedding_scores(engine, text, obs, exc)
+    if emb:
+        extra["embedding"] = emb
+    has_patients = engine.store.count("patients") > 0
+    if has_patients:
+        from .cohort import cohort_evidence, cohort_scores
+
+        cases = list(patients) if patients is not None else _cases(engine, text, obs)
+        if cases:
+            ev = cohort_evidence(engine.sql, cases)
+            if ev.num_rows:
+                extra["cohort"] = cohort_scores(ev)
+                for r in ev.to_pylist():
+                    evidence_extra[r["gene"]] = r
+            notes["cohort"] = f"{len(cases)} matching patient(s) used as cases"
+    variants = None
+    if vcf is not None:
+        from raretarget import Engine
+
+        with tempfile.TemporaryDirectory() as tmp:       # parse + normalise through the same reader
+            scratch = Engine.open(os.path.join(tmp, "s"), create=True)
+            rep = scratch.ingest([vcf])
+            if rep.quarantined and not rep.accepted.get("variants"):
+                raise ValueError(f"VCF could not be read: {rep.quarantine[0].reason}")
+            variants = scratch.sql("select * from variants")
+    elif patient is not None:
+        variants = engine.sql("select * from variants where patient_id = ?", [patient])
+    table = _rank(kb, obs, exc, variants, weights, extra, k)
+    if evidence_extra or notes:
+        ev = []
+        for g, e in zip(table.column("gene").to_pylist(), table.column("evidence").to_pylist()):
+            d = json.loads(e) if e else {}
+            if g in evidence_extra:
+                d["cohort"] = evidence_extra[g]
+            if notes:
+                d.setdefault("query_notes", notes)
+            ev.append(json.dumps(d, default=str))
+        table = table.set_column(table.column_names.index("evidence"), "evidence", pa.array(ev, pa.string()))
+    return table
+
+
+def _rank(kb, obs, exc, variants, weights, extra, k):
+    from .rank import rank_genes
+
+    return rank_genes(obs, exc, variants=variants, weights=weights, extra_components=extra or None, top=k, kb=kb)
+
+
+def explain(engine, gene: str, **query) -> dict:
+    """The evidence behind one gene's row for a query, down to source records."""
+    t = rank_targets(engine, k=None, **query)
+    hit = t.filter(pa.compute.equal(t.column("gene"), gene))
+    if hit.num_rows == 0:
+        raise ValueError(f"gene {gene!r} is not ranked for this query")
+    row = hit.to_pylist()[0]
+    row["evidence"] = json.loads(row["evidence"]) if row["evidence"] else {}
+    # source records: the query's matched HPO terms in the store's conditions, and the variants in the gene
+    obs, _exc, _text, _ = resolve_query(engine, query.get("query"), query.get("phenotypes"),
+                                        query.get("excluded", ()), query.get("phenopacket"))
+    recs = {}
+    if obs:
+        recs["conditions"] = engine.sql(
+            "select patient_id, hpo_id, display, source_ref from conditions where hpo_id in (select unnest(?)) "
+            "order by patient_id limit 200", [obs]).to_pylist()
+    recs["variants"] = engine.sql(
+        "select patient_id, chrom, pos, ref, alt, consequence, clinvar, zygosity, source_ref from variants "
+        "where gene = ? order by patient_id, pos limit 200", [gene]).to_pylist()
+    recs["images"] = engine.sql(
+        "select i.patient_id, i.modality, i.instance_uid, i.source_ref from images i where i.patient_id in "
+        "(select distinct patient_id from variants where gene = ?) limit 50", [gene]).to_pylist()
+    row["source_records"] = recs
+    return row
