@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from raretarget.cli import main
 from conftest import DATA
 
@@ -34,14 +36,16 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_demo_generates_ingests_and_reports(tmp_path, capsys):
     out = tmp_path / "demo_store"
-    assert main(["demo", "--out", str(out), "--patients", "12", "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(out), "--patients", "16", "--seed", "3", "--epochs", "1"]) == 0
     text = capsys.readouterr().out
-    assert "0 quarantined" in text and "patients=12" in text
+    assert "0 quarantined" in text and "patients=16" in text
+    assert "index generation 1" in text and "ranked candidate genes" in text and "causal gene" in text
     # a second run is idempotent: the same cohort is regenerated and nothing is added
-    assert main(["demo", "--out", str(out), "--patients", "12", "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(out), "--patients", "16", "--seed", "3", "--no-train"]) == 0
     assert "0 file(s) read" in capsys.readouterr().out
     from raretarget import Engine
 
-    assert Engine.open(out).status()["tables"]["patients"] == 12
+    assert Engine.open(out).status()["tables"]["patients"] == 16
