@@ -55,8 +55,8 @@ import pyarrow.compute as pc
 
 from .scorers import HIGH_CSQ, LOW_CSQ, MODERATE_CSQ
 
-__all__ = ["matching_patients", "phenotype_coverage", "cohort_evidence", "cohort_scores", "cohort_for_phenotypes", "COHORT_SCHEMA",
-           "benjamini_hochberg"]
+__all__ = ["matching_patients", "phenotype_coverage", "cohort_evidence", "cohort_scores", "cohort_for_phenotypes",
+           "COHORT_SCHEMA", "benjamini_hochberg"]
 
 COHORT_SCHEMA = pa.schema([
     pa.field("gene", pa.string()),
@@ -281,8 +281,6 @@ def cohort_evidence(sql: Any, cases: Sequence[str], *, max_af: float = 0.01,
                             "population": population, "score_cap": float(score_cap)}
     where = _qualify_sql(max_af, damaging, pathogenic, exclude_benign)
     if not case_ids:
-        case_ids = ['x']
-    if False:
         return _empty({**meta, "n_cases": 0, "n_controls": None, "n_genes_tested": 0, "cases_not_found": []})
     universe = "SELECT DISTINCT patient_id FROM variants WHERE patient_id IS NOT NULL"
     if population == "all":

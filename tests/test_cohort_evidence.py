@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -34,12 +33,13 @@ CASES = ["c1", "c2", "c3", "c4"]
 CONTROLS = [f"k{i}" for i in range(1, 9)]
 MIS, STOP = "missense_variant", "stop_gained"
 ROWS = [
-    # G1: 3/4 cases, 1/8 controls carry; c1 has two G1 alleles (counted once)
+    # G1: 3/4 cases, 1/8 controls carry; c1 and k1 have two G1 alleles each (counted once)
     ("c1", "G1", MIS, "MODERATE", None, 1e-5, "het", "v:c1/a"),
     ("c1", "G1", STOP, "HIGH", None, None, "het", "v:c1/b"),          # unknown AF counts as rare
     ("c2", "G1", MIS, "MODERATE", "uncertain_significance", 2e-4, "het", "v:c2/a"),
     ("c3", "G1", STOP, None, None, 1e-6, "hom_alt", "v:c3/a"),         # impact from consequence
     ("k1", "G1", MIS, "MODERATE", None, 1e-4, "het", "v:k1/a"),
+    ("k1", "G1", STOP, "HIGH", None, 1e-6, "het", "v:k1/b"),             # control with two alleles: one carrier
     # G2: common (af > max_af) → not qualifying
     ("c1", "G2", MIS, "MODERATE", None, 0.2, "het", "v:c1/c"),
     ("c2", "G2", MIS, "MODERATE", None, 0.2, "het", "v:c2/c"),
@@ -121,10 +121,11 @@ def test_handmade_filters_and_options(con):
     # max_af: raising it past 0.2 brings G2 in; lowering it below 1e-5 drops the 1e-4/2e-4 alleles of G1
     assert "G2" in cohort_evidence(sql, CASES, max_af=0.25).column("gene").to_pylist()
     g1 = {r["gene"]: r for r in cohort_evidence(sql, CASES, max_af=1e-5).to_pylist()}["G1"]
-    assert (g1["n_case_carriers"], g1["n_control_carriers"]) == (2, 0)      # c1 (null AF / 1e-5), c3 (1e-6)
+    assert (g1["n_case_carriers"], g1["n_control_carriers"]) == (2, 1)      # c1 (null AF / 1e-5), c3; k1 (1e-6)
+    assert g1["source_refs"] == ["v:c1/a", "v:c1/b", "v:c3/a"]
     # damaging=("HIGH",): missense carriers drop out
     g1 = {r["gene"]: r for r in cohort_evidence(sql, CASES, damaging=("HIGH",)).to_pylist()}["G1"]
-    assert g1["case_carriers"] == ["c1", "c3"] and g1["n_control_carriers"] == 0
+    assert g1["case_carriers"] == ["c1", "c3"] and g1["source_refs"] == ["v:c1/b", "v:c3/a"]
     # population="all" adds the un-genotyped patient u1 to the controls
     assert cohort_evidence(sql, CASES, population="all").column("n_controls")[0].as_py() == 9
     # unknown and empty case lists
