@@ -82,7 +82,9 @@ def test_auto_factory_and_caller_array_not_mutated(data20k):
     np.testing.assert_array_equal(q, q0)
     assert auto_factory(10_000, 384) == "Flat"
     assert auto_factory(200_000, 384) == "HNSW32,Flat"
-    assert auto_factory(4_000_000, 384) == "IVF8000,PQ96"
+    assert auto_factory(1_000_000, 256) == "IVF4000,SQ8"        # SQ8 + exact re-rank (bench_index.py)
+    assert auto_factory(4_000_000, 384) == "IVF8000,SQ8"
+    assert auto_factory(4_000_000, 384, memory="low") == "IVF8000,PQ96"
     f = auto_factory(200_000, 384, memory="low")
     assert f.startswith("IVF") and 384 % int(f.split("PQ")[1]) == 0
 
@@ -344,3 +346,21 @@ def test_negative_ids_other_than_minus_one_are_real_results():
         idx = VectorIndex.build(v, ids, factory=factory)
         scores, got = idx.search(v[:10], 1)
         assert (got[:, 0] == ids[:10]).all() and np.isfinite(scores).all()
+
+
+def test_side_store_lookup_vectorised_matches_dict():
+    """The sorted-id lookup used by re-ranking agrees with the id -> slot dict after updates/deletes."""
+    from raretarget.index.vector_index import _SideStore
+    rng = np.random.default_rng(3)
+    st = _SideStore(4)
+    ids = rng.choice(10**6, 500, replace=False).astype(np.int64) + BASE
+    st.upsert(ids, rng.standard_normal((500, 4)).astype(np.float32))
+    st.delete(ids[:50].tolist())
+    st.upsert(ids[25:75], rng.standard_normal((50, 4)).astype(np.float32))   # re-add 25 deleted, update 25
+    q = np.concatenate([ids[:99], [-1, 7, BASE - 1]]).reshape(-1, 3)
+    vecs, ok = st.lookup(q)
+    for i, v, o in zip(q.reshape(-1).tolist(), vecs.reshape(-1, 4), ok.reshape(-1)):
+        p = st.pos.get(i)
+        assert o == (p is not None)
+        np.testing.assert_array_equal(v, st.vecs[p] if p is not None else np.zeros(4, np.float32))
+    assert not _SideStore(4).lookup(np.array([[1, 2]]))[1].any()
