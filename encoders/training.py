@@ -4,7 +4,8 @@
 Config (dict or ``DictConfig``; missing keys take :data:`DEFAULTS`)::
 
     encoders: {text: {name: text, ...}, image: {...}, labs: {...}, variants: {...}}   # or _target_
-    model:    {embed_dim, logit_scale_init, logit_scale_max, knowledge_weight, optimizer, scheduler}
+    model:    {embed_dim, logit_scale_init, logit_scale_max, knowledge_weight, optimizer, scheduler,
+               knowledge: {steps, batch_size, lr, max_terms, ...}}   # knowledge alignment phase
     data:     MultiModalDataModule kwargs (store: path | synthetic: true, batch_size, ...)
     trainer:  lightning.Trainer kwargs (precision "auto": bf16/16-mixed on GPU, 32 on CPU)
     out_dir, seed, fit_lab_stats, eval_untrained, eval_batch_size
@@ -39,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "model": {"embed_dim": 256, "logit_scale_init": 1 / 0.07, "logit_scale_max": 100.0, "knowledge_weight": 0.5,
               "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
-              "scheduler": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.05}},
+              "scheduler": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.05},
+              # knowledge alignment phase before the patient-level training (encoders/knowledge.py)
+              "knowledge": {"steps": 600, "batch_size": 512, "lr": 5.0e-3, "max_terms": 16}},
     "data": {"synthetic": False, "store": None, "batch_size": 64, "num_workers": 0, "val_fraction": 0.2},
     "trainer": {"max_epochs": 10, "accelerator": "auto", "devices": "auto", "precision": "auto",
                 "strategy": "auto", "num_nodes": 1, "log_every_n_steps": 10, "gradient_clip_val": 1.0},
@@ -357,6 +360,31 @@ def _history_callback():
     return History()
 
 
+def _knowledge_phase(model, dm, kcfg: Mapping[str, Any], tk: Mapping[str, Any], seed: int) -> dict | None:
+    """The knowledge alignment phase (:func:`.knowledge.align_knowledge`) before the patient-level fit.
+
+    Runs when ``model.knowledge.steps > 0``, ``trainer.max_epochs != 0`` (0 = an untrained model), the
+    model has ``text`` + ``variants`` with a frozen text backbone, and the data module has knowledge
+    (``data.knowledge``). On a GPU when the trainer would use one; the model is back on CPU after."""
+    import torch
+
+    from .knowledge import DEFAULTS as KDEF
+    from .knowledge import align_knowledge, backbone_frozen
+
+    k = {**KDEF, **{key: v for key, v in kcfg.items() if key in KDEF}}
+    if int(k["steps"]) <= 0 or tk.get("max_epochs", 1) == 0:
+        return None
+    knowledge = getattr(dm, "knowledge", None) if getattr(dm, "use_knowledge", True) else None
+    if not knowledge or not {"text", "variants"} <= set(model.encoders) or not backbone_frozen(model):
+        return None
+    cuda = torch.cuda.is_available() and tk.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    k["seed"] = int(kcfg.get("seed", seed))
+    try:
+        return align_knowledge(model, knowledge, device="cuda" if cuda else "cpu", **k)
+    finally:
+        model.cpu()
+
+
 def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | None = None, **overrides: Any) -> dict:
     """Train the shared-space model contrastively; save it; return a summary dict.
 
@@ -395,6 +423,7 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
             if e.get("genes", "auto") in ("auto", None):
                 e["genes"] = dm.gene_vocabulary()
     mcfg = dict(c["model"])
+    kcfg = dict(mcfg.pop("knowledge", None) or {})
     module = ContrastiveModule(enc_cfg, **mcfg)
     model = module.model
     if c.get("fit_lab_stats", True) and "labs" in model.encoders:
@@ -409,6 +438,10 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
     before = retrieval_recall(model, dm.val_samples, ebs) if c.get("eval_untrained", True) and dm.val_samples else None
     times["eval_untrained"] = time.time() - tb
     tk = _trainer_kwargs(c["trainer"])
+    tb = time.time()
+    kinfo = _knowledge_phase(model, dm, kcfg, tk, int(c.get("seed", 0)))
+    if kinfo is not None:
+        times["knowledge"] = time.time() - tb
     hist = _history_callback()
     targs = dict(logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                  default_root_dir=c["out_dir"])
@@ -425,6 +458,8 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
               "first_batch_loss": hist.first_batch_loss, "recall": after, "recall_untrained": before,
               "n_train": len(dm.train_samples), "n_val": len(dm.val_samples), "precision": str(tk["precision"]),
               "device": str(trainer.strategy.root_device), "logit_scale": float(model.scale().detach())}
+    if kinfo is not None:
+        result["knowledge"] = kinfo
     if trainer.is_global_zero:
         result["model_version"] = save_model(model, c["out_dir"], train_cfg=_jsonable(c), metrics=None)
     result["seconds"] = round(time.time() - t0, 2)

@@ -379,6 +379,8 @@ def run(args) -> dict:
     common = {"eval_untrained": False}
     if args.embed_dim:
         common["model.embed_dim"] = args.embed_dim
+    if args.knowledge_steps is not None:                 # 0 = no knowledge alignment phase
+        common["model.knowledge.steps"] = args.knowledge_steps
     result: dict = {"machine": _machine(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "params": vars(args), "baselines": BASELINES, "timings": {}}
@@ -402,7 +404,7 @@ def run(args) -> dict:
     trained = load_model(summ["out_dir"])
     result["timings"]["train_s"] = round(time.time() - t0, 2)
     result["train"] = {k: summ.get(k) for k in ("model_version", "train_loss", "val_loss", "n_train", "n_val",
-                                                "seconds", "timings", "logit_scale")}
+                                                "seconds", "timings", "logit_scale", "knowledge")}
     print(f"[bench] trained {args.epochs} epoch(s) in {result['timings']['train_s']} s", file=sys.stderr, flush=True)
 
     t0 = time.time()
@@ -516,6 +518,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-epochs", type=int, default=None, help="epochs for sweep models (default --epochs)")
     ap.add_argument("--image-difficulty", type=float, default=0.5)
     ap.add_argument("--embed-dim", type=int, default=None)
+    ap.add_argument("--knowledge-steps", type=int, default=None,
+                    help="model.knowledge.steps of the trained models (default: the training default; 0 = off)")
     ap.add_argument("--work", default=None, help="working folder (default: a temp folder, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the temp working folder")
     ap.add_argument("--no-engine-check", action="store_true")

@@ -1,0 +1,162 @@
+"""Knowledge alignment phase: HPO term labels (text tower) ↔ genes (gene tower), many fast steps.
+
+With a frozen text backbone the only trainable part of the text tower is its projection, so the
+backbone's pooled features of every term label can be computed once (:func:`label_features`). Each
+step then takes ``batch_size`` genes (walking a fresh permutation of every gene with knowledge, so the
+whole vocabulary is covered many times), builds one query-like text feature per gene – a random subset
+of 1…``max_terms`` of its term labels, composed as the token-weighted mean of the cached label
+features (≈ the mean-pooled feature of the joined phrase "term a; term b; term c", since mean pooling
+is a token average) – and applies the symmetric InfoNCE of :func:`.model.clip_loss` between the
+projected text features and the genes' embeddings (``MultiModalModel.encode_gene_ids``).
+
+Only the text projection and the variant/gene encoder are updated; the learnable logit scale is not
+(the temperature is ``logit_scale`` or the model's current value).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .base import normalize
+
+DEFAULTS: dict[str, Any] = {
+    "steps": 600,            # 0 disables the phase
+    "batch_size": 512,       # genes per step (distinct)
+    "lr": 5.0e-3,
+    "weight_decay": 0.01,
+    "warmup_steps": 20,
+    "min_lr_ratio": 0.05,
+    "max_terms": 16,         # terms per composed phrase: uniform in 1..min(max_terms, n_terms)
+    "logit_scale": None,     # fixed multiplier; None = the model's current exp(logit_scale)
+    "feature_batch_size": 256,
+    "seed": 0,
+}
+
+
+def backbone_frozen(model) -> bool:
+    """True when the model has a text tower whose backbone has no trainable parameter."""
+    encs = getattr(model, "encoders", None)
+    enc = encs["text"] if encs is not None and "text" in encs else None
+    return enc is not None and hasattr(enc, "backbone") and not any(p.requires_grad for p in enc.backbone.parameters())
+
+
+@torch.no_grad()
+def label_features(text_encoder, labels: Sequence[str], batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features ``(n, hidden)`` float32 and token counts ``(n,)`` of ``labels``
+    (batched by length to limit padding)."""
+    from .text import mean_pool
+
+    was = text_encoder.training
+    text_encoder.eval()
+    order = sorted(range(len(labels)), key=lambda i: len(labels[i]))
+    hidden = text_encoder.backbone.config.hidden_size
+    feats = torch.zeros(len(labels), hidden)
+    ntok = torch.ones(len(labels))
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            b = text_encoder.collate([labels[i] for i in idx])
+            ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
+            out = text_encoder.backbone(input_ids=ids, attention_mask=mask)
+            feats[idx] = mean_pool(out.last_hidden_state, mask).float().cpu()
+            ntok[idx] = mask.sum(1).float().cpu()
+    finally:
+        text_encoder.train(was)
+    return feats, ntok
+
+
+def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 600, batch_size: int = 512,
+                    lr: float = 5e-3, weight_decay: float = 0.01, warmup_steps: int = 20, min_lr_ratio: float = 0.05,
+                    max_terms: int = 16, logit_scale: float | None = None, feature_batch_size: int = 256,
+                    seed: int = 0, device: torch.device | str | None = None) -> dict:
+    """Run the knowledge alignment phase on ``model`` (a :class:`MultiModalModel` with ``text`` and
+    ``variants`` encoders and a frozen text backbone), in place.
+
+    ``knowledge``: gene symbol -> term labels; genes outside the model's vocabulary are ignored.
+    Returns ``{"steps", "genes", "labels", "loss_first", "loss_last", "feature_seconds", "seconds"}``.
+    """
+    from .model import clip_loss
+
+    t0 = time.time()
+    if not ({"text", "variants"} <= set(model.encoders)):
+        raise ValueError("knowledge alignment needs the 'text' and 'variants' encoders")
+    if not backbone_frozen(model):
+        raise ValueError("knowledge alignment caches backbone features: the text backbone must be frozen")
+    venc, tenc = model.encoders["variants"], model.encoders["text"]
+    genes = [g for g in sorted(knowledge) if g in venc.gene_index and knowledge[g]]
+    info = {"steps": 0, "genes": len(genes), "labels": 0, "loss_first": None, "loss_last": None}
+    if len(genes) < 2 or steps <= 0:
+        info["seconds"] = round(time.time() - t0, 2)
+        return info
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(dev)
+    labels = sorted({t for g in genes for t in knowledge[g] if t})
+    lab_index = {t: i for i, t in enumerate(labels)}
+    terms = [sorted({lab_index[t] for t in knowledge[g] if t}) for g in genes]
+    feats, ntok = label_features(tenc, labels, feature_batch_size, dev)
+    feats, ntok = feats.to(dev), ntok.clamp_min(1).to(dev)
+    info["labels"] = len(labels)
+    info["feature_seconds"] = round(time.time() - t0, 2)
+    gene_ids = venc.gene_ids(genes).to(dev)
+
+    params = [p for p in [*tenc.proj.parameters(), *venc.parameters()] if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = min((step - warmup_steps) / max(steps - warmup_steps, 1), 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    rng = random.Random(seed)
+    B = max(2, min(int(batch_size), len(genes)))
+    perm: list[int] = []
+    was = model.training
+    model.train()
+    scale = float(logit_scale) if logit_scale is not None else float(model.scale().detach())
+    losses = []
+    try:
+        for step in range(int(steps)):
+            if len(perm) < B:            # walk permutations of every gene: full coverage
+                nxt = list(range(len(genes)))
+                rng.shuffle(nxt)
+                rest = set(perm)
+                nxt = [g for g in nxt if g not in rest]
+                perm = perm + nxt
+            batch, perm = perm[:B], perm[B:]
+            flat, seg = [], []
+            for r, gi in enumerate(batch):
+                ts = terms[gi]
+                k = rng.randint(1, min(max_terms, len(ts)))
+                picked = rng.sample(ts, k)
+                flat += picked
+                seg += [r] * k
+            flat_t = torch.as_tensor(flat, device=dev)
+            seg_t = torch.as_tensor(seg, device=dev)
+            w = ntok[flat_t]
+            comp = torch.zeros(B, feats.shape[1], device=dev).index_add_(0, seg_t, feats[flat_t] * w[:, None])
+            comp = comp / torch.zeros(B, device=dev).index_add_(0, seg_t, w)[:, None]
+            t = normalize(tenc.proj(comp))
+            g = model.encode_gene_ids(gene_ids[torch.as_tensor(batch, device=dev)])
+            loss = clip_loss(t, g, scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    finally:
+        model.train(was)
+    info.update(steps=len(losses), loss_first=losses[0], loss_last=float(sum(losses[-10:]) / len(losses[-10:])),
+                logit_scale=scale, seconds=round(time.time() - t0, 2))
+    return info
