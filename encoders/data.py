@@ -140,9 +140,16 @@ def _engine(store: Any):
     return store if isinstance(store, Engine) else Engine.open(store)
 
 
-def load_store_samples(store: Any, loincs: Sequence[str] | None = None) -> list[dict]:
-    """One sample per patient found in any table (see module doc). ``store``: path or ``Engine``."""
+def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
+                       patients: Sequence[str] | None = None) -> list[dict]:
+    """One sample per patient found in any table (see module doc). ``store``: path or ``Engine``.
+    ``patients``: only these patient ids (an incremental re-embed); None = every patient."""
     eng = _engine(store)
+    pf = ""
+    if patients is not None:
+        if not len(patients):
+            return []
+        pf = " and patient_id in (" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in sorted(set(patients))) + ")"
     loincs = list(loincs or panel_loincs())
     ids: dict[str, dict] = {}
 
@@ -154,27 +161,27 @@ def load_store_samples(store: Any, loincs: Sequence[str] | None = None) -> list[
         return s
 
     for r in eng.sql("select patient_id, min(record_id) as rid from patients where patient_id is not null "
-                     "group by 1").to_pylist():
+                     f"{pf} group by 1").to_pylist():
         pid, rid = r["patient_id"], r["rid"]
         sample(pid)["record_id"] = int(rid)
     for r in eng.sql("select patient_id, text from notes where patient_id is not null and text is not null "
-                     "and length(trim(text)) > 0 order by patient_id, date nulls last, record_id").to_pylist():
+                     f"and length(trim(text)) > 0{pf} order by patient_id, date nulls last, record_id").to_pylist():
         sample(r["patient_id"])["notes"].append(r["text"])
     t = eng.sql("select patient_id, record_id, thumbnail from images where patient_id is not null "
-                "and thumbnail is not null order by patient_id, acquired nulls last, record_id")
+                f"and thumbnail is not null{pf} order by patient_id, acquired nulls last, record_id")
     for pid, rid, th in zip(t.column("patient_id").to_pylist(), t.column("record_id").to_pylist(),
                             t.column("thumbnail").to_pylist()):
         sample(pid)["images"].append((int(rid), np.asarray(th, dtype=np.uint8)))
     codes = ", ".join("'" + c.replace("'", "''") + "'" for c in loincs)
     for r in eng.sql("select patient_id, loinc, arg_max(value, coalesce(effective, TIMESTAMP '1970-01-01')) as v "
                      "from observations where patient_id is not null and value is not null and unit is not null "
-                     f"and isfinite(value) and loinc in ({codes}) group by 1, 2").to_pylist():
+                     f"and isfinite(value) and loinc in ({codes}){pf} group by 1, 2").to_pylist():
         s = sample(r["patient_id"])
         if s["labs"] is None:
             s["labs"] = {}
         s["labs"][r["loinc"]] = float(r["v"])
     for r in eng.sql("select patient_id, gene, consequence, impact, clinvar, zygosity, af from variants "
-                     "where patient_id is not null and gene is not null").to_pylist():
+                     f"where patient_id is not null and gene is not null{pf}").to_pylist():
         s = sample(r.pop("patient_id"))
         if s["variants"] is None:
             s["variants"] = []

@@ -74,15 +74,24 @@ class Generations:
         p = self.idx_dir / "CURRENT"
         return json.loads(p.read_text()) if p.exists() else None
 
-    def build(self, model_version: str, factory: str | None = None, keep: int = 3,
-              modalities: list[str] | None = None) -> dict:
-        """Build one index per modality from the embeddings of ``model_version``; publish atomically."""
+    def _new_dir(self) -> tuple[int, Path]:
         cur = self.current()
         gen = (cur["generation"] + 1) if cur else 1
         gdir = self.idx_dir / f"gen-{gen:06d}"
         if gdir.exists():                               # left by a killed build: never published
             shutil.rmtree(gdir)
+        for stale in self.idx_dir.glob("gen-*"):        # later unpublished leftovers
+            if stale.is_dir() and int(stale.name[4:]) > gen:
+                shutil.rmtree(stale, ignore_errors=True)
         gdir.mkdir(parents=True)
+        return gen, gdir
+
+    def build(self, model_version: str, factory: str | None = None, keep: int = 3,
+              modalities: list[str] | None = None, publish: bool = True, extra: dict | None = None) -> dict:
+        """Build one index per modality from the embeddings of ``model_version``; publish atomically
+        (``publish=False``: leave the generation folder unpublished, see :meth:`publish`).
+        ``extra``: more keys for the generation info (e.g. the store batches it covers)."""
+        gen, gdir = self._new_dir()
         counts = {}
         t0 = time.time()
         d = self.emb_dir / model_version
@@ -100,11 +109,65 @@ class Generations:
             idx.save(gdir / modality)
             counts[modality] = len(idx)
         info = {"generation": gen, "model_version": model_version, "counts": counts,
-                "built_at": int(time.time()), "build_seconds": round(time.time() - t0, 3)}
+                "built_at": int(time.time()), "build_seconds": round(time.time() - t0, 3), **(extra or {})}
         atomic_write_bytes(gdir / "GENERATION.json", json.dumps(info).encode())
+        if publish:
+            self.publish(info, keep)
+        return info
+
+    def build_incremental(self, base: dict, changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                          extra: dict | None = None) -> dict:
+        """A new (unpublished) generation from generation ``base``: per modality ``(remove_ids,
+        add_ids, add_vectors)`` (adding an id already present replaces its vector). Modalities without
+        changes are hard-linked from ``base`` (saved index files are never modified in place)."""
+        import os
+
+        t0 = time.time()
+        bdir = self.idx_dir / f"gen-{base['generation']:06d}"
+        gen, gdir = self._new_dir()
+        counts = {}
+        for m in sorted(set(base["counts"]) | set(changes)):
+            rm, ids, vecs = changes.get(m, (np.zeros(0, np.int64), np.zeros(0, np.int64), None))
+            if m in base["counts"] and not len(rm) and not len(ids):
+                def link(src, dst):
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copy2(src, dst)
+                shutil.copytree(bdir / m, gdir / m, copy_function=link)
+                counts[m] = base["counts"][m]
+                continue
+            if m in base["counts"]:
+                idx = VectorIndex.load(bdir / m, mmap=False, expect_meta={"model_version": base["model_version"]})
+                if len(rm):
+                    idx.remove(rm)
+                if len(ids):
+                    idx.add(vecs, ids)
+            elif len(ids):
+                idx = VectorIndex.build(vecs, ids, meta={"model_version": base["model_version"], "modality": m})
+            else:
+                continue
+            if len(idx) == 0:
+                continue
+            idx.save(gdir / m)
+            counts[m] = len(idx)
+        info = {"generation": gen, "model_version": base["model_version"], "counts": counts,
+                "built_at": int(time.time()), "build_seconds": round(time.time() - t0, 3),
+                "base_generation": base["generation"], **(extra or {})}
+        atomic_write_bytes(gdir / "GENERATION.json", json.dumps(info).encode())
+        return info
+
+    def publish(self, info: dict, keep: int = 3) -> None:
+        """Make generation ``info`` current (one atomic rename), then prune old generations."""
         atomic_write_bytes(self.idx_dir / "CURRENT", json.dumps(info).encode())
         self._prune(keep)
-        return info
+
+    def discard(self, info: dict) -> None:
+        """Remove an unpublished generation folder."""
+        cur = self.current()
+        if cur and cur["generation"] == info["generation"]:
+            raise ValueError("refusing to discard the current generation")
+        shutil.rmtree(self.idx_dir / f"gen-{info['generation']:06d}", ignore_errors=True)
 
     def _prune(self, keep: int) -> None:
         gens = sorted(p for p in self.idx_dir.glob("gen-*") if p.is_dir())

@@ -56,6 +56,7 @@ class BatchState:
         self.study_patient: dict[str, str] = {}             # pseudonymous study UID -> patient_id
         self._known_phi = known_phi
         self.options: dict[str, Any] = {}
+        self.deletions: list[tuple[str, str]] = []          # (resource type, pseudonymous resource id)
 
     def add_alias(self, value: str, patient_id: str) -> None:
         """Register a secondary identifier (MRN, DICOM PatientID, VCF sample name) of a patient."""
@@ -120,6 +121,10 @@ class FileContext:
             raw = raw[:MAX_RAW].decode("utf-8", "replace")
         self.batch.quarantine.append(QuarantineItem(str(self.path), self.file_ref, record, reason, self.kind))
         self.batch.raw.append((raw or "")[:MAX_RAW])
+
+    def delete(self, resource_type: str, original_id: str) -> None:
+        """A FHIR delete of ``resource_type/original_id``: its rows are hidden when the batch commits."""
+        self.batch.deletions.append((resource_type, self.pseudo.resource(resource_type, original_id)))
 
     def emit(self, table: str, row: dict) -> None:
         b = self.batch

@@ -70,6 +70,8 @@ class BadRecord(ValueError):
 def read_fhir(path: Path, ctx: FileContext) -> None:
     name = path.name.lower()
     ndjson = name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz"))
+    # FHIR Bulk Data export: files under a ``deleted/`` folder list deleted resources ({resourceType, id})
+    ctx.deleted_listing = path.parent.name.lower() == "deleted"
     if ndjson:
         _read_ndjson(path, ctx)
         return
@@ -164,6 +166,7 @@ def _read_bundle(doc: dict, ctx: FileContext) -> None:
             if fu and r.get("resourceType"):
                 fullurls[fu] = (r["resourceType"], r.get("id") or fu.rsplit(":", 1)[-1])
     reader = _Reader(ctx, fullurls)
+    entries = [e for e in entries if not _delete_entry(e, ctx)]
     # Patients first, so notes later in the bundle are scrubbed of the patient's identifiers
     order = sorted(range(len(entries)), key=lambda i: 0 if _rtype(entries[i]) == "Patient" else 1)
     for i in order:
@@ -176,6 +179,20 @@ def _read_bundle(doc: dict, ctx: FileContext) -> None:
         if not res.get("id") and e.get("fullUrl"):
             res = {**res, "id": e["fullUrl"].rsplit(":", 1)[-1].rsplit("/", 1)[-1]}
         reader.handle(res, f"entry {i}")
+
+
+def _delete_entry(e, ctx: FileContext) -> bool:
+    """A Bundle entry ``request: {method: DELETE, url: "Type/id"}``: record the delete, return True."""
+    req = e.get("request") if isinstance(e, dict) else None
+    if not isinstance(req, dict) or str(req.get("method", "")).upper() != "DELETE":
+        return False
+    ctx.record()
+    url = str(req.get("url") or "").split("?")[0].split("/_history/")[0].rstrip("/").split("/")
+    if len(url) < 2 or url[-2] not in R4_RESOURCE_TYPES or not url[-1]:
+        ctx.quarantine("entry", "DELETE request without a Type/id url")
+        return True
+    ctx.delete(url[-2], url[-1])
+    return True
 
 
 def _rtype(e) -> str | None:
@@ -233,6 +250,17 @@ class _Reader:
         if not isinstance(rt, str) or not rt:
             ctx.quarantine(locator, "missing resourceType", raw or orjson.dumps(res))
             return
+        if getattr(ctx, "deleted_listing", False):
+            rid = res.get("id")
+            if rt not in R4_RESOURCE_TYPES or not isinstance(rid, str) or not rid:
+                ctx.quarantine(locator, "deleted-resource entry without a known resourceType and id", raw or orjson.dumps(res))
+            else:
+                ctx.delete(rt, rid)
+            return
+        if rt == "Bundle" and isinstance(res.get("entry"), list):     # NDJSON line holding a (delete) Bundle
+            rest = [e for e in res["entry"] if not _delete_entry(e, ctx)]
+            if not rest:
+                return
         h = self.handlers.get(rt)
         if h is None:
             if rt in R4_RESOURCE_TYPES:

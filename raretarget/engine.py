@@ -31,6 +31,9 @@ class IngestReport:
     ``records``: input records read, ``ignored``: valid records of resource types raretarget does not
     store (by type), ``duplicates``: rows already in the store. For every file
     ``records == accepted records + ignored + quarantined``.
+    ``updated``: accepted rows that replace an older version of the same record (same record_id,
+    other content; included in ``accepted``); ``deleted``: rows removed by FHIR deletes (Bundle
+    entries with ``request.method = DELETE`` or Bulk Data ``deleted/`` listings).
     """
 
     accepted: dict[str, int] = field(default_factory=dict)
@@ -42,6 +45,8 @@ class IngestReport:
     files_already_ingested: int = 0
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     batches: int = 0
+    updated: int = 0
+    deleted: int = 0
 
     @property
     def quarantined(self) -> int:
@@ -52,7 +57,8 @@ class IngestReport:
         ign = sum(self.ignored.values())
         return (f"{self.files} file(s) read ({self.files_already_ingested} already ingested), "
                 f"{self.records} record(s): rows accepted {acc}; {ign} ignored (unsupported types); "
-                f"{self.duplicates} duplicate row(s) skipped; {self.quarantined} quarantined")
+                f"{self.duplicates} duplicate row(s) skipped; {self.quarantined} quarantined"
+                + (f"; {self.updated} updated, {self.deleted} deleted" if self.updated or self.deleted else ""))
 
 
 class Engine:
@@ -162,12 +168,28 @@ class Engine:
             bar(1)
 
         tables: dict[str, pa.Table] = {}
+        hidden: list[tuple[str, int, str, str | None, str]] = []     # table, record_id, part, patient, reason
+        dkeys = {f"{rt}/{rid}" for rt, rid in batch.deletions}
         for name, cols in batch.rows.items():
             t = S.conform(name, cols)
-            t = self._dedupe(name, t)
-            report.duplicates += batch.nrows[name] - t.num_rows
+            if dkeys:                                   # deleted in this same batch: never stored
+                t = t.filter(pa.array([_resource_key(r) not in dkeys for r in t.column("source_ref").to_pylist()],
+                                      pa.bool_()))
+            n_in = t.num_rows
+            t, upd = self._dedupe(name, t, with_updates=True)
+            hidden.extend((name, rid, part, pid, "update") for rid, part, pid in upd)
+            report.updated += len(upd)
+            report.duplicates += n_in - t.num_rows
             tables[name] = t
             report.accepted[name] = report.accepted.get(name, 0) + t.num_rows
+        if dkeys:
+            dels = self._deleted_rows(dkeys)
+            hidden.extend((name, rid, part, pid, "delete") for name, rid, part, pid in dels)
+            report.deleted += len(dels)
+        tables["deleted"] = S.conform("deleted", {
+            "record_id": S.record_ids("deleted", [f"{h[0]}|{h[1]}|{h[2]}" for h in hidden]),
+            "table_name": [h[0] for h in hidden], "target_id": [h[1] for h in hidden], "part": [h[2] for h in hidden],
+            "patient_id": [h[3] for h in hidden], "reason": [h[4] for h in hidden], "batch_id": [batch_id] * len(hidden)})
         q = batch.quarantine
         tables["quarantine"] = S.conform("quarantine", {
             "record_id": S.record_ids("quarantine", [f"{batch_id}/{i}" for i in range(len(q))]),
@@ -201,12 +223,17 @@ class Engine:
         for name, t in tables.items():
             if name in self._id_cache:
                 self._id_cache[name].update(t.column("record_id").to_pylist())
+        for name, rid, _, _, reason in hidden:
+            if reason == "delete" and name in self._id_cache:
+                self._id_cache[name].discard(rid)
         report.batches += 1
 
-    def _dedupe(self, name: str, t: pa.Table) -> pa.Table:
-        """Drop rows whose record_id is already in the store or earlier in the same batch."""
-        import numpy as np
-
+    def _dedupe(self, name: str, t: pa.Table, with_updates: bool = False):
+        """Drop rows whose record_id is earlier in the same batch, or already in the store with the same
+        content (:func:`raretarget.schema.content_hashes`). A row whose record_id is in the store with
+        other content is an update: it is kept, and with ``with_updates=True`` the return value is
+        ``(table, [(record_id, part of the old version, old patient_id)])`` so the caller hides the old row.
+        """
         cache = self._id_cache
         if name not in cache:
             cache[name] = set(self.store.read(name, ["record_id"]).column("record_id").to_pylist())
@@ -214,11 +241,43 @@ class Engine:
         ids = t.column("record_id").to_numpy()
         keep = np.ones(len(ids), dtype=bool)
         seen: set[int] = set()
+        clash: list[int] = []
         for i, rid in enumerate(ids.tolist()):
-            if rid in existing or rid in seen:
+            if rid in seen:
                 keep[i] = False
+            elif rid in existing:
+                clash.append(i)
             seen.add(rid)
-        return t if keep.all() else t.filter(pa.array(keep))
+        updates: list[tuple[int, str, str | None]] = []
+        if clash:
+            old = self.store.read_ids(name, ids[clash])
+            old_h = dict(zip(old.column("record_id").to_pylist(),
+                             zip(S.content_hashes(old.drop_columns(["_part"])), old.column("_part").to_pylist(),
+                                 old.column("patient_id").to_pylist())))
+            new_h = S.content_hashes(t.take(pa.array(clash)))
+            for i, h in zip(clash, new_h):
+                prev = old_h.get(int(ids[i]))
+                if prev is None or prev[0] == h:      # same content (or vanished): a duplicate
+                    keep[i] = False
+                else:
+                    updates.append((int(ids[i]), prev[1], prev[2]))
+        out = t if keep.all() else t.filter(pa.array(keep))
+        return (out, updates) if with_updates else out
+
+    def _deleted_rows(self, keys: set[str]) -> list[tuple[str, int, str, str | None]]:
+        """Live rows (table, record_id, part, patient_id) of the FHIR resources ``keys`` ("Type/pseudo-id")."""
+        out = []
+        for name in S.DATA_TABLES:
+            t = self.store.read(name, ["record_id", "patient_id", "source_ref"], with_part=True)
+            if t.num_rows == 0:
+                continue
+            hit = [i for i, r in enumerate(t.column("source_ref").to_pylist()) if _resource_key(r) in keys]
+            if hit:
+                sub = t.take(pa.array(hit))
+                out.extend((name, rid, part, pid) for rid, part, pid in zip(
+                    sub.column("record_id").to_pylist(), sub.column("_part").to_pylist(),
+                    sub.column("patient_id").to_pylist()))
+        return out
 
     def _known_phi(self, patient_id: str) -> list[str] | None:
         if self._phi_cache is None:
@@ -368,13 +427,40 @@ class Engine:
         if model is None:
             raise RuntimeError("no trained model in this store: call Engine.train() first")
         net = load_model(model["path"])
-        version = model["model_version"]
-        tables = embed(net, self, batch_size=batch_size)
-        refs = {}
-        t = self.sql("select record_id, source_ref from patients union all select record_id, source_ref from images")
-        refs = dict(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+        from raretarget.nightly import store_batches
+        from .store import atomic_write_bytes
+
         gens = self._generations()
+        batches = sorted(store_batches(self.store))         # what these embeddings cover
         counts = {}
+        for name, tab in self._embedding_tables(net, model["model_version"], batch_size=batch_size).items():
+            gens.write_embeddings(model["model_version"], name, tab)
+            counts[name] = tab.num_rows
+        atomic_write_bytes(gens.emb_dir / model["model_version"] / "_batches.json", json.dumps(batches).encode())
+        self._searcher = None
+        return counts
+
+    def _embedding_tables(self, net, version: str, batch_size: int = 128,
+                          patients: Sequence[str] | None = None) -> dict[str, pa.Table]:
+        """Embedding tables per modality name (EMBEDDINGS schema) of every patient, or only of
+        ``patients`` (then without the gene table, which depends on the model only)."""
+        from raretarget.encoders.data import load_store_samples
+        from raretarget.encoders.training import embed
+        from raretarget.index import l2_normalize
+        from raretarget.index.generations import vectors_of
+        from raretarget.query.search import MODALITY_NAMES
+
+        samples = load_store_samples(self, patients=patients)
+        tables = embed(net, self, samples=samples, batch_size=batch_size, genes=patients is None)
+        pf = ""
+        if patients is not None:
+            pf = " where patient_id in (" + ", ".join("'" + str(p).replace("'", "''") + "'"
+                                                       for p in sorted(set(patients))) + ")" if len(patients) else \
+                " where false"
+        t = self.sql(f"select record_id, source_ref from patients{pf} union all "
+                     f"select record_id, source_ref from images{pf}")
+        refs = dict(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+        out: dict[str, pa.Table] = {}
         per_patient: dict[str, list[np.ndarray]] = {}
         for m, tab in tables.items():
             name = MODALITY_NAMES.get(m, m)
@@ -392,23 +478,19 @@ class Engine:
             tab = tab.drop_columns([c for c in ("source_ref",) if c in tab.column_names])
             tab = tab.append_column("source_ref", pa.array(src, pa.string()))
             tab = tab.set_column(tab.column_names.index("modality"), "modality", pa.array([name] * tab.num_rows))
-            gens.write_embeddings(version, name, tab)
-            counts[name] = tab.num_rows
+            out[name] = tab
         if per_patient:
             pids = sorted(per_patient)
             fused = l2_normalize(np.stack([np.mean(per_patient[p], axis=0) for p in pids]))
-            prid = {p: r for p, r in zip(*self.sql("select patient_id, min(record_id) from patients group by 1")
+            prid = {p: r for p, r in zip(*self.sql(f"select patient_id, min(record_id) from patients{pf} group by 1")
                                           .to_pydict().values())}
             rids = [prid.get(p) or S.patient_record_id(p) for p in pids]
             dim = fused.shape[1]
-            tab = pa.table({"record_id": pa.array(rids, pa.int64()), "patient_id": pids,
-                            "modality": ["patient"] * len(pids), "model_version": [version] * len(pids),
-                            "source_ref": [refs.get(r) for r in rids],
-                            "vector": pa.FixedSizeListArray.from_arrays(pa.array(fused.ravel()), dim)})
-            gens.write_embeddings(version, "patient", tab)
-            counts["patient"] = len(pids)
-        self._searcher = None
-        return counts
+            out["patient"] = pa.table({"record_id": pa.array(rids, pa.int64()), "patient_id": pids,
+                                       "modality": ["patient"] * len(pids), "model_version": [version] * len(pids),
+                                       "source_ref": [refs.get(r) for r in rids],
+                                       "vector": pa.FixedSizeListArray.from_arrays(pa.array(fused.ravel()), dim)})
+        return out
 
     def build_index(self, factory: str | None = None, keep: int = 3) -> dict:
         """Build one FAISS index per modality from the current embeddings; publish a new generation.
@@ -419,9 +501,22 @@ class Engine:
         model = self.current_model()
         if model is None or not self._generations().embedding_counts(model["model_version"]):
             raise RuntimeError("no embeddings for the current model: call Engine.embed() first")
-        info = self._generations().build(model["model_version"], factory=factory, keep=keep)
+        gens = self._generations()
+        bfile = gens.emb_dir / model["model_version"] / "_batches.json"      # written by embed()
+        extra = {"batches": json.loads(bfile.read_text())} if bfile.exists() else None
+        info = gens.build(model["model_version"], factory=factory, keep=keep, extra=extra)
         self._searcher = None
         return info
+
+    def update(self, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None, **cfg) -> dict:
+        """Nightly incremental update (:mod:`raretarget.nightly`): ingest ``paths``, re-embed only the
+        patients whose records were added, updated or deleted, patch the index into a new generation,
+        check its recall against exact search and publish it atomically. A changed model version
+        means a full re-embed + build. Options: recall_threshold (0.95), keep_generations (3),
+        sample_queries (200), k (10), batch_size, batch_files, factory, seed. Returns the run log."""
+        from raretarget.nightly import update
+
+        return update(self, paths, **cfg)
 
     def _get_searcher(self):
         s = getattr(self, "_searcher", None)
@@ -495,6 +590,14 @@ class Engine:
         files = self.store.read_links("files")
         paths = dict(zip(files.column("file_ref").to_pylist(), files.column("path").to_pylist()))
         return q.append_column("path", pa.array([paths.get(f) for f in q.column("file_ref").to_pylist()], pa.string()))
+
+
+def _resource_key(source_ref: str | None) -> str | None:
+    """``"Type/pseudo-id"`` of a FHIR row's ``source_ref`` (``fhir:<file_ref>/Type/id[#i]``), else None."""
+    if not source_ref or not source_ref.startswith("fhir:"):
+        return None
+    loc = source_ref.split("/", 1)[1] if "/" in source_ref else ""
+    return loc.split("#", 1)[0]
 
 
 def _clean_reason(e: Exception) -> str:

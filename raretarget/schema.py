@@ -151,10 +151,23 @@ TABLES: dict[str, pa.Schema] = {
         pa.field("ignored", pa.int64()),          # valid records of types raretarget does not store
         pa.field("quarantined", pa.int64()),
     ]),
+    # rows hidden from every read: superseded by a newer version of the same record (``reason``
+    # "update") or removed by a FHIR delete ("delete"). A row is identified by its table, its
+    # record_id and the part (batch) that holds it, so the newer version of an updated record, which
+    # has the same record_id in a later part, stays visible.
+    "deleted": pa.schema([
+        pa.field("record_id", pa.int64(), nullable=False),   # id of this entry: hash(table|target|part)
+        pa.field("table_name", pa.string()),
+        pa.field("target_id", pa.int64()),        # record_id of the hidden row
+        pa.field("part", pa.string()),            # batch id of the part that holds the hidden row
+        pa.field("patient_id", pa.string()),      # the hidden row's patient (what a nightly re-embeds)
+        pa.field("reason", pa.string()),          # update|delete
+        pa.field("batch_id", pa.string()),        # the batch that hid it
+    ]),
 }
 
 #: tables holding patient data (the rest is bookkeeping)
-DATA_TABLES = tuple(t for t in TABLES if t not in ("quarantine", "ingested"))
+DATA_TABLES = tuple(t for t in TABLES if t not in ("quarantine", "ingested", "deleted"))
 
 # Link tables live in <store>.links/, never in the store folder: they map pseudonyms back.
 LINK_TABLES: dict[str, pa.Schema] = {
@@ -216,6 +229,20 @@ def conform(table: str, data: Mapping[str, list] | pa.Table, schema: pa.Schema |
         else:
             arrays.append(pa.array(v, type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def content_hashes(t: pa.Table) -> list[str]:
+    """Per-row hash of a data table's content: every column except ``record_id`` and ``source_ref``
+    (which names the file the row came from). Same record_id + same hash = a duplicate; same record_id
+    + another hash = an updated version of the record."""
+    cols = [c for c in t.column_names if c not in ("record_id", "source_ref")]
+    if t.num_rows == 0:
+        return []
+    sub = t.select(cols)
+    out = []
+    for row in zip(*(sub.column(c).to_pylist() for c in cols)):
+        out.append(hashlib.blake2b(repr(row).encode(), digest_size=12).hexdigest())
+    return out
 
 
 def empty(table: str) -> pa.Table:

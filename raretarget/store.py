@@ -123,16 +123,70 @@ class Store:
     def parts(self, table: str) -> list[Path]:
         return [self.root / "tables" / table / p for p in self.manifest().get("tables", {}).get(table, [])]
 
-    def count(self, table: str) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts(table))
+    def hidden(self, table: str) -> dict[str, set[int]]:
+        """``{part (batch id): {record_id}}`` of rows of ``table`` hidden by the ``deleted`` table
+        (superseded by an update, or deleted). Cached per manifest version."""
+        if table not in S.DATA_TABLES:
+            return {}
+        man = self.manifest()
+        key = (man.get("version", 0), tuple(man.get("tables", {}).get("deleted", [])))
+        if getattr(self, "_hidden_key", None) != key:
+            out: dict[str, dict[str, set[int]]] = {}
+            for p in self.parts("deleted"):
+                t = pq.read_table(p, columns=["table_name", "target_id", "part"])
+                for tn, rid, part in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), t.column(2).to_pylist()):
+                    out.setdefault(tn, {}).setdefault(part, set()).add(rid)
+            self._hidden, self._hidden_key = out, key
+        return self._hidden.get(table, {})
 
-    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+    def count(self, table: str) -> int:
+        n = sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts(table))
+        return n - sum(len(v) for v in self.hidden(table).values())
+
+    def read(self, table: str, columns: list[str] | None = None, *, with_part: bool = False) -> pa.Table:
+        """The live rows of ``table`` (hidden rows left out). ``with_part`` adds a ``_part`` column
+        (the batch id of the part holding each row)."""
         parts = self.parts(table)
         schema = S.TABLES[table]
+        hidden = self.hidden(table)
+        cols = columns
+        if columns is not None and hidden and "record_id" not in columns:
+            cols = list(columns) + ["record_id"]
         if not parts:
             t = schema.empty_table()
-            return t.select(columns) if columns else t
-        tables = [pq.read_table(p, columns=columns, schema=schema) for p in parts]
+            t = t.select(columns) if columns else t
+            return t.append_column("_part", pa.array([], pa.string())) if with_part else t
+        import pyarrow.compute as pc
+
+        tables = []
+        for p in parts:
+            t = pq.read_table(p, columns=cols, schema=schema)
+            dead = hidden.get(p.stem)
+            if dead:
+                t = t.filter(pc.invert(pc.is_in(t.column("record_id"), value_set=pa.array(sorted(dead), pa.int64()))))
+            if cols is not columns:
+                t = t.select(columns)
+            if with_part:
+                t = t.append_column("_part", pa.array([p.stem] * t.num_rows, pa.string()))
+            tables.append(t)
+        return pa.concat_tables(tables)
+
+    def read_ids(self, table: str, ids) -> pa.Table:
+        """Live rows of ``table`` with these record_ids, plus ``_part`` (predicate pushed into Parquet)."""
+        import pyarrow.compute as pc
+
+        ids = pa.array(sorted({int(i) for i in ids}), pa.int64())
+        schema = S.TABLES[table]
+        hidden = self.hidden(table)
+        tables = []
+        for p in self.parts(table):
+            t = pq.read_table(p, schema=schema, filters=pc.is_in(pc.field("record_id"), value_set=ids))
+            dead = hidden.get(p.stem)
+            if dead and t.num_rows:
+                t = t.filter(pc.invert(pc.is_in(t.column("record_id"), value_set=pa.array(sorted(dead), pa.int64()))))
+            tables.append(t.append_column("_part", pa.array([p.stem] * t.num_rows, pa.string())))
+        if not tables:
+            return schema.empty_table().append_column("_part", pa.array([], pa.string()))
         return pa.concat_tables(tables)
 
     @contextmanager
@@ -196,7 +250,18 @@ class Store:
         con = duckdb.connect(":memory:")
         for name in S.TABLES:
             parts = [str(p) for p in self.parts(name)]
-            if parts:
+            hidden = self.hidden(name)
+            if parts and hidden:                    # leave out superseded/deleted rows, per part
+                q = lambda p: "'" + str(p).replace("'", "''") + "'"  # noqa: E731
+                clean = [p for p in self.parts(name) if not hidden.get(p.stem)]
+                selects = [f"SELECT * FROM read_parquet([{', '.join(q(p) for p in clean)}])"] if clean else []
+                for p in self.parts(name):
+                    dead = hidden.get(p.stem)
+                    if dead:
+                        ids = ", ".join(str(int(r)) for r in sorted(dead))
+                        selects.append(f"SELECT * FROM read_parquet({q(p)}) WHERE record_id NOT IN ({ids})")
+                con.execute(f"CREATE VIEW {name} AS " + " UNION ALL ".join(selects))
+            elif parts:
                 files = ", ".join("'" + p.replace("'", "''") + "'" for p in parts)
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
             else:

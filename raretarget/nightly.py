@@ -1,0 +1,242 @@
+"""Nightly incremental update: ingest → changed patients → re-embed only those → patch the index →
+recall check → publish a new index generation. Costs in proportion to what changed.
+
+``Engine.update(paths, **cfg)`` / ``scripts/nightly.py`` (hydra, ``conf/nightly.yaml``).
+
+What "changed" means: every store batch (committed ingest) that the current index generation does
+not cover (a generation records the batch ids it was built from). New rows, updated rows (same
+record_id, other content) and deleted rows of those batches name the patients to re-embed; the
+re-run of a killed night therefore finds the same patients again, even though its ingest adds
+nothing (files already ingested are skipped by content hash).
+
+Crash safety, stage by stage (``RARETARGET_NIGHTLY_KILL_AT=<stage>`` kills the process with SIGKILL
+right after a stage, for tests):
+
+``ingest``   batches are committed atomically; a killed batch leaves orphan parts, cleaned next write.
+``embed``    embeddings of the current model are rewritten one modality file at a time (atomic
+             rename each); the re-run recomputes the same rows (same model, same patients).
+``index``    the new generation is written beside the current one and is not published; the next
+             run deletes it and builds it again. Index ids are made equal to the embedding ids
+             (base index ids not in the new embeddings are removed), so a half-done earlier run
+             cannot leave stale or missing vectors.
+``publish``  ``index/CURRENT`` is replaced with one atomic rename: readers that loaded a generation
+             keep it; a reader opening now gets either the old or the new one, never a mix.
+
+When the current model differs from the index generation's model (or no generation records its
+batches) the night is a full re-embed + build into a fresh generation.
+A run log (counts, seconds per stage, generation ids, recall; no PHI) goes to ``<store>/runs/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import schema as S
+from .store import atomic_write_bytes
+
+STAGES = ("ingest", "embed", "index", "publish")
+KILL_ENV = "RARETARGET_NIGHTLY_KILL_AT"
+
+DEFAULTS = {"recall_threshold": 0.95, "keep_generations": 3, "sample_queries": 200, "k": 10,
+            "batch_size": 128, "batch_files": 64, "factory": None, "seed": 0}
+
+
+def _checkpoint(stage: str) -> None:
+    if os.environ.get(KILL_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def store_batches(store) -> set[str]:
+    """Batch ids of every committed part (all tables)."""
+    man = store.manifest(refresh=True)
+    return {Path(p).stem for ps in man.get("tables", {}).values() for p in ps}
+
+
+def changed_patients(store, batches: set[str]) -> set[str]:
+    """Patients with rows added, updated or deleted by ``batches``."""
+    out: set[str] = set()
+    for name in S.DATA_TABLES + ("deleted",):
+        for p in store.parts(name):
+            if p.stem in batches:
+                col = pq.read_table(p, columns=["patient_id"]).column(0)
+                out.update(v for v in pc.unique(col).to_pylist() if v is not None)
+    return out
+
+
+def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200, k: int = 10,
+                 seed: int = 0) -> dict:
+    """Per modality: ids of the index == ids of the embeddings, and recall@k of the index against
+    exact search over the embeddings for a random sample of embedded vectors used as queries."""
+    from raretarget.index.generations import vectors_of
+
+    indexes = gens.open(generation=info)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m, idx in indexes.items():
+        t = gens.read_embeddings(model_version, m)
+        ids = t.column("record_id").to_numpy()
+        same = len(idx) == len(ids) and np.array_equal(np.sort(idx.ids()), np.sort(ids))
+        vecs = vectors_of(t)
+        kk = min(k, len(ids))
+        if kk == 0:
+            out[m] = {"recall": 1.0, "ids_match": same, "queries": 0}
+            continue
+        q = vecs[rng.choice(len(ids), size=min(sample_queries, len(ids)), replace=False)]
+        sims = q @ vecs.T
+        kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]          # k-th best exact score per query
+        got_s, got = idx.search(q, kk)
+        # a returned id counts when its exact score reaches the k-th exact score (ties are not misses)
+        pos = {int(r): i for i, r in enumerate(ids.tolist())}
+        hits = []
+        for qi in range(len(q)):
+            rows = [pos.get(int(r)) for r in got[qi] if r >= 0]
+            hits.append(sum(1 for r in rows if r is not None and sims[qi, r] >= kth[qi] - 1e-5) / kk)
+        out[m] = {"recall": float(np.mean(hits)), "ids_match": bool(same), "queries": int(len(q))}
+    return out
+
+
+def update(eng, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None, **cfg) -> dict:
+    """One nightly run (see module doc). Returns the run log dict; ``log["published"]`` says whether a
+    new generation was published, ``log["ok"]`` whether the run succeeded (nothing to publish is ok)."""
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown nightly option(s) {sorted(unknown)}")
+    c = {**DEFAULTS, **cfg}
+    root = eng.store.root
+    started = time.time()
+    log: dict = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "mode": None,
+                 "counts": {}, "seconds": {}, "published": False, "ok": False, "config": c}
+    lock = open(root / ".nightly.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        _run(eng, paths, c, log)
+    except Exception as e:
+        log["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        raise
+    finally:
+        log["seconds"]["total"] = round(time.time() - started, 3)
+        runs = root / "runs"
+        runs.mkdir(exist_ok=True)
+        name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + f"-{os.getpid()}.json"
+        atomic_write_bytes(runs / name, json.dumps(log, indent=1, default=str).encode())
+        log["log_path"] = str(runs / name)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+        eng._searcher = None
+    return log
+
+
+def _run(eng, paths, c: dict, log: dict) -> None:
+    from raretarget.encoders.training import load_model
+
+    counts, secs = log["counts"], log["seconds"]
+    t = time.time()
+    if paths:
+        rep = eng.ingest(paths, batch_files=c["batch_files"])
+        counts.update({"files": rep.files, "files_already_ingested": rep.files_already_ingested,
+                       "records": rep.records, "in": sum(rep.accepted.values()) - rep.updated,
+                       "updated": rep.updated, "deleted": rep.deleted, "quarantined": rep.quarantined,
+                       "duplicates": rep.duplicates})
+    secs["ingest"] = round(time.time() - t, 3)
+    _checkpoint("ingest")
+
+    model = eng.current_model()
+    if model is None:
+        raise RuntimeError("no trained model in this store: call Engine.train() first")
+    version = model["model_version"]
+    gens = eng._generations()
+    cur = gens.current()
+    log["generation_before"] = cur["generation"] if cur else None
+    log["model_version"] = version
+    batches = store_batches(eng.store)
+    full = (cur is None or cur.get("model_version") != version or "batches" not in cur
+            or not gens.embedding_counts(version))
+    t = time.time()
+    if full:
+        log["mode"] = "full"
+        emb = eng.embed(batch_size=c["batch_size"])        # records the batches it covers
+        batches = set(json.loads((gens.emb_dir / version / "_batches.json").read_text()))
+        counts["embedded"] = sum(emb.values())
+        secs["embed"] = round(time.time() - t, 3)
+        _checkpoint("embed")
+        t = time.time()
+        info = gens.build(version, factory=c["factory"], publish=False, extra={"batches": sorted(batches)})
+    else:
+        new = batches - set(cur["batches"])
+        if not new:
+            log.update(mode="unchanged", ok=True, generation_after=cur["generation"])
+            return
+        log["mode"] = "incremental"
+        pids = changed_patients(eng.store, new)
+        counts["patients_changed"] = len(pids)
+        net = load_model(model["path"])
+        tabs = eng._embedding_tables(net, version, batch_size=c["batch_size"], patients=sorted(pids))
+        counts["embedded"] = sum(x.num_rows for x in tabs.values())
+        bdir = gens.idx_dir / f"gen-{cur['generation']:06d}"
+        pid_arr = pa.array(sorted(pids), pa.string())
+        changes = {}
+        for m in sorted(set(gens.embedding_counts(version)) | set(tabs)):
+            if m == "gene":
+                continue
+            old = gens.read_embeddings(version, m)
+            newt = tabs.get(m)
+            keep = old.filter(pc.invert(pc.fill_null(pc.is_in(old.column("patient_id"), value_set=pid_arr), False)))
+            if newt is not None and newt.num_rows:
+                newt = newt.select(keep.column_names).cast(keep.schema) if keep.num_rows else newt
+                merged = pa.concat_tables([keep, newt]) if keep.num_rows else newt
+            else:
+                merged = keep
+            if merged.num_rows:
+                gens.write_embeddings(version, m, merged)
+            else:
+                (gens.emb_dir / version / f"{m}.parquet").unlink(missing_ok=True)
+            from raretarget.index.generations import vectors_of
+
+            base_ids = np.load(bdir / m / "ids.npy") if (bdir / m / "ids.npy").exists() else np.zeros(0, np.int64)
+            mids = merged.column("record_id").to_numpy() if merged.num_rows else np.zeros(0, np.int64)
+            rm = np.setdiff1d(base_ids, mids)
+            add_mask = np.isin(mids, base_ids, invert=True)
+            if newt is not None and newt.num_rows:
+                add_mask |= np.isin(mids, newt.column("record_id").to_numpy())
+            add_ids = mids[add_mask]
+            add_vecs = vectors_of(merged)[add_mask] if merged.num_rows else None
+            changes[m] = (rm, add_ids, add_vecs)
+        counts["index_removed"] = int(sum(len(v[0]) for v in changes.values()))
+        counts["index_added"] = int(sum(len(v[1]) for v in changes.values()))
+        secs["embed"] = round(time.time() - t, 3)
+        _checkpoint("embed")
+        t = time.time()
+        info = gens.build_incremental(cur, changes, extra={"batches": sorted(batches)})
+    secs["index"] = round(time.time() - t, 3)
+    log["generation_built"] = info["generation"]
+    _checkpoint("index")
+
+    t = time.time()
+    rc = recall_check(gens, info, version, c["sample_queries"], c["k"], c["seed"])
+    secs["recall_check"] = round(time.time() - t, 3)
+    log["recall"] = {m: round(v["recall"], 4) for m, v in rc.items()}
+    log["recall_min"] = min(log["recall"].values()) if rc else 1.0
+    bad = [m for m, v in rc.items() if not v["ids_match"]]
+    if bad or log["recall_min"] < c["recall_threshold"]:
+        log["failure"] = (f"index ids differ from embedding ids in {bad}" if bad else
+                          f"recall@{c['k']} {log['recall_min']:.3f} below threshold {c['recall_threshold']}")
+        gens.discard(info)
+        log["generation_after"] = log["generation_before"]
+        return
+    t = time.time()
+    gens.publish(info, keep=c["keep_generations"])
+    secs["publish"] = round(time.time() - t, 3)
+    log.update(published=True, ok=True, generation_after=info["generation"],
+               index_count=sum(info["counts"].values()))
+    _checkpoint("publish")

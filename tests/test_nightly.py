@@ -1,0 +1,239 @@
+"""Nightly incremental update: updates/deletes in the store, incremental re-embedding, crash safety."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raretarget import Engine, cohort
+from raretarget.index.generations import Generations, vectors_of
+from raretarget.nightly import STAGES, KILL_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 16,
+        "model.knowledge.steps": 0}
+
+
+def _observations(cohort_dir: Path, n: int = 2) -> list[dict]:
+    """The first ``n`` Observations of the first bundle, with a plain Patient/<id> subject."""
+    d = json.loads(sorted((cohort_dir / "fhir").glob("*.json"))[0].read_text())
+    pat = next(e["resource"] for e in d["entry"] if e["resource"]["resourceType"] == "Patient")
+    obs = [e["resource"] for e in d["entry"] if e["resource"]["resourceType"] == "Observation"
+           and "valueQuantity" in e["resource"]][:n]
+    for o in obs:
+        o["subject"] = {"reference": f"Patient/{pat['id']}"}
+    return obs
+
+
+def _make_night(base_cohort: Path, new_cohort: Path, out: Path) -> Path:
+    """New patients + one updated Observation + one deleted Observation (Bulk Data deleted/ listing)."""
+    shutil.copytree(new_cohort, out / "new")
+    upd, gone = _observations(base_cohort)
+    upd["valueQuantity"]["value"] = float(upd["valueQuantity"]["value"]) * 3 + 1
+    (out / "updates.ndjson").write_text(json.dumps(upd) + "\n")
+    (out / "deleted").mkdir()
+    (out / "deleted" / "Observation.ndjson").write_text(json.dumps({"resourceType": "Observation", "id": gone["id"]}) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nightly")
+    cohort.generate(d / "a", n_patients=20, seed=11)
+    cohort.generate(d / "b", n_patients=4, seed=12)
+    night = _make_night(d / "a", d / "b", d / "night")
+    eng = Engine.open(d / "s0", create=True)
+    eng.ingest(d / "a")
+    eng.train(**TINY)
+    eng.embed()
+    eng.build_index()
+    return {"dir": d, "store": d / "s0", "night": night, "cohort": d / "a"}
+
+
+def _clone(base, name: str) -> Path:
+    dst = base["dir"] / name
+    shutil.copytree(base["store"], dst)
+    shutil.copytree(Path(str(base["store"]) + ".links"), Path(str(dst) + ".links"))
+    return dst
+
+
+def _state(path: Path) -> dict:
+    """Everything a nightly run decides: live table rows, embeddings, index ids of the current generation."""
+    eng = Engine.open(path)
+    tables = {}
+    for t in ("patients", "conditions", "observations", "notes", "images", "variants"):
+        tables[t] = sorted(map(repr, eng.sql(f"select * from {t}").to_pylist()))
+    gens = Generations(path)
+    ver = eng.current_model()["model_version"]
+    emb, ids = {}, {}
+    for m in gens.embedding_counts(ver):
+        e = gens.read_embeddings(ver, m).sort_by("record_id")
+        emb[m] = (e.column("record_id").to_pylist(), vectors_of(e))
+    for m, idx in gens.open(model_version=ver).items():
+        ids[m] = sorted(idx.ids().tolist())
+    return {"tables": tables, "emb": emb, "index": ids, "current": gens.current()["generation"]}
+
+
+def _assert_consistent(st: dict) -> None:
+    assert set(st["emb"]) == set(st["index"])
+    for m, (rids, _) in st["emb"].items():
+        assert len(rids) == len(set(rids)), f"duplicate embedding rows in {m}"
+        assert sorted(rids) == st["index"][m], f"index ids != embedding ids in {m}"
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["tables"] == b["tables"]
+    assert a["index"] == b["index"] and a["current"] == b["current"]
+    assert set(a["emb"]) == set(b["emb"])
+    for m in a["emb"]:
+        assert a["emb"][m][0] == b["emb"][m][0]
+        np.testing.assert_allclose(a["emb"][m][1], b["emb"][m][1], atol=1e-4)
+
+
+# ---- store: updates and deletes (no model) -------------------------------------------------------
+def test_store_update_and_delete_round_trip(tmp_path):
+    src = tmp_path / "a"
+    cohort.generate(src, n_patients=3, seed=5)
+    eng = Engine.open(tmp_path / "s", create=True)
+    eng.ingest(src)
+    n_obs = eng.store.count("observations")
+    upd, gone = _observations(src)
+    old_v = float(upd["valueQuantity"]["value"])
+    upd["valueQuantity"]["value"] = old_v + 100.0
+    (tmp_path / "u1.ndjson").write_text(json.dumps(upd) + "\n")
+    rep = eng.ingest(tmp_path / "u1.ndjson")
+    assert rep.updated == 1 and rep.duplicates == 0 and rep.deleted == 0
+    assert eng.store.count("observations") == n_obs == eng.sql("select count(*) from observations").column(0)[0].as_py()
+    assert eng.store.read("observations").num_rows == n_obs
+    vals = eng.sql("select original_value from observations where original_value in (?, ?)", [old_v, old_v + 100.0])
+    assert vals.column(0).to_pylist() == [old_v + 100.0]
+    # the same content again (another file): a duplicate, not an update
+    (tmp_path / "u2.ndjson").write_text(json.dumps(upd) + "\n\n")
+    rep = eng.ingest(tmp_path / "u2.ndjson")
+    assert rep.updated == 0 and rep.duplicates == 1 and sum(rep.accepted.values()) == 0
+    # delete by a transaction Bundle entry
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"request": {"method": "DELETE", "url": f"Observation/{gone['id']}"}},
+                        {"request": {"method": "DELETE", "url": f"Observation/{upd['id']}"}}]}
+    (tmp_path / "del.json").write_text(json.dumps(bundle))
+    rep = eng.ingest(tmp_path / "del.json")
+    assert rep.deleted == 2 and rep.quarantined == 0
+    assert eng.store.count("observations") == n_obs - 2
+    assert eng.sql("select count(*) from observations").column(0)[0].as_py() == n_obs - 2
+    assert eng.store.read("observations", ["record_id"]).num_rows == n_obs - 2
+    assert eng.status()["tables"]["observations"] == n_obs - 2
+    # deleting again finds nothing; re-adding the resource brings it back as a new row
+    (tmp_path / "del2.json").write_text(json.dumps({**bundle, "id": "again"}))
+    assert eng.ingest(tmp_path / "del2.json").deleted == 0
+    upd["valueQuantity"]["value"] = old_v + 7.0
+    (tmp_path / "u3.ndjson").write_text(json.dumps(upd) + "\n")
+    rep = eng.ingest(tmp_path / "u3.ndjson")
+    assert rep.accepted["observations"] == 1 and rep.updated == 0
+    assert eng.store.count("observations") == n_obs - 1
+
+
+# ---- nightly -------------------------------------------------------------------------------------
+def test_update_round_trip_and_run_log(base):
+    path = _clone(base, "s_round")
+    eng = Engine.open(path)
+    before = eng.status()
+    log = eng.update([base["night"]])
+    assert log["ok"] and log["published"] and log["mode"] == "incremental"
+    c = log["counts"]
+    assert c["updated"] == 1 and c["deleted"] == 1 and c["patients_changed"] == 5
+    assert log["generation_after"] == before["index"]["generation"] + 1 and log["recall_min"] >= 0.95
+    st = eng.status()
+    assert st["tables"]["patients"] == before["tables"]["patients"] + 4
+    assert sum(st["tables"].values()) == sum(before["tables"].values()) + c["in"] - c["deleted"]
+    assert st["embeddings"]["patient"] == 24 and st["index"]["count"] == sum(st["embeddings"].values())
+    _assert_consistent(_state(path))
+    new_pid = eng.sql("select patient_id from patients order by patient_id").column(0).to_pylist()
+    hits = eng.search(patient=new_pid[0], k=5, modalities=["patient"])
+    assert hits.num_rows == 5
+    text = Path(log["log_path"]).read_text()
+    assert "pt-" not in text and json.loads(text)["counts"]["updated"] == 1
+    # nothing new: no new generation, still ok
+    again = eng.update([base["night"]])
+    assert again["ok"] and not again["published"] and again["mode"] == "unchanged"
+    # the generation has no record of its batches (e.g. built by an older version): full rebuild
+    cur = json.loads((path / "index" / "CURRENT").read_text())
+    cur.pop("batches")
+    (path / "index" / "CURRENT").write_text(json.dumps(cur))
+    full = eng.update([])
+    assert full["mode"] == "full" and full["published"]
+    _assert_consistent(_state(path))
+
+
+def test_recall_failure_does_not_publish_and_exits_nonzero(base):
+    path = _clone(base, "s_fail")
+    cur = (path / "index" / "CURRENT").read_text()
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "nightly.py"), f"store={path}",
+                        f"inputs=[{base['night']}]", "recall_threshold=1.01"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert (path / "index" / "CURRENT").read_text() == cur
+    logs = sorted((path / "runs").glob("*.json"))
+    assert len(logs) == 1 and "below threshold" in json.loads(logs[0].read_text())["failure"]
+    assert not (path / "index" / f"gen-{json.loads(cur)['generation'] + 1:06d}").exists()
+
+
+def test_killed_run_converges(base):
+    ref = _clone(base, "s_ref")
+    Engine.open(ref).update([base["night"]])
+    want = _state(ref)
+    _assert_consistent(want)
+    code = ("import sys; from raretarget import Engine; "
+            "Engine.open(sys.argv[1]).update([sys.argv[2]], batch_files=4)")
+    for stage in STAGES:
+        path = _clone(base, f"s_kill_{stage}")
+        env = {**os.environ, KILL_ENV: stage}
+        r = subprocess.run([sys.executable, "-c", code, str(path), str(base["night"])], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == -9, (stage, r.stderr[-2000:])
+        log = Engine.open(path).update([base["night"]])
+        assert log["ok"], (stage, log)
+        got = _state(path)
+        _assert_consistent(got)
+        _assert_same(got, want)
+
+
+def test_reader_never_sees_half_published_generation(base):
+    path = _clone(base, "s_read")
+    eng = Engine.open(path)
+    old = Engine.open(path)
+    pid = old.sql("select min(patient_id) from patients").column(0)[0].as_py()
+    before = old.search(patient=pid, k=30, modalities=["patient"])       # loads the current generation
+    stop, seen, errors = threading.Event(), [], []
+
+    def reader():
+        gens = Generations(path)
+        while not stop.is_set():
+            try:
+                info = gens.current()
+                idx = gens.open(generation=info)
+                assert {m: len(i) for m, i in idx.items()} == info["counts"]
+                seen.append(info["generation"])
+            except Exception as e:          # pragma: no cover - the failure being tested
+                errors.append(repr(e))
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        log = eng.update([base["night"]])
+    finally:
+        stop.set()
+        th.join()
+    assert log["published"] and not errors and seen
+    # the reader that opened before keeps its consistent (old) view
+    after = old.search(patient=pid, k=30, modalities=["patient"])
+    assert after.column("record_id").to_pylist() == before.column("record_id").to_pylist()
+    assert eng.status()["index"]["generation"] == log["generation_after"]
