@@ -128,7 +128,8 @@ def cmd_demo(args) -> int:
     if args.no_train:
         return 0
     t0 = time.perf_counter()
-    summary = eng.train(max_epochs=args.epochs)
+    extra = {} if args.knowledge_steps is None else {"model.knowledge.steps": args.knowledge_steps}
+    summary = eng.train(max_epochs=args.epochs, **extra)
     con.print(f"4. trained the shared-space encoders (model {summary['model_version']}, "
               f"{args.epochs} epochs, {time.perf_counter() - t0:.0f}s); held-out recall@1 "
               f"{_fmt((summary.get('recall_untrained') or {}).get('recall@1'))} (untrained) → "
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--patients", type=int, default=50)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--knowledge-steps", type=int, default=None,
+                    help="HPO-term↔gene alignment steps before patient training (default: config, 600)")
     sp.add_argument("--no-train", action="store_true", help="stop after ingest")
     sp.set_defaults(func=cmd_demo)
 

@@ -39,7 +39,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_demo_generates_ingests_and_reports(tmp_path, capsys):
     out = tmp_path / "demo_store"
-    assert main(["demo", "--out", str(out), "--patients", "16", "--seed", "3", "--epochs", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--patients", "16", "--seed", "3", "--epochs", "1",
+                 "--knowledge-steps", "0"]) == 0
     text = capsys.readouterr().out
     assert "0 quarantined" in text and "patients=16" in text
     assert "index generation 1" in text and "ranked candidate genes" in text and "causal gene" in text

@@ -19,7 +19,7 @@ from conftest import DATA, store_text
 
 pytestmark = pytest.mark.slow
 TINY = {"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 2, "batch_size": 16,
-        "encoders.image.arch": "small"}
+        "encoders.image.arch": "small", "model.knowledge.steps": 0}
 
 
 @pytest.fixture(scope="module")
