@@ -167,14 +167,9 @@ def auto_factory(n: int, d: int, memory: str = "normal") -> str:
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    from raretarget.store import _fsync_dir as fsync_dir   # one implementation of the durability step
+
+    fsync_dir(path)
 
 
 def _exchange_dirs(a: Path, b: Path) -> bool:
