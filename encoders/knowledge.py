@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import math
 import random
+import hashlib
+import os
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -35,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "logit_scale": None,     # fixed multiplier; None = the model's current exp(logit_scale)
     "feature_batch_size": 256,
     "seed": 0,
+    "cache_dir": None,       # folder for cached label features (safetensors); None = no cache
 }
 
 
@@ -71,10 +75,36 @@ def label_features(text_encoder, labels: Sequence[str], batch_size: int = 256,
     return feats, ntok
 
 
+def cached_label_features(text_encoder, labels: Sequence[str], batch_size: int, device,
+                          cache_dir: str | os.PathLike | None):
+    """:func:`label_features`, memoised on disk under ``cache_dir`` (public HPO labels only, no patient
+    data). The key hashes the labels and the frozen backbone's weights, so another backbone or label set
+    never reuses a stale file. Written atomically."""
+    if cache_dir is None:
+        return label_features(text_encoder, labels, batch_size, device)
+    from safetensors.torch import load_file, save_file
+
+    h = hashlib.sha256("\n".join(labels).encode())
+    for name, p in sorted(text_encoder.backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    path = Path(cache_dir) / f"label-features-{h.hexdigest()[:24]}.safetensors"
+    if path.exists():
+        d = load_file(str(path))
+        return d["feats"], d["ntok"]
+    feats, ntok = label_features(text_encoder, labels, batch_size, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({"feats": feats.contiguous(), "ntok": ntok.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+    return feats, ntok
+
+
 def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 600, batch_size: int = 512,
                     lr: float = 5e-3, weight_decay: float = 0.01, warmup_steps: int = 20, min_lr_ratio: float = 0.05,
                     max_terms: int = 16, logit_scale: float | None = None, feature_batch_size: int = 256,
-                    seed: int = 0, device: torch.device | str | None = None) -> dict:
+                    seed: int = 0, device: torch.device | str | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> dict:
     """Run the knowledge alignment phase on ``model`` (a :class:`MultiModalModel` with ``text`` and
     ``variants`` encoders and a frozen text backbone), in place.
 
@@ -99,7 +129,7 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
     labels = sorted({t for g in genes for t in knowledge[g] if t})
     lab_index = {t: i for i, t in enumerate(labels)}
     terms = [sorted({lab_index[t] for t in knowledge[g] if t}) for g in genes]
-    feats, ntok = label_features(tenc, labels, feature_batch_size, dev)
+    feats, ntok = cached_label_features(tenc, labels, feature_batch_size, dev, cache_dir)
     feats, ntok = feats.to(dev), ntok.clamp_min(1).to(dev)
     info["labels"] = len(labels)
     info["feature_seconds"] = round(time.time() - t0, 2)

@@ -398,6 +398,8 @@ class Engine:
 
             shutil.rmtree(tmp)
         models.mkdir(parents=True, exist_ok=True)
+        # label features of the gene-alignment phase depend only on public HPO labels + the backbone
+        overrides.setdefault("model.knowledge.cache_dir", str(models / "cache"))
         summary = train(store=self, out_dir=tmp, **overrides)
         version = summary["model_version"]
         final = models / version

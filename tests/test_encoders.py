@@ -396,3 +396,29 @@ def test_train_on_gpu_mixed_precision(tmp_path):
     assert math.isfinite(r["train_loss"][-1])
     m = load_model(r["out_dir"], device="cuda")
     assert m.model_version == r["model_version"]
+
+
+def test_label_feature_cache_reuses_only_matching_features(tmp_path):
+    import torch
+
+    from raretarget.encoders import build_encoder
+    from raretarget.encoders.knowledge import cached_label_features, label_features
+
+    enc = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True, "max_length": 32}, embed_dim=D)
+    labels = ["Seizure", "Ataxia", "Hypotonia"]
+    f1, n1 = cached_label_features(enc, labels, 8, "cpu", tmp_path)
+    files = list(tmp_path.glob("label-features-*.safetensors"))
+    assert len(files) == 1
+    ref, nref = label_features(enc, labels, 8, "cpu")
+    assert torch.allclose(f1, ref) and torch.equal(n1, nref)
+    files[0].write_bytes(files[0].read_bytes())          # the second call must read the file, not recompute
+    mtime = files[0].stat().st_mtime_ns
+    f2, _ = cached_label_features(enc, labels, 8, "cpu", tmp_path)
+    assert torch.equal(f1, f2) and files[0].stat().st_mtime_ns == mtime
+    cached_label_features(enc, labels + ["Ptosis"], 8, "cpu", tmp_path)   # other labels: another key
+    other = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True, "max_length": 32},
+                          embed_dim=D)
+    with torch.no_grad():
+        next(other.backbone.parameters()).add_(1.0)                       # other weights: another key
+    cached_label_features(other, labels, 8, "cpu", tmp_path)
+    assert len(list(tmp_path.glob("label-features-*.safetensors"))) == 3
