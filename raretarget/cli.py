@@ -151,6 +151,8 @@ def cmd_demo(args) -> int:
     con.print(f"7. the cohort's causal gene {', '.join(dis['genes'])} is ranked "
               + (f"#{genes.index(where[0]) + 1}" if where else "outside the top 10")
               + "; eng.explain(gene, phenotypes=...) lists the evidence and source records.")
+    page = eng.report(out.with_name(out.name + ".report"), ranked=ranked, max_patients=20)
+    con.print(f"8. report (static HTML, opens offline): {page}")
     return 0
 
 
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--no-train", action="store_true", help="stop after ingest")
     sp.set_defaults(func=cmd_demo)
 
+    from .report import add_parser
+
+    add_parser(sub, common)
     args = p.parse_args(argv)
     try:
         return args.func(args)

@@ -326,6 +326,14 @@ class Engine:
             "version": self.store.manifest().get("version", 0),
         }
 
+    # ---- reports -----------------------------------------------------------------------------------
+    def report(self, out: str | os.PathLike, *, ranked: pa.Table | None = None, max_patients: int = 50):
+        """Static HTML report (population, patient pages, optional hypothesis page) in folder ``out``;
+        opens offline; store data only (pseudonymous). Returns the path of ``index.html``."""
+        from .report import write_report
+
+        return write_report(self, out, ranked=ranked, max_patients=max_patients)
+
     # ---- prioritize --------------------------------------------------------------------------------
     def knowledge(self):
         """The gene knowledge base (HPO annotations via hpo3, druggability table), built once per Engine."""

@@ -44,6 +44,10 @@ def test_cli_demo_generates_ingests_and_reports(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "0 quarantined" in text and "patients=16" in text
     assert "index generation 1" in text and "ranked candidate genes" in text and "causal gene" in text
+    assert (tmp_path / "demo_store.report" / "index.html").exists()
+    assert (tmp_path / "demo_store.report" / "hypothesis.html").exists()
+    assert main(["report", str(out), "--out", str(tmp_path / "r2"), "--max-patients", "2"]) == 0
+    assert len(list((tmp_path / "r2" / "patients").glob("*.html"))) == 2
     # a second run is idempotent: the same cohort is regenerated and nothing is added
     assert main(["demo", "--out", str(out), "--patients", "16", "--seed", "3", "--no-train"]) == 0
     assert "0 file(s) read" in capsys.readouterr().out
