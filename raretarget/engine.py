@@ -462,23 +462,19 @@ class Engine:
 
         samples = load_store_samples(self, patients=patients)
         tables = embed(net, self, samples=samples, batch_size=batch_size, genes=patients is None)
-        pf = ""
+        pf, params = "", None
         if patients is not None:
-            pf = " where patient_id in (" + ", ".join("'" + str(p).replace("'", "''") + "'"
-                                                       for p in sorted(set(patients))) + ")" if len(patients) else \
-                " where false"
+            pf, params = " where patient_id in (select unnest(?))", [sorted(set(patients))]
         t = self.sql(f"select record_id, source_ref from patients{pf} union all "
-                     f"select record_id, source_ref from images{pf}")
+                     f"select record_id, source_ref from images{pf}", None if params is None else params * 2)
         refs = dict(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
         out: dict[str, pa.Table] = {}
         per_patient: dict[str, list[np.ndarray]] = {}
         for m, tab in tables.items():
             name = MODALITY_NAMES.get(m, m)
             rids = tab.column("record_id").to_pylist()
-            if name == "gene":
-                src = [None] * len(rids)
-                vocab = list(net.encoders["variants"].genes)
-                src = ["gene:" + g for g in vocab] if len(vocab) == len(rids) else src
+            if name == "gene":        # embed() writes the gene table in vocabulary order
+                src = ["gene:" + g for g in net.encoders["variants"].genes]
             else:
                 src = [refs.get(r) for r in rids]
                 vecs = vectors_of(tab)
@@ -492,8 +488,8 @@ class Engine:
         if per_patient:
             pids = sorted(per_patient)
             fused = l2_normalize(np.stack([np.mean(per_patient[p], axis=0) for p in pids]))
-            prid = {p: r for p, r in zip(*self.sql(f"select patient_id, min(record_id) from patients{pf} group by 1")
-                                          .to_pydict().values())}
+            prid = {p: r for p, r in zip(*self.sql(f"select patient_id, min(record_id) from patients{pf} group by 1",
+                                                   params).to_pydict().values())}
             rids = [prid.get(p) or S.patient_record_id(p) for p in pids]
             dim = fused.shape[1]
             out["patient"] = pa.table({"record_id": pa.array(rids, pa.int64()), "patient_id": pids,
