@@ -334,6 +334,15 @@ class Engine:
 
         return write_report(self, out, ranked=ranked, max_patients=max_patients)
 
+    def predict_outcome(self, target: str, *, modalities: Sequence[str] | None = None, seed: int = 0,
+                        labels: dict | None = None) -> dict:
+        """Held-out classifiers for a condition from each modality's embeddings and from their fusion
+        (:mod:`raretarget.outcome`): target ``HP:...`` (with descendants), ``SNOMED:<code>``, a code, or
+        ``sql:<predicate over conditions>``; or explicit ``labels={patient_id: 0/1}``. AUROC and accuracy."""
+        from .outcome import predict_outcome
+
+        return predict_outcome(self, target, modalities=modalities, seed=seed, labels=labels)
+
     # ---- prioritize --------------------------------------------------------------------------------
     def knowledge(self):
         """The gene knowledge base (HPO annotations via hpo3, druggability table), built once per Engine."""
