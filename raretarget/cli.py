@@ -151,7 +151,16 @@ def cmd_demo(args) -> int:
     con.print(f"7. the cohort's causal gene {', '.join(dis['genes'])} is ranked "
               + (f"#{genes.index(where[0]) + 1}" if where else "outside the top 10")
               + "; eng.explain(gene, phenotypes=...) lists the evidence and source records.")
-    page = eng.report(out.with_name(out.name + ".report"), ranked=ranked, max_patients=20)
+    outcomes = []
+    for target in ("HP:0000822", "SNOMED:44054006"):      # hypertension, type 2 diabetes
+        try:
+            outcomes.append(eng.predict_outcome(target))
+        except ValueError as e:                           # too few patients/classes in a small demo
+            con.print(f"   outcome {target}: skipped ({e})")
+    for o in outcomes:
+        con.print(f"   outcome {o['target']}: held-out AUROC " + ", ".join(
+            f"{m} {r['auroc']:.2f}" for m, r in o["results"].items() if r.get("auroc") is not None))
+    page = eng.report(out.with_name(out.name + ".report"), ranked=ranked, max_patients=20, outcomes=outcomes)
     con.print(f"8. report (static HTML, opens offline): {page}")
     return 0
 

@@ -327,12 +327,14 @@ class Engine:
         }
 
     # ---- reports -----------------------------------------------------------------------------------
-    def report(self, out: str | os.PathLike, *, ranked: pa.Table | None = None, max_patients: int = 50):
-        """Static HTML report (population, patient pages, optional hypothesis page) in folder ``out``;
-        opens offline; store data only (pseudonymous). Returns the path of ``index.html``."""
+    def report(self, out: str | os.PathLike, *, ranked: pa.Table | None = None, max_patients: int = 50,
+               outcomes: Sequence[dict] | None = None):
+        """Static HTML report (population, patient pages, optional hypothesis page, optional outcome
+        results from :meth:`predict_outcome`) in folder ``out``; opens offline; store data only
+        (pseudonymous). Returns the path of ``index.html``."""
         from .report import write_report
 
-        return write_report(self, out, ranked=ranked, max_patients=max_patients)
+        return write_report(self, out, ranked=ranked, max_patients=max_patients, outcomes=outcomes)
 
     def predict_outcome(self, target: str, *, modalities: Sequence[str] | None = None, seed: int = 0,
                         labels: dict | None = None) -> dict:

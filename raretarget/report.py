@@ -510,7 +510,26 @@ def _hypothesis(ranked, top: int = 5) -> str:
 
 
 # ---- entry point ----------------------------------------------------------------------------------
-def write_report(engine, out_dir, *, ranked=None, max_patients: int = 50) -> Path:
+def _outcomes(outcomes: Sequence[dict]) -> str:
+    """Per-modality vs fused held-out AUROC/accuracy (results of :meth:`Engine.predict_outcome`)."""
+    mods = []
+    for o in outcomes:
+        for m in o.get("results", {}):
+            if m not in mods:
+                mods.append(m)
+    rows = []
+    for o in outcomes:
+        r = o.get("results", {})
+        rows.append([o.get("target"), f"{o.get('n_train')}/{o.get('n_test')}", o.get("positives")]
+                    + [(f"{r[m]['auroc']:.3f} / {r[m]['accuracy']:.2f}" if m in r and r[m].get("auroc") is not None
+                        else "") for m in mods])
+    return ("<h2>Outcome prediction</h2><p>Held-out AUROC / accuracy of a logistic regression on each modality's "
+            "embeddings and on their fusion.</p>"
+            + _table(["target", "train/test", "positives"] + mods, rows))
+
+
+def write_report(engine, out_dir, *, ranked=None, max_patients: int = 50,
+                 outcomes: Sequence[dict] | None = None) -> Path:
     """Write the static HTML report of ``engine``'s store under ``out_dir``; returns ``index.html``'s path.
 
     ``ranked``: a :meth:`Engine.rank_targets` table → also ``hypothesis.html``. ``max_patients``: patient
@@ -548,6 +567,8 @@ def write_report(engine, out_dir, *, ranked=None, max_patients: int = 50) -> Pat
     if ranked is not None:
         (out / "hypothesis.html").write_text(_hypothesis(ranked), encoding="utf-8")
     body = _population(engine, links, len(pts), ranked is not None)
+    if outcomes:
+        body += _outcomes(outcomes)
     index = out / "index.html"
     index.write_text(_page("raretarget cohort report", body, hyp=ranked is not None), encoding="utf-8")
     return index

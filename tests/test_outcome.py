@@ -164,3 +164,17 @@ def test_end_to_end_targets_and_refusals(tiny_store):
     lab = {p: int(i % 3 == 0) for i, p in enumerate(pids)}
     r = predict_outcome(eng, "explicit", labels=lab)
     assert r["positives"] == sum(lab[p] for p in pids if p in lab) and r["target"] == "explicit"
+
+
+def test_outcomes_render_in_the_report(tmp_path):
+    from raretarget import Engine
+    from raretarget.report import _outcomes
+
+    res = {"target": "HP:0000822", "n_train": 40, "n_test": 10, "positives": 12,
+           "results": {"labs": {"auroc": 0.875, "accuracy": 0.8}, "fused": {"auroc": 0.9, "accuracy": 0.9},
+                       "image": {"auroc": None, "accuracy": None}}}
+    html = _outcomes([res])
+    assert "0.875 / 0.80" in html and "0.900 / 0.90" in html and "HP:0000822" in html
+    eng = Engine.open(tmp_path / "s", create=True)
+    page = eng.report(tmp_path / "r", outcomes=[res])
+    assert "Outcome prediction" in page.read_text()
