@@ -147,14 +147,9 @@ def main(argv=None):
             del idx
         del x, q
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from raretarget.machine import cpu_model
+
+    cpu = cpu_model()
     print("\n### VectorIndex benchmark\n")
     print(f"- machine: {cpu}, {os.cpu_count()} cores (faiss OpenMP threads: {nthreads}), "
           f"{platform.system()} {platform.release()}; faiss {faiss.__version__}, CPU; numpy {np.__version__}")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shutil
 import sys
 import tarfile
@@ -45,15 +43,9 @@ def extract_bundles(src: Path, n: int, dest: Path) -> list[Path]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from raretarget.machine import describe
+
+    return describe()
 
 
 def bench_fhir(files: list[Path], baseline_files: int) -> list[tuple[str, int, float]]:

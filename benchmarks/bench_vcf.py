@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import random
 import sys
 import tempfile
@@ -92,16 +91,9 @@ def main() -> None:
         syn = tmp / "synthetic.vcf"
         synth(syn, args.sites, args.samples)
         inputs.append((f"synthetic {args.sites} sites x {args.samples} samples (plain VCF)", syn))
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        print(f"machine: {cpu}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}, "
-              f"cyvcf2 {cyvcf2.__version__}")
+        from raretarget.machine import describe
+
+        print(f"machine: {describe()}, cyvcf2 {cyvcf2.__version__}")
         print(f"date: {dt.datetime.now().isoformat(timespec='seconds')}")
         print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
         print()

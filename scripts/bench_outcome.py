@@ -37,15 +37,9 @@ COLUMNS = ("note", "image", "labs", "variants", "fused", "patient")
 
 
 def _machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} cores, Python {platform.python_version()})"
+    from raretarget.machine import describe
+
+    return f"{platform.node()} ({describe()})"
 
 
 def _cell(r: dict | None) -> str:

@@ -74,14 +74,9 @@ def _norm(x: np.ndarray) -> np.ndarray:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from raretarget.machine import cpu_model
+
+    cpu = cpu_model()
     try:
         import torch
 
