@@ -17,8 +17,8 @@ Importing this package imports no torch / transformers / monai: the registry map
 paths and imports the module when an encoder is built.
 
 Entry points (lazy): ``train(cfg)``, ``load_model(folder)``, ``embed(model, store, out)``
-(:mod:`raretarget.encoders.training`), ``ContrastiveModule`` / ``MultiModalModel`` / ``clip_loss``
-(:mod:`raretarget.encoders.model`), ``MultiModalDataModule`` (:mod:`raretarget.encoders.data`).
+(:mod:`raretarget.encoders.training`), ``ContrastiveModule`` (:mod:`raretarget.encoders.module`), ``MultiModalModel`` / ``clip_loss``
+(:mod:`raretarget.encoders.model`), ``MultiModalDataModule`` (:mod:`raretarget.encoders.datamodule`).
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ _LAZY = {
     "load_model": "raretarget.encoders.training",
     "embed": "raretarget.encoders.training",
     "retrieval_recall": "raretarget.encoders.training",
-    "ContrastiveModule": "raretarget.encoders.model",
+    "ContrastiveModule": "raretarget.encoders.module",
     "MultiModalModel": "raretarget.encoders.model",
     "clip_loss": "raretarget.encoders.model",
     "normalize": "raretarget.encoders.base",
-    "MultiModalDataModule": "raretarget.encoders.data",
+    "MultiModalDataModule": "raretarget.encoders.datamodule",
     "synthetic_samples": "raretarget.encoders.data",
     "load_store_samples": "raretarget.encoders.data",
 }

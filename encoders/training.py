@@ -397,8 +397,8 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
     import lightning as L
     import torch
 
-    from .data import MultiModalDataModule
-    from .model import ContrastiveModule
+    from .datamodule import MultiModalDataModule
+    from .module import ContrastiveModule
 
     t0 = time.time()
     c = resolve_config(cfg, **overrides)

@@ -133,7 +133,8 @@ def test_each_modality_gives_unit_vectors(tiny_model, synthetic):
 
 
 def test_missing_modalities(tiny_model, synthetic):
-    from raretarget.encoders.model import ContrastiveModule, multimodal_loss
+    from raretarget.encoders.model import multimodal_loss
+    from raretarget.encoders.module import ContrastiveModule
 
     items = _items(synthetic[0][:6])
     items[0].update(text=None, image=None)      # labs + variants only

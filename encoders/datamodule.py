@@ -1,0 +1,94 @@
+"""The ``LightningDataModule`` of contrastive training: patients from a store or a synthetic cohort,
+split by a hash of the patient id (:func:`raretarget.encoders.data.is_val`). Kept apart from
+:mod:`raretarget.encoders.data` so that embedding never imports Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from .data import Collate, PatientDataset, hpo_knowledge, load_store_samples, split, synthetic_samples
+
+
+class MultiModalDataModule(L.LightningDataModule):
+    """Patients from a store (``store=path or Engine``) or synthetic (``synthetic=True``), split by hash (:func:`raretarget.encoders.data.is_val`).
+
+    Args:
+        store / synthetic: the source (exactly one).
+        n_patients, n_groups, p_missing, synthetic_seed: synthetic cohort size and structure.
+        batch_size, num_workers: DataLoader settings.
+        val_fraction, split_seed: held-out split (:func:`is_val`).
+        knowledge: use knowledge pairs (HPO term label ↔ gene; synthetic: group phrase ↔ gene).
+        knowledge_batch: knowledge pairs per training batch.
+        max_note_chars: cut of the concatenated notes.
+
+    Call :meth:`attach` with the :class:`MultiModalModel` before the loaders are used.
+    """
+
+    def __init__(self, store: Any = None, synthetic: bool = False, n_patients: int = 256, n_groups: int = 8,
+                 p_missing: float = 0.2, synthetic_seed: int = 0, batch_size: int = 64, num_workers: int = 0,
+                 val_fraction: float = 0.2, split_seed: int = 0, knowledge: bool = True, knowledge_batch: int = 32,
+                 max_note_chars: int = 2000):
+        super().__init__()
+        if bool(synthetic) == (store is not None):
+            raise ValueError("give exactly one of store=... or synthetic=True")
+        self.store, self.synthetic = store, bool(synthetic)
+        self.n_patients, self.n_groups, self.p_missing, self.synthetic_seed = n_patients, n_groups, p_missing, synthetic_seed
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
+        self.use_knowledge, self.knowledge_batch = bool(knowledge), int(knowledge_batch)
+        self.max_note_chars = int(max_note_chars)
+        self.samples: list[dict] | None = None
+        self.model = None
+
+    def prepare(self) -> None:
+        """Load (or generate) every sample once and split them."""
+        if self.samples is not None:
+            return
+        if self.synthetic:
+            self.samples, pairs, self.genes = synthetic_samples(self.n_patients, self.n_groups, self.synthetic_seed,
+                                                                self.p_missing)
+            kn: dict[str, list[str]] = {}
+            for text, gene in pairs:
+                kn.setdefault(gene, []).append(text)
+            self.knowledge = kn
+        else:
+            self.samples = load_store_samples(self.store)
+            store_genes = {v["gene"] for s in self.samples for v in (s["variants"] or []) if v.get("gene")}
+            self.knowledge = hpo_knowledge() if self.use_knowledge else {}
+            self.genes = sorted(store_genes | set(self.knowledge))
+        self.train_samples, self.val_samples = split(self.samples, self.val_fraction, self.split_seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def gene_vocabulary(self) -> list[str]:
+        self.prepare()
+        return list(self.genes)
+
+    def attach(self, model) -> "MultiModalDataModule":
+        """Use ``model`` (a :class:`MultiModalModel`) for collation."""
+        self.model = model
+        return self
+
+    def _loader(self, samples, train: bool):
+        from torch.utils.data import DataLoader
+
+        if self.model is None:
+            raise RuntimeError("call attach(model) first")
+        coll = Collate(self.model, train, self.knowledge if (train and self.use_knowledge) else None,
+                       self.knowledge_batch, self.split_seed)
+        return DataLoader(PatientDataset(samples, train, self.max_note_chars, self.split_seed),
+                          batch_size=self.batch_size, shuffle=train, collate_fn=coll, num_workers=self.num_workers,
+                          drop_last=train and len(samples) > self.batch_size,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        self.prepare()
+        return self._loader(self.train_samples, True)
+
+    def val_dataloader(self):
+        self.prepare()
+        return self._loader(self.val_samples, False)
