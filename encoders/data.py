@@ -54,6 +54,20 @@ def split(samples: Sequence[dict], val_fraction: float = 0.2, seed: int = 0) -> 
     return train, val
 
 
+def shard_of(patient_id: str, shards: int) -> int:
+    """Stable shard (0 .. shards-1) of a patient for sharded embedding jobs (hash of the pseudonymous id)."""
+    h = hashlib.blake2b(f"shard|{patient_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") % shards
+
+
+def store_patients(store: Any) -> list[str]:
+    """Every patient id with a row in a table that :func:`load_store_samples` reads (sorted)."""
+    eng = _engine(store)
+    q = " union ".join(f"select distinct patient_id from {t} where patient_id is not null"
+                       for t in ("patients", "notes", "images", "observations", "variants"))
+    return sorted(eng.sql(q).column(0).to_pylist())
+
+
 def patient_record_id(patient_id: str) -> int:
     """Fallback stable int64 id for a patient without a ``patients`` row."""
     from raretarget.schema import record_ids
@@ -145,11 +159,11 @@ def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
     """One sample per patient found in any table (see module doc). ``store``: path or ``Engine``.
     ``patients``: only these patient ids (an incremental re-embed); None = every patient."""
     eng = _engine(store)
-    pf = ""
+    pf, params = "", None
     if patients is not None:
         if not len(patients):
             return []
-        pf = " and patient_id in (" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in sorted(set(patients))) + ")"
+        pf, params = " and patient_id in (select unnest(?))", [sorted({str(p) for p in patients})]
     loincs = list(loincs or panel_loincs())
     ids: dict[str, dict] = {}
 
@@ -161,27 +175,27 @@ def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
         return s
 
     for r in eng.sql("select patient_id, min(record_id) as rid from patients where patient_id is not null "
-                     f"{pf} group by 1").to_pylist():
+                     f"{pf} group by 1", params).to_pylist():
         pid, rid = r["patient_id"], r["rid"]
         sample(pid)["record_id"] = int(rid)
     for r in eng.sql("select patient_id, text from notes where patient_id is not null and text is not null "
-                     f"and length(trim(text)) > 0{pf} order by patient_id, date nulls last, record_id").to_pylist():
+                     f"and length(trim(text)) > 0{pf} order by patient_id, date nulls last, record_id", params).to_pylist():
         sample(r["patient_id"])["notes"].append(r["text"])
     t = eng.sql("select patient_id, record_id, thumbnail from images where patient_id is not null "
-                f"and thumbnail is not null{pf} order by patient_id, acquired nulls last, record_id")
+                f"and thumbnail is not null{pf} order by patient_id, acquired nulls last, record_id", params)
     for pid, rid, th in zip(t.column("patient_id").to_pylist(), t.column("record_id").to_pylist(),
                             t.column("thumbnail").to_pylist()):
         sample(pid)["images"].append((int(rid), np.asarray(th, dtype=np.uint8)))
     codes = ", ".join("'" + c.replace("'", "''") + "'" for c in loincs)
     for r in eng.sql("select patient_id, loinc, arg_max(value, coalesce(effective, TIMESTAMP '1970-01-01')) as v "
                      "from observations where patient_id is not null and value is not null and unit is not null "
-                     f"and isfinite(value) and loinc in ({codes}){pf} group by 1, 2").to_pylist():
+                     f"and isfinite(value) and loinc in ({codes}){pf} group by 1, 2", params).to_pylist():
         s = sample(r["patient_id"])
         if s["labs"] is None:
             s["labs"] = {}
         s["labs"][r["loinc"]] = float(r["v"])
     for r in eng.sql("select patient_id, gene, consequence, impact, clinvar, zygosity, af from variants "
-                     f"where patient_id is not null and gene is not null{pf}").to_pylist():
+                     f"where patient_id is not null and gene is not null{pf}", params).to_pylist():
         s = sample(r.pop("patient_id"))
         if s["variants"] is None:
             s["variants"] = []

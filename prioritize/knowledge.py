@@ -14,7 +14,8 @@ Arrays (``T`` terms, ``G`` genes, ``D`` diseases)
 * ``closure`` – ``G×T`` CSC boolean: the gene is annotated with the term or one of its descendants.
 * ``dis_closure`` – ``D×T`` CSC boolean, the same for the diseases mapped to genes, and ``gene_dis`` – ``G×D``
   CSR row-normalised gene→disease membership (used for how *strongly* a gene carries a term: the fraction
-  of its diseases that have it).
+  of its diseases that have it); ``gene_dis_member`` the same 0/1; ``dis_annot`` – ``D×T`` CSR direct
+  in-scope phenotype terms of each disease (``n_dis_terms[D]`` of them).
 """
 
 from __future__ import annotations
@@ -187,6 +188,15 @@ class KnowledgeBase:
                   for d in dlist]
         self.dis_closure = self._closure_matrix(dterms).tocsc() if dlist else sp.csc_matrix((0, T), dtype=bool)
         M = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(self.genes), len(dlist)))
+        M.sum_duplicates()
+        M.data[:] = 1.0
+        self.gene_dis_member = M                       # G×D 0/1 (CSR): the gene's diseases
+        # direct in-scope phenotype terms per disease (D×T, CSR), for disease-level similarity
+        dph = [x[self.in_scope[x]] if len(x) else x for x in dterms]
+        self.n_dis_terms = np.array([len(x) for x in dph], dtype=np.float64)
+        self.dis_annot = sp.csr_matrix((np.ones(int(self.n_dis_terms.sum())),
+                                        np.concatenate(dph) if dph else np.zeros(0, np.int64),
+                                        np.cumsum([0] + [len(x) for x in dph])), shape=(len(dph), T))
         nd = np.asarray(M.sum(axis=1)).ravel()
         self.n_gene_diseases = nd
         self.gene_dis = sp.diags(1.0 / np.maximum(nd, 1)) @ M

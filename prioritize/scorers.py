@@ -108,19 +108,63 @@ def query_to_genes(kb: KnowledgeBase, observed: list[int]) -> tuple[np.ndarray, 
     return best, mica
 
 
-def genes_to_query(kb: KnowledgeBase, observed: list[int]) -> np.ndarray:
-    """Mean over each gene's terms of the best Resnik match among the query terms (gene → query)."""
-    if not observed:
-        return np.zeros(len(kb.genes))
+def query_to_diseases(kb: KnowledgeBase, observed: list[int]) -> np.ndarray:
+    """Resnik similarity of each query term to each KB disease: ``best[k, d]`` ``[Q, D]`` (as
+    :func:`query_to_genes`, over the disease annotations)."""
+    C = kb.dis_closure
+    best = np.zeros((len(observed), C.shape[0]))
+    for k, qi in enumerate(observed):
+        anc = kb.anc_list[qi]
+        anc = anc[np.argsort(kb.ic[anc])]
+        for a in anc:
+            best[k, C.indices[C.indptr[a]:C.indptr[a + 1]]] = kb.ic[a]
+    return best
+
+
+def diseases_to_query(kb: KnowledgeBase, observed: list[int]) -> np.ndarray:
+    """Sum over each disease's direct phenotype terms of their best Resnik match among the query terms ``[D]``
+    (divide by ``kb.n_dis_terms`` for the mean)."""
+    return kb.dis_annot @ _query_closure_ic(kb, observed)
+
+
+def gene_max(kb: KnowledgeBase, per_disease: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max over each gene's diseases of ``per_disease`` ``[D]`` → (scores ``[G]``, argmax disease index or -1);
+    genes without diseases get 0 and -1."""
+    M = kb.gene_dis_member
+    out = np.zeros(M.shape[0])
+    arg = np.full(M.shape[0], -1, dtype=np.int64)
+    if not M.nnz:
+        return out, arg
+    vals = per_disease[M.indices]
+    nonempty = np.diff(M.indptr) > 0
+    starts = M.indptr[:-1][nonempty]
+    out[nonempty] = np.maximum.reduceat(vals, starts)
+    # argmax: first position in each row holding the row max
+    row = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+    hit = vals >= out[row] - 1e-12
+    first = np.full(M.shape[0], -1, dtype=np.int64)
+    pos = np.nonzero(hit)[0][::-1]
+    first[row[pos]] = M.indices[pos]
+    arg[nonempty] = first[nonempty]
+    return out, arg
+
+
+def _query_closure_ic(kb: KnowledgeBase, observed: list[int]) -> np.ndarray:
+    """``v[t]`` = IC of the most informative common ancestor of term ``t`` with any query term ``[T]``."""
     qclos = np.zeros(len(kb.term_ids), bool)
     for qi in observed:
         qclos[kb.anc_list[qi]] = True
     w = np.where(qclos, kb.ic, 0.0)
     A = kb.anc
-    # v[t] = max over ancestors-or-self a of t within the query closure of IC(a)
     vals = w[A.indices]
-    v = np.maximum.reduceat(vals, A.indptr[:-1]) if len(vals) else np.zeros(len(kb.term_ids))
-    return kb.annot_norm @ v
+    return np.maximum.reduceat(vals, A.indptr[:-1]) if len(vals) else np.zeros(len(kb.term_ids))
+
+
+def genes_to_query(kb: KnowledgeBase, observed: list[int]) -> np.ndarray:
+    """Mean over each gene's terms of the best Resnik match among the query terms (gene → query)."""
+    if not observed:
+        return np.zeros(len(kb.genes))
+    return kb.annot_norm @ _query_closure_ic(kb, observed)
 
 
 def excluded_strength(kb: KnowledgeBase, e: int) -> np.ndarray:
@@ -146,28 +190,46 @@ class PhenotypeIC(Scorer):
     (IC of the most informative common ancestor) of query term ``q`` to its best-matching gene term
     (query → gene best-match average, IC-weighted). With ``method="funSimAvg"`` the gene → query direction
     (mean over the gene's terms of their best match, divided by the mean query IC, capped at 1) is averaged in.
+    With ``method="disease"`` the same query → annotation score is computed per *disease* and a gene gets the
+    best of its diseases (as LIRICAL/Exomiser score diseases: the union of a pleiotropic gene's diseases
+    matches almost any query); genes without a mapped disease keep the gene-level score. ``method="blend"``
+    averages the gene-level and the disease-level scores.
+    ``unannotated``: the score of genes without HPO phenotype annotations (unknown, not "no match"; default 0).
+    Most genes of an exome have none, so with a variant table this decides whether a strong variant in an
+    uncharacterised gene can outrank a weak one in a known disease gene.
     ``penalty`` (λ, default 0 = off; the packaged config uses the value chosen on a tune split): each excluded term ``e`` the gene carries (or a descendant of it), weighted by
     how strongly (fraction of its diseases with it), removes ``λ·IC(e)/Σ_q IC(q)``. Final score
     ``max(0, positive − penalty)`` ∈ [0, 1]; absent (not in the mix) when the query has no observed terms.
     """
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, method: str = "query", penalty: float = 0.0,
-                 **params: Any):
+                 unannotated: float = 0.0, **params: Any):
         super().__init__(kb, weight, **params)
-        if method not in ("query", "funSimAvg"):
-            raise ValueError("method must be 'query' or 'funSimAvg'")
+        self.unannotated = float(unannotated)
+        if method not in ("query", "funSimAvg", "disease", "blend"):
+            raise ValueError("method must be 'query', 'funSimAvg', 'disease' or 'blend'")
         self.method = method
         self.penalty = float(penalty)
 
-    def raw(self, observed: list[int], excluded: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def raw(self, observed: list[int], excluded: list[int]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(score ``[G]``, best ``[Q, G]``, mica ``[Q, G]``, excluded strengths ``[E, G]``, best disease index
+        per gene ``[G]`` (-1 = none) or None when not scoring diseases)."""
         kb = self.kb
         best, mica = query_to_genes(kb, observed)
         qic = kb.ic[observed]
         denom = max(float(qic.sum()), 1e-12)
         pos = best.sum(axis=0) / denom
+        best_dis = None
         if self.method == "funSimAvg":
             back = genes_to_query(kb, observed) / max(float(qic.mean()), 1e-12)
             pos = 0.5 * (pos + np.minimum(back, 1.0))
+        elif self.method in ("disease", "blend") and kb.dis_closure.shape[0]:
+            per_d = query_to_diseases(kb, observed).sum(axis=0) / denom
+            g, arg = gene_max(kb, per_d)
+            dis = np.where(arg >= 0, g, pos)
+            pos = dis if self.method == "disease" else 0.5 * (pos + dis)
+            best_dis = arg
         pen = np.zeros(len(kb.genes))
         strengths = []
         if self.penalty > 0:
@@ -176,18 +238,18 @@ class PhenotypeIC(Scorer):
                 strengths.append(s)
                 pen += self.penalty * kb.ic[e] * s / denom
         score = np.clip(pos - pen, 0.0, 1.0)
-        return score, best, mica, (np.array(strengths) if strengths else np.zeros((0, len(kb.genes))))
+        return score, best, mica, (np.array(strengths) if strengths else np.zeros((0, len(kb.genes)))), best_dis
 
     def score(self, q: Query) -> Component:
         kb = self.kb
         if not q.observed:
             return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False)
-        s, best, mica, strengths = self.raw(q.observed, q.excluded)
+        s, best, mica, strengths, best_dis = self.raw(q.observed, q.excluded)
 
         def evidence(i: int) -> dict:
             r = int(q.kb_rows[i])
-            if r < 0:
-                return {"note": "gene has no HPO annotations"}
+            if r < 0 or not len(kb.gene_terms[r]):
+                return {"note": "gene has no HPO phenotype annotations", "score_used": self.unannotated}
             gterms = kb.gene_terms[r]
             pairs = []
             for k, qi in enumerate(q.observed):
@@ -201,13 +263,21 @@ class PhenotypeIC(Scorer):
                               "common_name": kb.name(a), "ic": round(float(kb.ic[a]), 3)})
             pairs.sort(key=lambda p: -p["ic"])
             ev: dict = {"matches": pairs}
+            if best_dis is not None and best_dis[r] >= 0:
+                d = kb.disease_list[int(best_dis[r])]
+                ev["best_disease"] = {"id": d.id, "name": d.name}
             neg = [{"excluded": kb.term_ids[e], "strength": round(float(strengths[j, r]), 3)}
                    for j, e in enumerate(q.excluded) if len(strengths) and strengths[j, r] > 0]
             if neg:
                 ev["excluded_present"] = neg
             return ev
 
-        return Component(self.name, self._kb_scores(q, s), evidence)
+        out = self._kb_scores(q, s, default=self.unannotated)
+        if self.unannotated:
+            r = q.kb_rows
+            no_terms = (r >= 0) & (kb.n_gene_terms[np.maximum(r, 0)] == 0)
+            out[no_terms] = self.unannotated
+        return Component(self.name, out, evidence)
 
 
 # ---------------------------------------------------------------------------------------------- knowledge

@@ -1,4 +1,4 @@
-"""Command line: ``raretarget ingest|sql|status|quarantine|demo``.
+"""Command line: ``raretarget ingest|sql|status|quarantine|embed|demo|report``.
 
 Printed output never contains source file names or identifiers: quarantined records are shown by
 pseudonymous file reference (``--show-paths`` resolves them from the link folder, for the data owner).
@@ -89,6 +89,32 @@ def cmd_quarantine(args) -> int:
     for r in q.slice(0, args.limit).to_pylist():   # plain lines: long paths must not be cut
         where = r["path"] if args.show_paths else r["file_ref"]
         print(f"{where} [{r['record']}] ({r['kind']}): {r['reason']}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    """Embed the store with its current model: in one process, in ``--workers`` parallel shard processes, or
+    one shard of a split run on several machines sharing the store (``--shard i --shards n``, then ``--merge n``)."""
+    from . import Engine
+
+    eng = Engine.open(args.store, links=args.links)
+    t0 = time.perf_counter()
+    if args.shard is not None:
+        if not args.shards:
+            raise ValueError("--shard needs --shards")
+        counts = eng.embed_shard(args.shard, args.shards, batch_size=args.batch_size)
+        what = f"shard {args.shard} of {args.shards}"
+    elif args.merge:
+        counts = eng.merge_shards(args.merge)
+        what = f"merged {args.merge} shards"
+    else:
+        counts = eng.embed(batch_size=args.batch_size, workers=args.workers)
+        what = f"{args.workers} worker(s)"
+    print(f"embed ({what}): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+          + f" in {time.perf_counter() - t0:.1f}s")
+    if args.index and args.shard is None:
+        info = eng.build_index()
+        print(f"index generation {info['generation']}: {sum(info['counts'].values())} vectors")
     return 0
 
 
@@ -197,6 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--show-paths", action="store_true")
     sp.add_argument("--limit", type=int, default=100)
     sp.set_defaults(func=cmd_quarantine)
+
+    sp = sub.add_parser("embed", help="embed the store with its current model (optionally sharded)")
+    common(sp)
+    sp.add_argument("--workers", type=int, default=1, help="parallel shard processes on this machine")
+    sp.add_argument("--shard", type=int, default=None, help="embed only this shard (0-based) of --shards")
+    sp.add_argument("--shards", type=int, default=None)
+    sp.add_argument("--merge", type=int, default=None, metavar="N", help="merge the N finished shards")
+    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--index", action="store_true", help="build a new index generation afterwards")
+    sp.set_defaults(func=cmd_embed)
 
     sp = sub.add_parser("demo", help="generate a cohort, ingest it, show the store")
     sp.add_argument("--out", default="demo_store")

@@ -433,16 +433,17 @@ class Engine:
         summary["out_dir"] = str(final)
         return summary
 
-    def embed(self, batch_size: int = 128) -> dict[str, int]:
+    def embed(self, batch_size: int = 128, *, workers: int = 1) -> dict[str, int]:
         """Embed every record with the current model into ``<store>/embeddings/<model_version>/``.
 
         Returns rows per modality: note, image, labs, variants, patient (mean of a patient's modality
-        vectors, re-normalised), gene.
+        vectors, re-normalised), gene. ``workers > 1``: the patients are split into that many shards
+        (:func:`raretarget.encoders.data.shard_of`) embedded by parallel processes (:meth:`embed_shard`),
+        then merged (:meth:`merge_shards`); same rows as ``workers=1``.
         """
-        from raretarget.encoders.training import embed, load_model
-        from raretarget.index import l2_normalize
-        from raretarget.index.generations import vectors_of
-        from raretarget.query.search import MODALITY_NAMES
+        if workers > 1:
+            return self._embed_parallel(int(workers), batch_size)
+        from raretarget.encoders.training import load_model
 
         model = self.current_model()
         if model is None:
@@ -461,10 +462,103 @@ class Engine:
         self._searcher = None
         return counts
 
+    def _shard_dir(self, version: str, shards: int, shard: int | None = None) -> Path:
+        d = self._generations().emb_dir / version / "_shards" / f"of-{shards}"
+        return d if shard is None else d / f"{shard:04d}"
+
+    def embed_shard(self, shard: int, shards: int, batch_size: int = 128) -> dict[str, int]:
+        """Embed only the patients of shard ``shard`` of ``shards`` (stable hash of the patient id) with the
+        current model into ``embeddings/<version>/_shards/of-<shards>/<shard>/`` (shard 0 also embeds the genes).
+
+        Shards are independent: run them as parallel processes, or on several machines that share the store
+        folder, then call :meth:`merge_shards`. A shard's ``DONE.json`` (written last, atomically) records the
+        store batches it saw, so a merge refuses shards of different store states. Re-running a shard replaces it.
+        """
+        from raretarget.encoders.data import shard_of, store_patients
+        from raretarget.encoders.training import load_model
+        from raretarget.nightly import store_batches
+        from .store import atomic_write_bytes, atomic_write_parquet
+
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
+        model = self.current_model()
+        if model is None:
+            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        version = model["model_version"]
+        batches = sorted(store_batches(self.store))
+        pids = [p for p in store_patients(self) if shard_of(p, shards) == shard]
+        net = load_model(model["path"])
+        d = self._shard_dir(version, shards, shard)
+        (d / "DONE.json").unlink(missing_ok=True)
+        tabs = self._embedding_tables(net, version, batch_size=batch_size, patients=pids, genes=shard == 0)
+        counts = {}
+        for name, tab in tabs.items():
+            atomic_write_parquet(d / f"{name}.parquet", S.conform_embeddings(tab))
+            counts[name] = tab.num_rows
+        atomic_write_bytes(d / "DONE.json", json.dumps({"batches": batches, "counts": counts,
+                                                         "patients": len(pids)}).encode())
+        return counts
+
+    def merge_shards(self, shards: int) -> dict[str, int]:
+        """Merge the ``shards`` parts written by :meth:`embed_shard` into the current model's embeddings (one
+        atomic file per modality, as :meth:`embed` writes them), then delete the parts. Raises when a shard is
+        missing or the shards saw different store states (re-run those shards)."""
+        import shutil
+
+        import pyarrow.parquet as pq
+
+        from .store import atomic_write_bytes
+
+        model = self.current_model()
+        if model is None:
+            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        version = model["model_version"]
+        infos = {}
+        for i in range(shards):
+            f = self._shard_dir(version, shards, i) / "DONE.json"
+            if not f.exists():
+                raise RuntimeError(f"embedding shard {i} of {shards} is missing or unfinished ({f.parent}): "
+                                   f"run Engine.embed_shard({i}, {shards})")
+            infos[i] = json.loads(f.read_text())
+        states = {tuple(v["batches"]) for v in infos.values()}
+        if len(states) > 1:
+            raise RuntimeError(f"embedding shards of {shards} saw different store states (ingest ran between them): "
+                               "re-run every shard")
+        gens = self._generations()
+        names = sorted({n for v in infos.values() for n in v["counts"]})
+        counts = {}
+        for name in names:
+            parts = [self._shard_dir(version, shards, i) / f"{name}.parquet" for i in range(shards)]
+            tabs = [pq.read_table(p) for p in parts if p.exists()]
+            t = pa.concat_tables(tabs).sort_by("record_id")
+            gens.write_embeddings(version, name, t)
+            counts[name] = t.num_rows
+        atomic_write_bytes(gens.emb_dir / version / "_batches.json", json.dumps(sorted(states.pop())).encode())
+        shutil.rmtree(self._shard_dir(version, shards), ignore_errors=True)
+        try:
+            self._shard_dir(version, shards).parent.rmdir()         # _shards/, when no other split is pending
+        except OSError:
+            pass
+        self._searcher = None
+        return counts
+
+    def _embed_parallel(self, workers: int, batch_size: int) -> dict[str, int]:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # spawn: a fresh interpreter per worker (no forked torch/OpenMP state)
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = [ex.submit(_embed_shard_job, str(self.store.root), str(self.store.links), i, workers, batch_size,
+                              threads) for i in range(workers)]
+            for f in futs:
+                f.result()
+        return self.merge_shards(workers)
+
     def _embedding_tables(self, net, version: str, batch_size: int = 128,
-                          patients: Sequence[str] | None = None) -> dict[str, pa.Table]:
+                          patients: Sequence[str] | None = None, genes: bool | None = None) -> dict[str, pa.Table]:
         """Embedding tables per modality name (EMBEDDINGS schema) of every patient, or only of
-        ``patients`` (then without the gene table, which depends on the model only)."""
+        ``patients`` (then by default without the gene table, which depends on the model only)."""
         from raretarget.encoders.data import load_store_samples
         from raretarget.encoders.training import embed
         from raretarget.index import l2_normalize
@@ -472,7 +566,8 @@ class Engine:
         from raretarget.query.search import MODALITY_NAMES
 
         samples = load_store_samples(self, patients=patients)
-        tables = embed(net, self, samples=samples, batch_size=batch_size, genes=patients is None)
+        tables = embed(net, self, samples=samples, batch_size=batch_size,
+                       genes=(patients is None) if genes is None else genes)
         pf, params = "", None
         if patients is not None:
             pf, params = " where patient_id in (select unnest(?))", [sorted(set(patients))]
@@ -607,6 +702,14 @@ class Engine:
         files = self.store.read_links("files")
         paths = dict(zip(files.column("file_ref").to_pylist(), files.column("path").to_pylist()))
         return q.append_column("path", pa.array([paths.get(f) for f in q.column("file_ref").to_pylist()], pa.string()))
+
+
+def _embed_shard_job(root: str, links: str, shard: int, shards: int, batch_size: int, threads: int) -> dict:
+    """Worker process of :meth:`Engine.embed` with ``workers > 1``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return Engine.open(root, links=links).embed_shard(shard, shards, batch_size=batch_size)
 
 
 def _resource_key(source_ref: str | None) -> str | None:

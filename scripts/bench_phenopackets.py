@@ -4,21 +4,26 @@ For every case all genes of the knowledge base are ranked and the rank of the ca
 (ties count half: rank = 1 + #higher + #tied/2; a case with several causal genes keeps the best one; a causal
 gene missing from the universe counts as rank = universe size + 1). Settings:
 
-  (a) phenotype     – ``phenotype_ic`` only: observed terms, excluded terms as negative evidence;
-  (b) phenomizer    – baseline: symmetric Resnik best-match average (hpo3 "BMA": row and column best matches
-                      averaged together) of the observed terms vs the gene's HPO annotations, no excluded terms;
-  (c) pheno+vcf     – phenotype_ic + variant (+ knowledge 0.1; druggability 0) on a simulated exome: the case's
+  (a)  phenotype    – ``phenotype_ic`` only, with the chosen method (gene-level ``query`` or ``disease``) and
+                      excluded-term penalty λ; (a0) the same with the gene-level method and λ = 0;
+  (b)  phenomizer   – baseline: symmetric Resnik best-match average (hpo3 "BMA": row and column best matches
+                      averaged together) of the observed terms vs the gene's HPO annotation union, no excluded
+                      terms; (b2) the same against each of the gene's diseases, best disease (Phenomizer proper
+                      ranks diseases; this is its gene-level reading);
+  (c)  pheno+vcf    – phenotype_ic + variant + knowledge (druggability 0) on a simulated exome: the case's
                       causal variant(s) spiked into ~200 background genes (see :func:`background`);
-  (d) variant-only  – the ``variant`` component alone over the same simulated variants.
+                      (c0) the same with the untuned settings (gene-level, λ 0, variant 1, knowledge 0.1);
+  (d)  variant-only – the ``variant`` component alone over the same simulated variants.
 
 The causal variant keeps the packet's zygosity (allelic state; two het variants = compound het) and HGVS; its
 consequence impact is read off the HGVS (``fs``/``Ter``/splice ±1/2 → HIGH, else MODERATE); ClinVar
 significance = the packet's ACMG class for a random half of the cases (``--clinvar-frac``), none otherwise
 (novel variant); AF absent or ≤ 5e-5.
 
-Nothing is fitted to the reported cases: with ``--tune`` the excluded-term penalty λ is chosen on the *tune*
-half of the cohorts (deterministic hash of the cohort name) and every setting is then reported on the other
-(*report*) half; without ``--tune`` the weights of ``conf/prioritize/default.yaml`` are used on all cases.
+Nothing is fitted to the reported cases: with ``--tune``, on the *tune* half of the cohorts (deterministic hash
+of the cohort name), the phenotype method and λ are chosen by phenotype-only MRR, then the weights of variant
+and knowledge (phenotype weight 1) and the phenotype score of unannotated genes by phenotype+VCF top-1; every setting is reported on the other (*report*)
+half. Without ``--tune`` the settings of ``conf/prioritize/default.yaml`` are used on all cases.
 
     python scripts/bench_phenopackets.py --cases 1000 [--tune] [--seed 0] [--out results.json]
 """
@@ -46,7 +51,8 @@ DATA = ROOT.parent / "shared" / "data" / "phenopackets"
 
 from raretarget.prioritize import KnowledgeBase, Prioritizer, load_config, parse_phenopacket  # noqa: E402
 from raretarget.prioritize.phenopacket import VARIANT_COLUMNS  # noqa: E402
-from raretarget.prioritize.scorers import genes_to_query, query_to_genes  # noqa: E402
+from raretarget.prioritize.scorers import (diseases_to_query, excluded_strength, gene_max, genes_to_query,  # noqa: E402
+                                           query_to_diseases, query_to_genes)
 
 
 def split_of(cohort: str) -> str:
@@ -167,12 +173,83 @@ def summarise(ranks: list[float]) -> dict:
             "top10": float(np.mean(r <= 10)), "median_rank": float(np.median(r)), "mrr": float(np.mean(1 / r))}
 
 
+def phenotype_parts(kb, observed: list[int], excluded: list[int]) -> dict[str, np.ndarray]:
+    """Per-gene pieces of the phenotype scores for one case (KB gene order): ``query`` / ``disease`` (the two
+    ``PhenotypeIC`` methods before the penalty), ``pen`` (the penalty per unit λ), ``bma_gene`` / ``bma_disease``
+    (the Phenomizer-style baselines: symmetric Resnik BMA against gene annotation unions / against each disease,
+    gene = best of its diseases)."""
+    G = len(kb.genes)
+    if not observed:
+        z = np.zeros(G)
+        return {"query": z, "disease": z, "pen": z, "bma_gene": z, "bma_disease": z}
+    best, _ = query_to_genes(kb, observed)
+    denom = max(float(kb.ic[observed].sum()), 1e-12)
+    q = best.sum(axis=0) / denom
+    bd = query_to_diseases(kb, observed)
+    dis, arg = gene_max(kb, bd.sum(axis=0) / denom)
+    dis = np.where(arg >= 0, dis, q)
+    pen = np.zeros(G)
+    for e in excluded:
+        pen += kb.ic[e] * excluded_strength(kb, e) / denom
+    back = genes_to_query(kb, observed) * kb.n_gene_terms
+    bma_g = (best.sum(axis=0) + back) / (len(observed) + np.maximum(kb.n_gene_terms, 1))
+    bma_d_per = (bd.sum(axis=0) + diseases_to_query(kb, observed)) / (len(observed) + np.maximum(kb.n_dis_terms, 1))
+    bma_d, arg2 = gene_max(kb, bma_d_per)
+    bma_d = np.where(arg2 >= 0, bma_d, bma_g)
+    return {"query": q, "disease": dis, "pen": pen, "bma_gene": bma_g, "bma_disease": bma_d}
+
+
+def simulate(case: dict, n: int, seed: int, clinvar_frac: float, pool, ar_genes) -> pa.Table:
+    rng = np.random.default_rng([seed, n, int(hashlib.sha256(case["phenopacket_id"].encode()).hexdigest()[:8], 16)])
+    rows = causal_rows(case, rng, clinvar_frac) + background(rng, pool, ar_genes, set(case["truth"]))
+    return pa.Table.from_pylist(rows, schema=pa.schema(VARIANT_COLUMNS))
+
+
+def case_components(kb, P_var, P_kn, case: dict, n: int, seed: int, clinvar_frac: float, pool, ar_genes):
+    """Everything a setting needs for one case, in the gene order of the variant query (KB genes first)."""
+    obs, _ = kb.resolve_terms(case["observed"])
+    exc, _ = kb.resolve_terms(case["excluded"])
+    exc = [e for e in exc if e not in obs]
+    parts = phenotype_parts(kb, obs, exc)
+    vt = simulate(case, n, seed, clinvar_frac, pool, ar_genes)
+    q, _ = P_var.query(case["observed"], case["excluded"], variants=vt)
+    var = next(c for c in P_var.components(q) if c.name == "variant").scores
+    kn = next(c for c in P_kn.components(q) if c.name == "knowledge").scores
+    G, n_all = len(kb.genes), len(q.genes)
+    pad = lambda x: np.concatenate([x, np.zeros(n_all - G)])  # noqa: E731  (genes only seen in variants)
+    unann = np.ones(n_all, bool)
+    unann[:G] = kb.n_gene_terms == 0
+    return {"parts": {k: pad(v) for k, v in parts.items()}, "variant": var, "knowledge": kn, "gene_pos": q.gene_pos,
+            "has_obs": bool(obs), "unannotated": unann}
+
+
+def pheno_score(cc: dict, method: str, lam: float, unannotated: float = 0.0) -> np.ndarray:
+    p = cc["parts"]
+    pos = 0.5 * (p["query"] + p["disease"]) if method == "blend" else p[method]
+    return np.where(cc["unannotated"], unannotated, np.clip(pos - lam * p["pen"], 0.0, 1.0))
+
+
+def combined(cc: dict, method: str, lam: float, w_var: float, w_kn: float, unannotated: float = 0.0) -> np.ndarray:
+    """The Prioritizer's weighted mean (phenotype weight 1; phenotype absent without observed terms)."""
+    ph = pheno_score(cc, method, lam, unannotated)
+    w_ph = 1.0 if cc["has_obs"] else 0.0
+    return (w_ph * ph + w_var * cc["variant"] + w_kn * cc["knowledge"]) / (w_ph + w_var + w_kn)
+
+
+METHODS = ("query", "disease", "blend")
+LAMBDAS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+W_VARIANT = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+W_KNOWLEDGE = (0.0, 0.05, 0.1, 0.2)
+UNANNOTATED = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--cases", type=int, default=None, help="random subset of N cases (default: all)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tune", action="store_true", help="choose λ on the tune half, report on the other half")
+    ap.add_argument("--tune", action="store_true",
+                    help="choose method/λ and the phenotype+VCF weights on the tune half, report on the other half")
     ap.add_argument("--clinvar-frac", type=float, default=0.5)
     ap.add_argument("--out", default=None, help="write per-setting metrics (JSON)")
     a = ap.parse_args(argv)
@@ -184,56 +261,67 @@ def main(argv: list[str] | None = None) -> None:
     t_load = time.time() - t0 - t_kb
     print(f"KB {kb} in {t_kb:.1f}s; {len(cases)} cases loaded in {t_load:.1f}s", file=sys.stderr)
 
-    base_cfg = {"knowledge": 0, "druggability": 0, "variant": 0, "cohort": 0, "embedding": 0}
-    penalty = float(load_config()["phenotype_ic"]["penalty"])
-    tuned = None
-    if a.tune:
-        grid = [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]
-        tune_cases = [c for c in cases if c["split"] == "tune"]
-        res = {}
-        for lam in grid:
-            P = Prioritizer(kb, {**base_cfg, "phenotype_ic": {"penalty": lam}})
-            rr = []
-            for c in tune_cases:
-                q, _ = P.query(c["observed"], c["excluded"])
-                rr.append(rank_of(P.components(q)[0].scores, q.gene_pos, c["truth"]))
-            res[lam] = summarise(rr)
-        penalty = max(grid, key=lambda l: res[l]["mrr"])
-        tuned = {"grid": {str(k): v for k, v in res.items()}, "chosen_penalty": penalty, "n_tune": len(tune_cases)}
-        print(f"tuned on {len(tune_cases)} tune-split cases: λ={penalty} "
-              + ", ".join(f"{k}:{v['mrr']:.3f}" for k, v in res.items()), file=sys.stderr)
-        cases = [c for c in cases if c["split"] == "report"]
-
-    P_pheno = Prioritizer(kb, {**base_cfg, "phenotype_ic": {"penalty": penalty}})
-    P_vcf = Prioritizer(kb, {"phenotype_ic": {"weight": 1.0, "penalty": penalty}, "variant": 1.0, "knowledge": 0.1,
-                             "druggability": 0, "cohort": 0, "embedding": 0})
-    P_var = Prioritizer(kb, {"phenotype_ic": 0, "variant": 1.0, "knowledge": 0, "druggability": 0, "cohort": 0,
-                             "embedding": 0})
+    cfg = load_config()
+    ph_cfg = cfg["phenotype_ic"]
+    chosen = {"method": ph_cfg.get("method", "query"), "penalty": float(ph_cfg.get("penalty", 0.0)),
+              "unannotated": float(ph_cfg.get("unannotated", 0.0)),
+              "variant": float(cfg["variant"]["weight"] if isinstance(cfg["variant"], dict) else cfg["variant"]),
+              "knowledge": float(cfg["knowledge"]["weight"] if isinstance(cfg["knowledge"], dict) else cfg["knowledge"])}
+    off = {"phenotype_ic": 0, "knowledge": 0, "druggability": 0, "cohort": 0, "embedding": 0}
+    P_var = Prioritizer(kb, {**off, "variant": dict(cfg["variant"], weight=1.0)})
+    P_kn = Prioritizer(kb, {**off, "variant": 0, "knowledge": dict(cfg["knowledge"], weight=1.0)})
     pool = sorted(set(kb.genes) | set(kb.druggability))
     ar_genes = sorted(g for g, m in kb.inheritance.items() if m == {"AR"})
-    ranks: dict[str, list[float]] = {"a_phenotype": [], "b_phenomizer": [], "c_pheno_vcf": [], "d_variant_only": []}
+    comp = lambda c, n: case_components(kb, P_var, P_kn, c, n, a.seed, a.clinvar_frac, pool, ar_genes)  # noqa: E731
+
+    tuned = None
+    if a.tune:
+        tune = [(n, c) for n, c in enumerate(cases) if c["split"] == "tune"]
+        ph_ranks = {(m, lam): [] for m in METHODS for lam in LAMBDAS}
+        cc_all = []
+        for n, c in tune:
+            cc = comp(c, n)
+            for (m, lam), rr in ph_ranks.items():
+                rr.append(rank_of(pheno_score(cc, m, lam), cc["gene_pos"], c["truth"]))
+            cc_all.append((c, cc))
+        ph_res = {k: summarise(v) for k, v in ph_ranks.items()}
+        m_best, lam_best = max(ph_res, key=lambda k: (ph_res[k]["mrr"], -k[1]))
+        comb_res = {}
+        for wv in W_VARIANT:
+            for wk in W_KNOWLEDGE:
+                for u in UNANNOTATED:
+                    comb_res[(wv, wk, u)] = summarise([rank_of(combined(cc, m_best, lam_best, wv, wk, u),
+                                                               cc["gene_pos"], c["truth"]) for c, cc in cc_all])
+        wv_best, wk_best, u_best = max(comb_res, key=lambda k: (comb_res[k]["top1"], comb_res[k]["mrr"]))
+        chosen = {"method": m_best, "penalty": lam_best, "unannotated": u_best, "variant": wv_best,
+                  "knowledge": wk_best}
+        tuned = {"n_tune": len(tune), "chosen": chosen,
+                 "phenotype_grid_mrr": {f"{m}/λ={lam}": round(v["mrr"], 4) for (m, lam), v in ph_res.items()},
+                 "combined_grid_top1": {f"w_variant={wv}/w_knowledge={wk}/unannotated={u}": round(v["top1"], 4)
+                                        for (wv, wk, u), v in comb_res.items()}}
+        del cc_all
+        print(f"tuned on {len(tune)} tune-split cases: {chosen}", file=sys.stderr)
+        report = [(n, c) for n, c in enumerate(cases) if c["split"] == "report"]
+    else:
+        report = list(enumerate(cases))
+    cases = [c for _, c in report]
+
+    ranks: dict[str, list[float]] = {"a_phenotype": [], "a0_phenotype_gene_level": [], "b_phenomizer_gene": [],
+                                     "b2_phenomizer_disease": [], "c_pheno_vcf": [], "c0_pheno_vcf_gene_level": [],
+                                     "d_variant_only": []}
     t_case = time.time()
-    for n, c in enumerate(cases):
-        rng = np.random.default_rng([a.seed, n, int(hashlib.sha256(c["phenopacket_id"].encode()).hexdigest()[:8], 16)])
-        q, _ = P_pheno.query(c["observed"], c["excluded"])
-        ranks["a_phenotype"].append(rank_of(P_pheno.components(q)[0].scores, q.gene_pos, c["truth"]))
-        # (b) Phenomizer-style symmetric Resnik BMA, no excluded terms
-        if q.observed:
-            best, _ = query_to_genes(kb, q.observed)
-            back = genes_to_query(kb, q.observed) * kb.n_gene_terms
-            bma = (best.sum(axis=0) + back) / (len(q.observed) + np.maximum(kb.n_gene_terms, 1))
-        else:
-            bma = np.zeros(len(kb.genes))
-        ranks["b_phenomizer"].append(rank_of(bma, {g: i for i, g in enumerate(kb.genes)}, c["truth"]))
-        # (c)/(d) simulated exome
-        rows = causal_rows(c, rng, a.clinvar_frac) + background(rng, pool, ar_genes, set(c["truth"]))
-        vt = pa.Table.from_pylist(rows, schema=pa.schema(VARIANT_COLUMNS))
-        q2, _ = P_vcf.query(c["observed"], c["excluded"], variants=vt)
-        comps = P_vcf.components(q2)
-        ranks["c_pheno_vcf"].append(rank_of(P_vcf.combine(comps, {s.name: s.weight for s in P_vcf.scorers}),
-                                            q2.gene_pos, c["truth"]))
-        vcomp = next(x for x in comps if x.name == "variant")
-        ranks["d_variant_only"].append(rank_of(vcomp.scores, q2.gene_pos, c["truth"]))
+    for n, c in report:
+        cc = comp(c, n)
+        gp, tr = cc["gene_pos"], c["truth"]
+        ranks["a_phenotype"].append(rank_of(pheno_score(cc, chosen["method"], chosen["penalty"],
+                                                        chosen["unannotated"]), gp, tr))
+        ranks["a0_phenotype_gene_level"].append(rank_of(pheno_score(cc, "query", 0.0), gp, tr))
+        ranks["b_phenomizer_gene"].append(rank_of(cc["parts"]["bma_gene"], gp, tr))
+        ranks["b2_phenomizer_disease"].append(rank_of(cc["parts"]["bma_disease"], gp, tr))
+        ranks["c_pheno_vcf"].append(rank_of(combined(cc, chosen["method"], chosen["penalty"], chosen["variant"],
+                                                     chosen["knowledge"], chosen["unannotated"]), gp, tr))
+        ranks["c0_pheno_vcf_gene_level"].append(rank_of(combined(cc, "query", 0.0, 1.0, 0.1), gp, tr))
+        ranks["d_variant_only"].append(rank_of(cc["variant"], gp, tr))
     dt = time.time() - t_case
     n_universe = len(kb.genes)
     out = {
@@ -242,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python scripts/bench_phenopackets.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "hpo": "hpo3 built-in HPO", "n_cases": len(cases), "universe_genes": n_universe,
         "causal_gene_annotated": float(np.mean([any(g in kb.gene_index for g in c["truth"]) for c in cases])),
-        "penalty": penalty, "tuning": tuned, "seconds_total_loop": dt,
+        "chosen": chosen, "tuning": tuned, "seconds_total_loop": dt,
         "seconds_per_case_all_settings": dt / max(len(cases), 1), "seconds_kb_build": t_kb,
         "results": {k: summarise(v) for k, v in ranks.items()},
     }

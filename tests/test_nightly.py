@@ -237,3 +237,52 @@ def test_reader_never_sees_half_published_generation(base):
     after = old.search(patient=pid, k=30, modalities=["patient"])
     assert after.column("record_id").to_pylist() == before.column("record_id").to_pylist()
     assert eng.status()["index"]["generation"] == log["generation_after"]
+
+
+def test_sharded_embedding_equals_one_process(base):
+    """embed(workers=2) (two spawned processes over hash shards, then a merge) writes the same rows as one
+    process; a merge refuses a missing shard or shards of different store states."""
+    path = _clone(base, "shards")
+    eng = Engine.open(path)
+    ver = eng.current_model()["model_version"]
+    gens = Generations(path)
+    one = {m: gens.read_embeddings(ver, m).sort_by("record_id") for m in gens.embedding_counts(ver)}
+    counts = eng.embed(workers=2)
+    assert counts == {m: t.num_rows for m, t in one.items()}
+    for m, t in one.items():
+        two = gens.read_embeddings(ver, m).sort_by("record_id")
+        assert two.column("record_id").to_pylist() == t.column("record_id").to_pylist()
+        assert two.column("patient_id").to_pylist() == t.column("patient_id").to_pylist()
+        np.testing.assert_allclose(vectors_of(two), vectors_of(t), atol=1e-5)
+    assert not (gens.emb_dir / ver / "_shards").exists()            # parts removed after the merge
+    from raretarget.encoders.data import shard_of, store_patients
+
+    pids = store_patients(eng)
+    assert {shard_of(p, 2) for p in pids} == {0, 1}                  # both shards had patients
+    eng.embed_shard(0, 2)
+    with pytest.raises(RuntimeError, match="shard 1 of 2 is missing"):
+        eng.merge_shards(2)
+    eng.ingest(base["night"] / "new")                               # store changes between the shards
+    eng.embed_shard(1, 2)
+    with pytest.raises(RuntimeError, match="different store states"):
+        eng.merge_shards(2)
+    with pytest.raises(ValueError):
+        eng.embed_shard(2, 2)
+
+
+def test_cli_embed_split_over_machines(base, capsys):
+    """The several-machines workflow: each shard run separately, then a merge and a new index generation."""
+    from raretarget.cli import main
+
+    path = _clone(base, "cli_shards")
+    before = Engine.open(path).status()
+    for i in range(3):
+        assert main(["embed", str(path), "--shard", str(i), "--shards", "3"]) == 0
+    assert main(["embed", str(path), "--merge", "3", "--index"]) == 0
+    out = capsys.readouterr().out
+    assert "merged 3 shards" in out and "index generation" in out
+    after = Engine.open(path).status()
+    assert after["embeddings"] == before["embeddings"]
+    assert after["index"]["generation"] == before["index"]["generation"] + 1
+    assert main(["embed", str(path), "--merge", "3"]) == 2                  # parts are gone: clear error
+    assert "missing" in capsys.readouterr().err

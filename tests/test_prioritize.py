@@ -86,6 +86,55 @@ def test_tiny_phenotype_ranking_and_excluded(tiny):
     assert ev1["query"] == A1 and ev1["gene_term"] == A1
 
 
+def test_disease_level_phenotype_scores_the_best_disease_not_the_union():
+    """A pleiotropic gene whose two diseases each explain half of the query must rank below a gene with one
+    disease that explains all of it; gene-level (union) scoring ties them. Genes without diseases fall back."""
+    genes = {**GENES, "G6": [A1, B1]}
+    diseases = {"G1": [Disease("OMIM:1", "one", (A1, B1, "HP:0000007"))],
+                "G6": [Disease("OMIM:61", "six-a", (A1,)), Disease("OMIM:62", "six-b", (B1, C))]}
+    kb = KnowledgeBase(TERMS, genes, phenotype_root="HP:0000118", diseases=diseases)
+    from raretarget.prioritize.scorers import gene_max, query_to_diseases
+
+    q, _ = kb.resolve_terms([A1, B1])
+    per_d = query_to_diseases(kb, q).sum(axis=0) / kb.ic[q].sum()
+    g, arg = gene_max(kb, per_d)
+    for gene, ds in diseases.items():               # gene_max against a plain loop over the gene's diseases
+        ix = [next(i for i, d in enumerate(kb.disease_list) if d.id == x.id) for x in ds]
+        assert g[kb.gene_index[gene]] == pytest.approx(max(per_d[i] for i in ix))
+        assert per_d[arg[kb.gene_index[gene]]] == pytest.approx(g[kb.gene_index[gene]])
+    assert arg[kb.gene_index["G4"]] == -1
+
+    by = lambda t: {r["gene"]: r for r in t.to_pylist()}  # noqa: E731
+    union = by(Prioritizer(kb, {"phenotype_ic": {"method": "query"}, "knowledge": 0, "druggability": 0}).rank([A1, B1]))
+    dis = by(Prioritizer(kb, {"phenotype_ic": {"method": "disease"}, "knowledge": 0, "druggability": 0}).rank([A1, B1]))
+    assert union["G1"]["phenotype_ic"] == pytest.approx(union["G6"]["phenotype_ic"]) == pytest.approx(1.0)
+    assert dis["G1"]["phenotype_ic"] == pytest.approx(1.0)
+    assert dis["G6"]["phenotype_ic"] < 0.75 and dis["G1"]["rank"] < dis["G6"]["rank"]
+    assert dis["G3"]["phenotype_ic"] == pytest.approx(union["G3"]["phenotype_ic"])     # no diseases: gene level
+    assert json.loads(dis["G1"]["evidence"])["phenotype_ic"]["best_disease"]["id"] == "OMIM:1"
+    with pytest.raises(ValueError):
+        Prioritizer(kb, {"phenotype_ic": {"method": "nope"}})
+
+
+def test_unannotated_genes_get_the_configured_phenotype_score(tiny):
+    """A gene known only from the variant table has no phenotype annotations: its phenotype score is
+    ``unannotated`` (unknown), so a strong variant there can outrank a weak variant in a poorly matching gene."""
+    vt = _variants([{"gene": "NOVEL1", "consequence": "stop_gained", "impact": "HIGH", "clinvar": "pathogenic",
+                     "zygosity": "het"},
+                    {"gene": "G4", "consequence": "missense_variant", "impact": "MODERATE", "zygosity": "het"}])
+    cfg = {"knowledge": 0, "druggability": 0, "variant": 1.0}
+    rows0 = {r["gene"]: r for r in Prioritizer(tiny, {**cfg, "phenotype_ic": {"unannotated": 0.0}}).rank(
+        [A1], variants=vt).to_pylist()}
+    rows3 = {r["gene"]: r for r in Prioritizer(tiny, {**cfg, "phenotype_ic": {"unannotated": 0.5}}).rank(
+        [A1], variants=vt).to_pylist()}
+    assert rows0["NOVEL1"]["phenotype_ic"] == 0.0 and rows3["NOVEL1"]["phenotype_ic"] == pytest.approx(0.5)
+    for g in GENES:                                    # annotated genes keep their similarity
+        assert rows3[g]["phenotype_ic"] == pytest.approx(rows0[g]["phenotype_ic"])
+    assert rows3["NOVEL1"]["rank"] == 1 < rows0["NOVEL1"]["rank"]
+    ev = json.loads(rows3["NOVEL1"]["evidence"])["phenotype_ic"]
+    assert ev["score_used"] == pytest.approx(0.5) and "no HPO" in ev["note"]
+
+
 def test_tiny_obsolete_and_unknown_terms(tiny):
     idx, notes = tiny.resolve_terms(["HP:0199999", "HP:0199998", "HP:7777777", "HP:0000007"])
     assert [tiny.term_ids[i] for i in idx] == [A1]
