@@ -23,8 +23,8 @@ from .scorers import Component, Query, Scorer, build_scorers
 
 #: default weights (mirrors ``conf/prioritize/default.yaml``)
 DEFAULT_CONFIG: dict[str, Any] = {
-    "phenotype_ic": {"weight": 1.0, "method": "query", "penalty": 0.0},
-    "variant": {"weight": 1.0, "carrier": 0.2, "unknown_mode": 0.7},
+    "phenotype_ic": {"weight": 1.0, "method": "blend", "penalty": 0.0, "unannotated": 0.6},
+    "variant": {"weight": 0.75, "carrier": 0.2, "unknown_mode": 0.7},
     "knowledge": {"weight": 0.1, "scale": 2.0},
     "druggability": 0.1,
     "cohort": 0.5,

@@ -194,9 +194,10 @@ class PhenotypeIC(Scorer):
     best of its diseases (as LIRICAL/Exomiser score diseases: the union of a pleiotropic gene's diseases
     matches almost any query); genes without a mapped disease keep the gene-level score. ``method="blend"``
     averages the gene-level and the disease-level scores.
-    ``unannotated``: the score of genes without HPO phenotype annotations (unknown, not "no match"; default 0).
-    Most genes of an exome have none, so with a variant table this decides whether a strong variant in an
-    uncharacterised gene can outrank a weak one in a known disease gene.
+    ``unannotated``: with a variant table (a patient's genes), the score of genes without HPO phenotype
+    annotations (unknown, not "no match"; default 0). Most genes of an exome have none, so this decides whether
+    a strong variant in an uncharacterised gene can outrank a weak one in a known disease gene. Without a
+    variant table such genes score 0 (no phenotype support for a knowledge or cohort query).
     ``penalty`` (λ, default 0 = off; the packaged config uses the value chosen on a tune split): each excluded term ``e`` the gene carries (or a descendant of it), weighted by
     how strongly (fraction of its diseases with it), removes ``λ·IC(e)/Σ_q IC(q)``. Final score
     ``max(0, positive − penalty)`` ∈ [0, 1]; absent (not in the mix) when the query has no observed terms.
@@ -249,7 +250,8 @@ class PhenotypeIC(Scorer):
         def evidence(i: int) -> dict:
             r = int(q.kb_rows[i])
             if r < 0 or not len(kb.gene_terms[r]):
-                return {"note": "gene has no HPO phenotype annotations", "score_used": self.unannotated}
+                return {"note": "gene has no HPO phenotype annotations",
+                        "score_used": self.unannotated if q.variants is not None else 0.0}
             gterms = kb.gene_terms[r]
             pairs = []
             for k, qi in enumerate(q.observed):
@@ -272,11 +274,14 @@ class PhenotypeIC(Scorer):
                 ev["excluded_present"] = neg
             return ev
 
-        out = self._kb_scores(q, s, default=self.unannotated)
-        if self.unannotated:
+        # unknown phenotype only matters among a patient's variant genes; for a knowledge/cohort query a gene
+        # without annotations simply has no phenotype support
+        u = self.unannotated if q.variants is not None else 0.0
+        out = self._kb_scores(q, s, default=u)
+        if u:
             r = q.kb_rows
             no_terms = (r >= 0) & (kb.n_gene_terms[np.maximum(r, 0)] == 0)
-            out[no_terms] = self.unannotated
+            out[no_terms] = u
         return Component(self.name, out, evidence)
 
 

@@ -12,7 +12,8 @@ gene missing from the universe counts as rank = universe size + 1). Settings:
                       ranks diseases; this is its gene-level reading);
   (c)  pheno+vcf    – phenotype_ic + variant + knowledge (druggability 0) on a simulated exome: the case's
                       causal variant(s) spiked into ~200 background genes (see :func:`background`);
-                      (c0) the same with the untuned settings (gene-level, λ 0, variant 1, knowledge 0.1);
+                      (c1) with the settings of conf/prioritize/default.yaml; (c0) with the untuned settings
+                      (gene-level, λ 0, variant 1, knowledge 0.1, unannotated 0);
   (d)  variant-only – the ``variant`` component alone over the same simulated variants.
 
 The causal variant keeps the packet's zygosity (allelic state; two het variants = compound het) and HGVS; its
@@ -239,7 +240,7 @@ def combined(cc: dict, method: str, lam: float, w_var: float, w_kn: float, unann
 METHODS = ("query", "disease", "blend")
 LAMBDAS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 W_VARIANT = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-W_KNOWLEDGE = (0.0, 0.05, 0.1, 0.2)
+W_KNOWLEDGE = (0.05, 0.1, 0.2)        # > 0: the knowledge column (evidence) stays in every ranking
 UNANNOTATED = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
               "unannotated": float(ph_cfg.get("unannotated", 0.0)),
               "variant": float(cfg["variant"]["weight"] if isinstance(cfg["variant"], dict) else cfg["variant"]),
               "knowledge": float(cfg["knowledge"]["weight"] if isinstance(cfg["knowledge"], dict) else cfg["knowledge"])}
+    shipped = dict(chosen)
     off = {"phenotype_ic": 0, "knowledge": 0, "druggability": 0, "cohort": 0, "embedding": 0}
     P_var = Prioritizer(kb, {**off, "variant": dict(cfg["variant"], weight=1.0)})
     P_kn = Prioritizer(kb, {**off, "variant": 0, "knowledge": dict(cfg["knowledge"], weight=1.0)})
@@ -307,19 +309,23 @@ def main(argv: list[str] | None = None) -> None:
     cases = [c for _, c in report]
 
     ranks: dict[str, list[float]] = {"a_phenotype": [], "a0_phenotype_gene_level": [], "b_phenomizer_gene": [],
-                                     "b2_phenomizer_disease": [], "c_pheno_vcf": [], "c0_pheno_vcf_gene_level": [],
+                                     "b2_phenomizer_disease": [], "c_pheno_vcf": [], "c1_pheno_vcf_shipped_config": [],
+                                     "c0_pheno_vcf_gene_level": [],
                                      "d_variant_only": []}
     t_case = time.time()
     for n, c in report:
         cc = comp(c, n)
         gp, tr = cc["gene_pos"], c["truth"]
-        ranks["a_phenotype"].append(rank_of(pheno_score(cc, chosen["method"], chosen["penalty"],
-                                                        chosen["unannotated"]), gp, tr))
+        # no variant table: unannotated genes get 0, as in the Prioritizer
+        ranks["a_phenotype"].append(rank_of(pheno_score(cc, chosen["method"], chosen["penalty"]), gp, tr))
         ranks["a0_phenotype_gene_level"].append(rank_of(pheno_score(cc, "query", 0.0), gp, tr))
         ranks["b_phenomizer_gene"].append(rank_of(cc["parts"]["bma_gene"], gp, tr))
         ranks["b2_phenomizer_disease"].append(rank_of(cc["parts"]["bma_disease"], gp, tr))
         ranks["c_pheno_vcf"].append(rank_of(combined(cc, chosen["method"], chosen["penalty"], chosen["variant"],
                                                      chosen["knowledge"], chosen["unannotated"]), gp, tr))
+        ranks["c1_pheno_vcf_shipped_config"].append(rank_of(combined(
+            cc, shipped["method"], shipped["penalty"], shipped["variant"], shipped["knowledge"], shipped["unannotated"]),
+            gp, tr))
         ranks["c0_pheno_vcf_gene_level"].append(rank_of(combined(cc, "query", 0.0, 1.0, 0.1), gp, tr))
         ranks["d_variant_only"].append(rank_of(cc["variant"], gp, tr))
     dt = time.time() - t_case
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python scripts/bench_phenopackets.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "hpo": "hpo3 built-in HPO", "n_cases": len(cases), "universe_genes": n_universe,
         "causal_gene_annotated": float(np.mean([any(g in kb.gene_index for g in c["truth"]) for c in cases])),
-        "chosen": chosen, "tuning": tuned, "seconds_total_loop": dt,
+        "chosen": chosen, "shipped": shipped, "tuning": tuned, "seconds_total_loop": dt,
         "seconds_per_case_all_settings": dt / max(len(cases), 1), "seconds_kb_build": t_kb,
         "results": {k: summarise(v) for k, v in ranks.items()},
     }

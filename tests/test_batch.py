@@ -32,7 +32,11 @@ def test_batch_from_each_format(tmp_path):
     assert "no query" in status["empty"]["reason"] and "malformed JSON" in status["line2"]["reason"]
     t = pq.read_table(tmp_path / "out" / "seizures.parquet")
     assert t.num_rows == 5 and (tmp_path / "out" / "seizures.csv").exists()
-    assert pq.read_table(tmp_path / "out" / "marfan.parquet").column("gene")[0].as_py() == "FBN1"
+    marfan = pq.read_table(tmp_path / "out" / "marfan.parquet").to_pylist()
+    # the phenopacket's terms were used: FBN1 matches best; druggability may put a near-identical, druggable
+    # Marfan-like gene (TGFBR1, Loeys-Dietz) ahead of it in the total
+    assert max(marfan, key=lambda r: r["phenotype_ic"])["gene"] == "FBN1"
+    assert "FBN1" in [r["gene"] for r in marfan[:3]]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["ok"] == 4
 
 
