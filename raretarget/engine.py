@@ -439,7 +439,8 @@ class Engine:
         Returns rows per modality: note, image, labs, variants, patient (mean of a patient's modality
         vectors, re-normalised), gene. ``workers > 1``: the patients are split into that many shards
         (:func:`raretarget.encoders.data.shard_of`) embedded by parallel processes (:meth:`embed_shard`),
-        then merged (:meth:`merge_shards`); same rows as ``workers=1``.
+        then merged (:meth:`merge_shards`); same rows as ``workers=1``. The workers are *spawned*, so a script
+        calling this needs the usual ``if __name__ == "__main__":`` guard.
         """
         if workers > 1:
             return self._embed_parallel(int(workers), batch_size)
