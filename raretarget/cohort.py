@@ -208,35 +208,15 @@ class _OboTerm:
 def load_obo_terms(path: str | None = None) -> tuple[dict[str, _OboTerm], str]:
     """Labels, synonyms (EXACT first) and SNOMEDCT_US xrefs from hp.obo(.gz) → ({HP id: term}, version).
 
-    Default: the packaged ``raretarget/data/hp.obo.gz`` (HPO 2025-01-16). Cached per path.
+    Parsed by :func:`raretarget.ingest.phenotypes.load_obo` (the packaged HPO 2025-01-16 by default);
+    cached per path.
     """
-    if path is None:
-        raw = resources.files("raretarget").joinpath("data/hp.obo.gz").read_bytes()
-    else:
-        raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    terms: dict[str, _OboTerm] = {}
-    version, cur, in_term = "", None, False
-    for line in raw.decode("utf-8").splitlines():
-        if line.startswith("["):
-            in_term, cur = line.strip() == "[Term]", None
-            continue
-        if not in_term:
-            if line.startswith("data-version:"):
-                version = line.split(":", 1)[1].strip()
-            continue
-        if line.startswith("id: "):
-            cur = terms[line[4:].strip()] = _OboTerm("")
-        elif cur is None:
-            continue
-        elif line.startswith("name: "):
-            cur.name = line[6:].strip()
-        elif line.startswith("synonym: \""):
-            text, _, rest = line[10:].partition("\" ")
-            (cur.exact if rest.startswith("EXACT") else cur.other).append(text)
-        elif line.startswith("xref: SNOMEDCT_US:"):
-            cur.snomed.append(line[18:].split()[0])
+    from raretarget.ingest.phenotypes import load_obo
+
+    parsed, version = load_obo(path)
+    terms = {tid: _OboTerm(t.name, list(t.synonyms), list(t.other_synonyms),
+                           [x[len("SNOMEDCT_US:"):] for x in t.xrefs if x.startswith("SNOMEDCT_US:")])
+             for tid, t in parsed.items()}
     return terms, version
 
 
