@@ -133,19 +133,16 @@ def gene_max(kb: KnowledgeBase, per_disease: np.ndarray) -> tuple[np.ndarray, np
     M = kb.gene_dis_member
     out = np.zeros(M.shape[0])
     arg = np.full(M.shape[0], -1, dtype=np.int64)
-    if not M.nnz:
+    counts = np.diff(M.indptr)
+    nonempty = counts > 0
+    if not nonempty.any():
         return out, arg
     vals = per_disease[M.indices]
-    nonempty = np.diff(M.indptr) > 0
-    starts = M.indptr[:-1][nonempty]
-    out[nonempty] = np.maximum.reduceat(vals, starts)
-    # argmax: first position in each row holding the row max
-    row = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
-    hit = vals >= out[row] - 1e-12
-    first = np.full(M.shape[0], -1, dtype=np.int64)
-    pos = np.nonzero(hit)[0][::-1]
-    first[row[pos]] = M.indices[pos]
-    arg[nonempty] = first[nonempty]
+    row = np.repeat(np.arange(M.shape[0]), counts)
+    order = np.lexsort((-vals, row))            # per row (CSR order kept), best value first
+    top = order[M.indptr[:-1][nonempty]]
+    out[nonempty] = vals[top]
+    arg[nonempty] = M.indices[top]
     return out, arg
 
 

@@ -173,6 +173,32 @@ def test_update_round_trip_and_run_log(base):
     _assert_consistent(_state(path))
 
 
+def test_night_leaves_untouched_modalities_alone(base):
+    """A night that only adds lab Observations for one existing patient re-embeds that patient, but the gene
+    table (model-only) is neither rewritten nor re-checked, and its index files are shared with the base."""
+    path = _clone(base, "s_untouched")
+    eng = Engine.open(path)
+    ver = eng.current_model()["model_version"]
+    gene_file = path / "embeddings" / ver / "gene.parquet"
+    stamp = gene_file.stat().st_mtime_ns
+    night = base["dir"] / "night_labs"
+    night.mkdir(exist_ok=True)
+    obs = _observations(base["cohort"], 1)[0]
+    obs["id"] = "night-labs-obs-1"
+    obs["valueQuantity"]["value"] = float(obs["valueQuantity"]["value"]) + 7
+    (night / "obs.ndjson").write_text(json.dumps(obs) + "\n")
+    log = eng.update([night])
+    assert log["published"] and log["counts"]["patients_changed"] == 1
+    assert "gene" not in log["recall_checked"] and "patient" in log["recall_checked"]
+    assert set(log["recall"]) == set(log["recall_checked"])
+    assert gene_file.stat().st_mtime_ns == stamp
+    cur = json.loads((path / "index" / "CURRENT").read_text())
+    old = path / "index" / f"gen-{cur['base_generation']:06d}" / "gene"
+    new = path / "index" / f"gen-{cur['generation']:06d}" / "gene"
+    assert all(os.path.samefile(f, new / f.name) for f in old.iterdir() if f.is_file())
+    _assert_consistent(_state(path))
+
+
 def test_recall_failure_does_not_publish_and_exits_nonzero(base):
     path = _clone(base, "s_fail")
     cur = (path / "index" / "CURRENT").read_text()
