@@ -394,6 +394,13 @@ class Engine:
         info["path"] = str(self.store.root / "models" / info["model_version"])
         return info
 
+    def require_model(self) -> dict:
+        """:meth:`current_model`, or a clear error when the store has no trained model yet."""
+        model = self.current_model()
+        if model is None:
+            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        return model
+
     def train(self, **overrides) -> dict:
         """Train the shared-space encoders contrastively on this store; make the result current.
 
@@ -446,9 +453,7 @@ class Engine:
             return self._embed_parallel(int(workers), batch_size)
         from raretarget.encoders.training import load_model
 
-        model = self.current_model()
-        if model is None:
-            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        model = self.require_model()
         net = load_model(model["path"])
         from raretarget.nightly import store_batches
         from .store import atomic_write_bytes
@@ -482,9 +487,7 @@ class Engine:
 
         if not 0 <= shard < shards:
             raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
-        model = self.current_model()
-        if model is None:
-            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        model = self.require_model()
         version = model["model_version"]
         batches = sorted(store_batches(self.store))
         pids = [p for p in store_patients(self) if shard_of(p, shards) == shard]
@@ -510,9 +513,7 @@ class Engine:
 
         from .store import atomic_write_bytes
 
-        model = self.current_model()
-        if model is None:
-            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        model = self.require_model()
         version = model["model_version"]
         infos = {}
         for i in range(shards):
@@ -638,9 +639,7 @@ class Engine:
         from raretarget.encoders.training import load_model
         from raretarget.query.search import Searcher
 
-        model = self.current_model()
-        if model is None:
-            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        model = self.require_model()
         gens = self._generations()
         indexes = gens.open(model_version=model["model_version"])      # refuses a stale index
         lookups = {m: gens.read_embeddings(model["model_version"], m).select(["record_id", "patient_id", "source_ref"])

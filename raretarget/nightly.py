@@ -155,9 +155,7 @@ def _run(eng, paths, c: dict, log: dict) -> None:
     secs["ingest"] = round(time.time() - t, 3)
     _checkpoint("ingest")
 
-    model = eng.current_model()
-    if model is None:
-        raise RuntimeError("no trained model in this store: call Engine.train() first")
+    model = eng.require_model()
     version = model["model_version"]
     gens = eng._generations()
     cur = gens.current()
