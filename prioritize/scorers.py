@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -209,34 +209,47 @@ class PhenotypeIC(Scorer):
         self.method = method
         self.penalty = float(penalty)
 
+    def parts(self, observed: list[int], excluded: list[int], methods: Sequence[str] | None = None,
+              with_penalty: bool | None = None) -> dict[str, Any]:
+        """The pieces every method is made of, per KB gene ``[G]``: ``query`` (gene-level), ``disease`` (best
+        disease; gene-level where the gene has none), ``funSimAvg``, ``blend``; ``pen`` (the excluded-term
+        penalty per unit λ), ``strengths`` ``[E, G]``, ``best``/``mica`` ``[Q, G]``, ``best_disease`` ``[G]``
+        (-1 = none). ``methods``: which scores to compute (default: this scorer's); ``with_penalty``: compute
+        ``pen`` (default: when λ > 0). Lets a benchmark score several settings from one pass."""
+        kb = self.kb
+        methods = list(methods or [self.method])
+        best, mica = query_to_genes(kb, observed)
+        qic = kb.ic[observed]
+        denom = max(float(qic.sum()), 1e-12)
+        q = best.sum(axis=0) / denom
+        out: dict[str, Any] = {"query": q, "best": best, "mica": mica, "best_disease": None}
+        if "funSimAvg" in methods:
+            back = genes_to_query(kb, observed) / max(float(qic.mean()), 1e-12)
+            out["funSimAvg"] = 0.5 * (q + np.minimum(back, 1.0))
+        if {"disease", "blend"} & set(methods):
+            if kb.dis_closure.shape[0]:
+                g, arg = gene_max(kb, query_to_diseases(kb, observed).sum(axis=0) / denom)
+                out["disease"], out["best_disease"] = np.where(arg >= 0, g, q), arg
+            else:
+                out["disease"] = q
+            out["blend"] = 0.5 * (q + out["disease"])
+        strengths = []
+        pen = np.zeros(len(kb.genes))
+        if self.penalty > 0 if with_penalty is None else with_penalty:
+            for e in excluded:
+                strengths.append(excluded_strength(kb, e))
+                pen += kb.ic[e] * strengths[-1] / denom
+        out["pen"] = pen
+        out["strengths"] = np.array(strengths) if strengths else np.zeros((0, len(kb.genes)))
+        return out
+
     def raw(self, observed: list[int], excluded: list[int]
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(score ``[G]``, best ``[Q, G]``, mica ``[Q, G]``, excluded strengths ``[E, G]``, best disease index
         per gene ``[G]`` (-1 = none) or None when not scoring diseases)."""
-        kb = self.kb
-        best, mica = query_to_genes(kb, observed)
-        qic = kb.ic[observed]
-        denom = max(float(qic.sum()), 1e-12)
-        pos = best.sum(axis=0) / denom
-        best_dis = None
-        if self.method == "funSimAvg":
-            back = genes_to_query(kb, observed) / max(float(qic.mean()), 1e-12)
-            pos = 0.5 * (pos + np.minimum(back, 1.0))
-        elif self.method in ("disease", "blend") and kb.dis_closure.shape[0]:
-            per_d = query_to_diseases(kb, observed).sum(axis=0) / denom
-            g, arg = gene_max(kb, per_d)
-            dis = np.where(arg >= 0, g, pos)
-            pos = dis if self.method == "disease" else 0.5 * (pos + dis)
-            best_dis = arg
-        pen = np.zeros(len(kb.genes))
-        strengths = []
-        if self.penalty > 0:
-            for e in excluded:
-                s = excluded_strength(kb, e)
-                strengths.append(s)
-                pen += self.penalty * kb.ic[e] * s / denom
-        score = np.clip(pos - pen, 0.0, 1.0)
-        return score, best, mica, (np.array(strengths) if strengths else np.zeros((0, len(kb.genes)))), best_dis
+        p = self.parts(observed, excluded)
+        score = np.clip(p[self.method] - self.penalty * p["pen"], 0.0, 1.0)
+        return score, p["best"], p["mica"], p["strengths"], p["best_disease"]
 
     def score(self, q: Query) -> Component:
         kb = self.kb

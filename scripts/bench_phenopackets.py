@@ -52,8 +52,8 @@ DATA = ROOT.parent / "shared" / "data" / "phenopackets"
 
 from raretarget.prioritize import KnowledgeBase, Prioritizer, load_config, parse_phenopacket  # noqa: E402
 from raretarget.prioritize.phenopacket import VARIANT_COLUMNS  # noqa: E402
-from raretarget.prioritize.scorers import (diseases_to_query, excluded_strength, gene_max, genes_to_query,  # noqa: E402
-                                           query_to_diseases, query_to_genes)
+from raretarget.prioritize.scorers import (PhenotypeIC, diseases_to_query, gene_max, genes_to_query,  # noqa: E402
+                                           query_to_diseases)
 
 
 def split_of(cohort: str) -> str:
@@ -174,30 +174,24 @@ def summarise(ranks: list[float]) -> dict:
             "top10": float(np.mean(r <= 10)), "median_rank": float(np.median(r)), "mrr": float(np.mean(1 / r))}
 
 
-def phenotype_parts(kb, observed: list[int], excluded: list[int]) -> dict[str, np.ndarray]:
-    """Per-gene pieces of the phenotype scores for one case (KB gene order): ``query`` / ``disease`` (the two
-    ``PhenotypeIC`` methods before the penalty), ``pen`` (the penalty per unit λ), ``bma_gene`` / ``bma_disease``
-    (the Phenomizer-style baselines: symmetric Resnik BMA against gene annotation unions / against each disease,
-    gene = best of its diseases)."""
+def phenotype_parts(kb, scorer, observed: list[int], excluded: list[int]) -> dict[str, np.ndarray]:
+    """Per-gene pieces of the phenotype scores for one case (KB gene order): ``query`` / ``disease`` (the
+    ``PhenotypeIC`` methods before the penalty, from :meth:`PhenotypeIC.parts`), ``pen`` (the penalty per unit λ),
+    ``bma_gene`` / ``bma_disease`` (the Phenomizer-style baselines: symmetric Resnik BMA against gene annotation
+    unions / against each disease, gene = best of its diseases)."""
     G = len(kb.genes)
     if not observed:
         z = np.zeros(G)
         return {"query": z, "disease": z, "pen": z, "bma_gene": z, "bma_disease": z}
-    best, _ = query_to_genes(kb, observed)
-    denom = max(float(kb.ic[observed].sum()), 1e-12)
-    q = best.sum(axis=0) / denom
-    bd = query_to_diseases(kb, observed)
-    dis, arg = gene_max(kb, bd.sum(axis=0) / denom)
-    dis = np.where(arg >= 0, dis, q)
-    pen = np.zeros(G)
-    for e in excluded:
-        pen += kb.ic[e] * excluded_strength(kb, e) / denom
+    p = scorer.parts(observed, excluded, methods=["query", "disease"], with_penalty=True)
+    best = p["best"]
     back = genes_to_query(kb, observed) * kb.n_gene_terms
     bma_g = (best.sum(axis=0) + back) / (len(observed) + np.maximum(kb.n_gene_terms, 1))
+    bd = query_to_diseases(kb, observed)
     bma_d_per = (bd.sum(axis=0) + diseases_to_query(kb, observed)) / (len(observed) + np.maximum(kb.n_dis_terms, 1))
-    bma_d, arg2 = gene_max(kb, bma_d_per)
-    bma_d = np.where(arg2 >= 0, bma_d, bma_g)
-    return {"query": q, "disease": dis, "pen": pen, "bma_gene": bma_g, "bma_disease": bma_d}
+    bma_d, arg = gene_max(kb, bma_d_per)
+    bma_d = np.where(arg >= 0, bma_d, bma_g)
+    return {"query": p["query"], "disease": p["disease"], "pen": p["pen"], "bma_gene": bma_g, "bma_disease": bma_d}
 
 
 def simulate(case: dict, n: int, seed: int, clinvar_frac: float, pool, ar_genes) -> pa.Table:
@@ -206,12 +200,12 @@ def simulate(case: dict, n: int, seed: int, clinvar_frac: float, pool, ar_genes)
     return pa.Table.from_pylist(rows, schema=pa.schema(VARIANT_COLUMNS))
 
 
-def case_components(kb, P_var, P_kn, case: dict, n: int, seed: int, clinvar_frac: float, pool, ar_genes):
+def case_components(kb, P_var, P_kn, ph, case: dict, n: int, seed: int, clinvar_frac: float, pool, ar_genes):
     """Everything a setting needs for one case, in the gene order of the variant query (KB genes first)."""
     obs, _ = kb.resolve_terms(case["observed"])
     exc, _ = kb.resolve_terms(case["excluded"])
     exc = [e for e in exc if e not in obs]
-    parts = phenotype_parts(kb, obs, exc)
+    parts = phenotype_parts(kb, ph, obs, exc)
     vt = simulate(case, n, seed, clinvar_frac, pool, ar_genes)
     q, _ = P_var.query(case["observed"], case["excluded"], variants=vt)
     var = next(c for c in P_var.components(q) if c.name == "variant").scores
@@ -274,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     P_kn = Prioritizer(kb, {**off, "variant": 0, "knowledge": dict(cfg["knowledge"], weight=1.0)})
     pool = sorted(set(kb.genes) | set(kb.druggability))
     ar_genes = sorted(g for g, m in kb.inheritance.items() if m == {"AR"})
-    comp = lambda c, n: case_components(kb, P_var, P_kn, c, n, a.seed, a.clinvar_frac, pool, ar_genes)  # noqa: E731
+    ph = PhenotypeIC(kb)
+    comp = lambda c, n: case_components(kb, P_var, P_kn, ph, c, n, a.seed, a.clinvar_frac, pool, ar_genes)  # noqa: E731
 
     tuned = None
     if a.tune:
