@@ -284,11 +284,3 @@ class Collate:
             texts = [self.rng.choice(self.knowledge[g]) for g in genes]
             batch["knowledge"] = self.model.collate_knowledge(texts, genes)
         return batch
-
-
-def __getattr__(name: str):
-    if name == "MultiModalDataModule":      # lives in .datamodule (Lightning imported only for training)
-        from .datamodule import MultiModalDataModule
-
-        return MultiModalDataModule
-    raise AttributeError(name)

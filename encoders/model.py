@@ -163,12 +163,3 @@ class MultiModalModel(nn.Module):
     def encode_genes(self, symbols: Sequence[str]) -> torch.Tensor:
         """Gene symbols -> ``(n, D)`` unit vectors (same space as patients' variant sets)."""
         return self.encode_gene_ids(self.encoders["variants"].gene_ids(list(symbols)).to(self._device()))
-
-
-def __getattr__(name: str):
-    if name == "ContrastiveModule":         # moved to .module (kept importable from here)
-        from .module import ContrastiveModule
-
-        return ContrastiveModule
-    raise AttributeError(name)
-
