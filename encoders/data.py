@@ -21,9 +21,8 @@ below ``val_fraction`` – deterministic, independent of row order and store siz
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

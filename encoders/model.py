@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 from typing import Any, Mapping, Sequence
 
 import torch

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence

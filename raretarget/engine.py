@@ -6,10 +6,9 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
