@@ -11,6 +11,14 @@ projected text features and the genes' embeddings (``MultiModalModel.encode_gene
 
 Only the text projection and the variant/gene encoder are updated; the learnable logit scale is not
 (the temperature is ``logit_scale`` or the model's current value).
+
+Before the steps, when the gene encoder has a knowledge path (``feature_dim > 0``), each gene's
+feature row is filled with its composed term features (:func:`fill_gene_features`), and with
+``init_projection="pca"`` the text projection starts as the PCA whitening of the label features
+(top ``embed_dim`` components; the gene encoder's ``know_proj`` starts as the same map and its learned
+residual path is scaled down by ``residual_init_scale``). Genes then start where their annotations
+put them in the text space: on 300 OMIM diseases vs 5,164 annotated genes that start alone ranks the
+disease gene first for 0.78 of the term profiles (0.90 for term-level TF-IDF), and the steps refine it.
 """
 
 from __future__ import annotations
@@ -39,7 +47,66 @@ DEFAULTS: dict[str, Any] = {
     "feature_batch_size": 256,
     "seed": 0,
     "cache_dir": None,       # folder for cached label features (safetensors); None = no cache
+    "init_projection": "pca",  # "pca": whitening init of the text projection + gene know_proj; None: keep
+    "residual_init_scale": 0.1,  # with "pca": the gene encoder's own projection is scaled by this
 }
+
+
+def term_idf(terms: Sequence[Sequence[int]], n_labels: int) -> torch.Tensor:
+    """``log((1 + n_genes) / (1 + genes with the term)) + 1`` per label ``(n_labels,)`` (sklearn's smooth IDF)."""
+    df = torch.zeros(n_labels)
+    for ts in terms:
+        df[torch.as_tensor(list(ts), dtype=torch.long)] += 1
+    return torch.log((1 + len(terms)) / (1 + df)) + 1
+
+
+@torch.no_grad()
+def fill_gene_features(variant_encoder, genes: Sequence[str], terms: Sequence[Sequence[int]], feats: torch.Tensor,
+                       ntok: torch.Tensor) -> int:
+    """Set ``variant_encoder.gene_features`` rows: gene i -> mean of ``feats[terms[i]]`` weighted by
+    IDF × token count (all other rows zero). ``feats`` ``(n_labels, F)``, ``ntok`` ``(n_labels,)``.
+    Returns the number of rows filled."""
+    F = int(getattr(variant_encoder, "feature_dim", 0))
+    if not F:
+        return 0
+    if feats.shape[1] != F:
+        raise ValueError(f"gene encoder feature_dim is {F} but the text backbone's features are {feats.shape[1]} wide "
+                         "(set encoders.variants.feature_dim to the text backbone's hidden size, or 'auto')")
+    idf = term_idf(terms, feats.shape[0])
+    buf = torch.zeros_like(variant_encoder.gene_features, device="cpu")
+    rows = variant_encoder.gene_ids(list(genes))
+    for r, ts in zip(rows.tolist(), terms):
+        ix = torch.as_tensor(list(ts), dtype=torch.long)
+        w = idf[ix] * ntok[ix].float().cpu()
+        buf[r] = (feats[ix].float().cpu() * w[:, None]).sum(0) / w.sum()
+    variant_encoder.gene_features.copy_(buf.to(variant_encoder.gene_features.device))
+    return len(genes)
+
+
+@torch.no_grad()
+def pca_whitening_(linear: torch.nn.Linear, feats: torch.Tensor, eps: float = 1e-3) -> None:
+    """Set ``linear`` (``F -> D``) to ``x -> diag(1/sqrt(λ + eps·λmax)) Uᵀ (x - μ)`` over the top
+    ``k = min(D, F, n)`` principal components of ``feats`` ``(n, F)`` (output dims past k are zero):
+    outputs are centred and about unit variance per dim."""
+    x = feats.double()
+    mu = x.mean(0)
+    xc = x - mu
+    ev, evec = torch.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))
+    k = min(linear.out_features, x.shape[1], len(x))
+    top, lam = evec[:, -k:].flip(1), ev[-k:].flip(0)
+    W = torch.zeros(linear.out_features, x.shape[1], dtype=x.dtype)
+    W[:k] = (top / torch.sqrt(lam.clamp_min(0) + eps * ev.max().clamp_min(1e-12))).T
+    linear.weight.copy_(W.to(linear.weight.dtype))
+    linear.bias.copy_((-(W @ mu)).to(linear.bias.dtype))
+
+
+def _linear(module) -> torch.nn.Linear:
+    if isinstance(module, torch.nn.Linear):
+        return module
+    lins = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if len(lins) != 1:
+        raise ValueError("expected exactly one Linear in the projection")
+    return lins[0]
 
 
 def backbone_frozen(model) -> bool:
@@ -60,12 +127,14 @@ def label_features(text_encoder, labels: Sequence[str], batch_size: int = 256,
     text_encoder.eval()
     order = sorted(range(len(labels)), key=lambda i: len(labels[i]))
     hidden = text_encoder.backbone.config.hidden_size
+    # a label is one clause: with clause pooling it is tokenised as the tower tokenises clauses
+    seg_len = text_encoder.segment_length if getattr(text_encoder, "pooling", "mean") == "segments" else None
     feats = torch.zeros(len(labels), hidden)
     ntok = torch.ones(len(labels))
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            b = text_encoder.collate([labels[i] for i in idx])
+            b = text_encoder.tokenize([labels[i] for i in idx], seg_len)
             ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
             out = text_encoder.backbone(input_ids=ids, attention_mask=mask)
             feats[idx] = mean_pool(out.last_hidden_state, mask).float().cpu()
@@ -85,6 +154,8 @@ def cached_label_features(text_encoder, labels: Sequence[str], batch_size: int, 
     from safetensors.torch import load_file, save_file
 
     h = hashlib.sha256("\n".join(labels).encode())
+    seg = text_encoder.segment_length if getattr(text_encoder, "pooling", "mean") == "segments" else text_encoder.max_length
+    h.update(f"tokens={seg}".encode())
     for name, p in sorted(text_encoder.backbone.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
@@ -104,12 +175,14 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
                     lr: float = 5e-3, weight_decay: float = 0.01, warmup_steps: int = 20, min_lr_ratio: float = 0.05,
                     max_terms: int = 16, logit_scale: float | None = None, feature_batch_size: int = 256,
                     seed: int = 0, device: torch.device | str | None = None,
-                    cache_dir: str | os.PathLike | None = None) -> dict:
+                    cache_dir: str | os.PathLike | None = None, init_projection: str | None = "pca",
+                    residual_init_scale: float = 0.1) -> dict:
     """Run the knowledge alignment phase on ``model`` (a :class:`MultiModalModel` with ``text`` and
     ``variants`` encoders and a frozen text backbone), in place.
 
     ``knowledge``: gene symbol -> term labels; genes outside the model's vocabulary are ignored.
-    Returns ``{"steps", "genes", "labels", "loss_first", "loss_last", "feature_seconds", "seconds"}``.
+    Returns ``{"steps", "genes", "labels", "gene_features", "init_projection", "loss_first", "loss_last",
+    "feature_seconds", "seconds"}``.
     """
     from .model import clip_loss
 
@@ -120,8 +193,9 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
         raise ValueError("knowledge alignment caches backbone features: the text backbone must be frozen")
     venc, tenc = model.encoders["variants"], model.encoders["text"]
     genes = [g for g in sorted(knowledge) if g in venc.gene_index and knowledge[g]]
-    info = {"steps": 0, "genes": len(genes), "labels": 0, "loss_first": None, "loss_last": None}
-    if len(genes) < 2 or steps <= 0:
+    info = {"steps": 0, "genes": len(genes), "labels": 0, "loss_first": None, "loss_last": None,
+            "gene_features": 0, "init_projection": None}
+    if len(genes) < 2 or (steps <= 0 and not getattr(venc, "feature_dim", 0)):
         info["seconds"] = round(time.time() - t0, 2)
         return info
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -133,6 +207,21 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
     feats, ntok = feats.to(dev), ntok.clamp_min(1).to(dev)
     info["labels"] = len(labels)
     info["feature_seconds"] = round(time.time() - t0, 2)
+    info["gene_features"] = fill_gene_features(venc, genes, terms, feats, ntok)
+    if init_projection == "pca":
+        lin = _linear(tenc.proj)
+        pca_whitening_(lin, feats)
+        if info["gene_features"]:
+            venc.know_proj.load_state_dict(lin.state_dict())
+            with torch.no_grad():   # the learned residual starts small next to the knowledge path
+                venc.proj.weight.mul_(residual_init_scale)
+                venc.proj.bias.mul_(residual_init_scale)
+        info["init_projection"] = "pca"
+    elif init_projection not in (None, "none"):
+        raise ValueError(f"init_projection must be 'pca' or None, got {init_projection!r}")
+    if steps <= 0:
+        info["seconds"] = round(time.time() - t0, 2)
+        return info
     gene_ids = venc.gene_ids(genes).to(dev)
 
     params = [p for p in [*tenc.proj.parameters(), *venc.parameters()] if p.requires_grad]

@@ -4,11 +4,24 @@ with mean pooling and a trainable projection. Also embeds free-text queries and 
 ``backbone="minilm"`` (default) loads the shipped weights; ``backbone="tiny"`` builds a randomly
 initialised 2-layer BERT (hidden 32) with the same tokenizer, for fast tests; any other string is a
 local folder for ``AutoModel.from_pretrained``. Nothing is ever downloaded (``HF_HUB_OFFLINE=1``).
+
+Pooling (``pooling``):
+
+* ``"mean"``: the whole text through the backbone (truncated at ``max_length`` tokens), mean pooled.
+* ``"segments"`` (default): the text is split into clauses (:func:`split_segments`: at ``;``, line
+  breaks and sentence ends), each clause goes through the backbone on its own (``segment_length``
+  tokens, at most ``max_segments`` clauses) and the clause features are averaged, weighted by their
+  token counts. A phenotype profile ("Seizure; Ataxia; Ptosis") is then the mean of its term features
+  rather than one long contextual sequence: MiniLM was trained on single sentences, a 30-term profile
+  overruns 128 tokens, and on the HPO knowledge a composed profile finds the right gene among 5,164
+  about twice as often zero-shot (0.72 vs 0.34 recall@1 on 300 OMIM diseases). It also makes the
+  knowledge alignment's composed term features (:mod:`.knowledge`) exactly what the tower computes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -48,6 +61,17 @@ def tiny_bert(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 2
     return BertModel(cfg, add_pooling_layer=False)
 
 
+_SPLIT = re.compile(r"[;\n]+|(?<=[.!?])\s+(?=[A-Z0-9])")
+
+
+def split_segments(text: str | None, max_segments: int = 64) -> list[str]:
+    """Clauses of ``text`` (split at ``;``, line breaks and sentence ends; blank ones dropped), at
+    most ``max_segments`` (the first ones); ``[""]`` for an empty text, so every text has one."""
+    parts = [p.strip() for p in _SPLIT.split(text or "")]
+    parts = [p for p in parts if p]
+    return parts[:max_segments] if parts else [""]
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over tokens: ``(B, T, H)``, mask ``(B, T)`` -> ``(B, H)`` (padding excluded)."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -63,7 +87,9 @@ class TextEncoder(Encoder):
         backbone: ``"minilm"`` | ``"tiny"`` | local model folder.
         freeze_backbone: keep transformer weights fixed (default; on CPU only the projection trains).
         train_last_layers: with ``freeze_backbone``, still fine-tune the last N transformer layers.
-        max_length: tokens per text (longer texts are truncated).
+        max_length: tokens per text with ``pooling="mean"`` (longer texts are truncated).
+        pooling: ``"segments"`` (clause features averaged by token count) | ``"mean"``.
+        segment_length / max_segments: tokens per clause and clauses per text (``"segments"``).
         tiny_hidden / tiny_layers: size of the ``"tiny"`` backbone.
     """
 
@@ -71,10 +97,15 @@ class TextEncoder(Encoder):
 
     def __init__(self, embed_dim: int = 256, backbone: str = "minilm", freeze_backbone: bool = True,
                  train_last_layers: int = 0, max_length: int = 128, tiny_hidden: int = 32, tiny_layers: int = 2,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, pooling: str = "segments", segment_length: int = 64, max_segments: int = 48):
         super().__init__(embed_dim)
+        if pooling not in ("segments", "mean"):
+            raise ValueError("pooling must be 'segments' or 'mean'")
         self._config = dict(backbone=backbone, freeze_backbone=freeze_backbone, train_last_layers=train_last_layers,
-                            max_length=max_length, tiny_hidden=tiny_hidden, tiny_layers=tiny_layers, dropout=dropout)
+                            max_length=max_length, tiny_hidden=tiny_hidden, tiny_layers=tiny_layers, dropout=dropout,
+                            pooling=pooling, segment_length=segment_length, max_segments=max_segments)
+        self.pooling = pooling
+        self.segment_length, self.max_segments = int(segment_length), int(max_segments)
         _offline()
         tok_path = minilm_path() if backbone in ("minilm", "tiny") else Path(backbone)
         self.tokenizer = load_tokenizer(tok_path)
@@ -103,23 +134,45 @@ class TextEncoder(Encoder):
             self.backbone.eval()  # frozen: no dropout noise
         return self
 
-    def collate(self, values: Sequence[str], train: bool = False) -> dict[str, torch.Tensor]:
-        """Texts -> ``input_ids``/``attention_mask`` ``(B, T)`` int64."""
-        enc = self.tokenizer([v or "" for v in values], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Texts as they are (no clause split) -> ``input_ids``/``attention_mask`` ``(B, T)`` int64."""
+        enc = self.tokenizer([t or "" for t in texts], padding=True, truncation=True,
+                             max_length=int(max_length or self.max_length), return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def collate(self, values: Sequence[str], train: bool = False) -> dict[str, torch.Tensor]:
+        """Texts -> ``input_ids``/``attention_mask`` ``(S, T)`` int64, one row per text (``"mean"``) or per
+        clause (``"segments"``, then also ``segment_counts`` ``(B,)``: clauses per text, in order)."""
+        if self.pooling == "mean":
+            return self.tokenize(values)
+        segs = [split_segments(v, self.max_segments) for v in values]
+        out = self.tokenize([x for s in segs for x in s], self.segment_length)
+        out["segment_counts"] = torch.as_tensor([len(s) for s in segs], dtype=torch.long)
+        return out
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled backbone features before the projection: ``(B, hidden)``."""
         needs_grad = any(p.requires_grad for p in self.backbone.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
-            out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            pooled = mean_pool(out.last_hidden_state, batch["attention_mask"])
-        return self.proj(pooled)
+            mask = batch["attention_mask"]
+            out = self.backbone(input_ids=batch["input_ids"], attention_mask=mask)
+            pooled = mean_pool(out.last_hidden_state, mask)
+            counts = batch.get("segment_counts")
+            if counts is None:
+                return pooled
+            # clause features averaged with token-count weights (= the knowledge phase's composition)
+            w = mask.sum(1).to(pooled.dtype)
+            seg = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+            num = torch.zeros(counts.shape[0], pooled.shape[1], device=pooled.device, dtype=pooled.dtype)
+            num = num.index_add(0, seg, pooled * w[:, None])
+            den = torch.zeros(counts.shape[0], device=pooled.device, dtype=pooled.dtype).index_add(0, seg, w)
+            return num / den.clamp_min(1.0)[:, None]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.proj(self.features(batch))
 
     @torch.no_grad()
     def pooled(self, texts: Sequence[str]) -> torch.Tensor:
-        """Backbone sentence embeddings (mean pooled, before the projection): ``(B, hidden)``."""
-        b = self.collate(list(texts))
+        """Backbone sentence embeddings (pooled as configured, before the projection): ``(B, hidden)``."""
         dev = next(self.backbone.parameters()).device
-        out = self.backbone(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev))
-        return mean_pool(out.last_hidden_state, b["attention_mask"].to(dev))
+        return self.features({k: v.to(dev) for k, v in self.collate(list(texts)).items()})

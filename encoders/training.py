@@ -28,14 +28,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
+# Format 1 (before clause pooling and the gene knowledge path): the architecture config had no such
+# keys, and its model_version hashed the config without them. Loading one rebuilds it as it was
+# (``pooling="mean"``, ``feature_dim=0``) and checks the hash over the config as it was then.
+_FORMAT1_NEW_KEYS = {"text": ("pooling", "segment_length", "max_segments"), "variants": ("feature_dim",)}
 
 DEFAULTS: dict[str, Any] = {
     "encoders": {
         "text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "max_length": 128},
         "image": {"name": "image", "arch": "small", "spatial_dims": 2, "image_size": 64},
         "labs": {"name": "labs"},
-        "variants": {"name": "variants", "genes": "auto"},
+        "variants": {"name": "variants", "genes": "auto", "feature_dim": "auto"},
     },
     "model": {"embed_dim": 256, "logit_scale_init": 1 / 0.07, "logit_scale_max": 100.0, "knowledge_weight": 0.5,
               "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
@@ -116,11 +120,12 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def model_version(model) -> str:
-    """SHA-256 (16 hex) over the architecture config and every tensor of the state dict."""
+def model_version(model, arch: Mapping | None = None) -> str:
+    """SHA-256 (16 hex) over the architecture config (``arch``, default the model's) and every tensor
+    of the state dict."""
     import torch
 
-    h = hashlib.sha256(_canonical(_arch(model)))
+    h = hashlib.sha256(_canonical(arch if arch is not None else _arch(model)))
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(name.encode())
@@ -166,10 +171,22 @@ def load_model(folder: str | os.PathLike, device: str = "cpu"):
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
     arch = cfg["model"]
+    legacy = int(cfg.get("format", FORMAT)) < 2
+    if legacy:
+        for e in arch["encoders"].values():
+            if e.get("name") == "text":
+                e.setdefault("pooling", "mean")
     model = MultiModalModel(arch["encoders"], arch["embed_dim"], logit_scale_max=arch.get("logit_scale_max", 100.0))
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     model.eval().to(device)
-    v = model_version(model)
+    if legacy:
+        old = _arch(model)
+        for e in old["encoders"].values():
+            for k in _FORMAT1_NEW_KEYS.get(e.get("name"), ()):
+                e.pop(k, None)
+        v = model_version(model, old)
+    else:
+        v = model_version(model)
     if v != cfg["model_version"]:
         raise ValueError(f"{folder}: weights hash to {v}, config says {cfg['model_version']}")
     model.model_version = v
@@ -359,6 +376,19 @@ def _history_callback():
     return History()
 
 
+def _text_width(tcfg: Mapping[str, Any] | None) -> int:
+    """Hidden size of the text tower a config builds (0 without one), read without loading weights."""
+    if not tcfg:
+        return 0
+    backbone = tcfg.get("backbone", "minilm")
+    if backbone == "tiny":
+        return int(tcfg.get("tiny_hidden", 32))
+    from .text import minilm_path
+
+    folder = minilm_path() if backbone == "minilm" else Path(backbone)
+    return int(json.loads((folder / "config.json").read_text())["hidden_size"])
+
+
 def _knowledge_phase(model, dm, kcfg: Mapping[str, Any], tk: Mapping[str, Any], seed: int) -> dict | None:
     """The knowledge alignment phase (:func:`.knowledge.align_knowledge`) before the patient-level fit.
 
@@ -421,6 +451,8 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
         if e.get("name") == "variants" or str(e.get("_target_", "")).endswith("VariantEncoder"):
             if e.get("genes", "auto") in ("auto", None):
                 e["genes"] = dm.gene_vocabulary()
+            if e.get("feature_dim") == "auto":
+                e["feature_dim"] = _text_width(enc_cfg.get("text"))
     mcfg = dict(c["model"])
     kcfg = dict(mcfg.pop("knowledge", None) or {})
     module = ContrastiveModule(enc_cfg, **mcfg)

@@ -9,6 +9,15 @@ followed by a residual MLP; tokens are pooled (attention or mean) and projected 
 A gene alone is the same token with every attribute set to "none", through the same projection, so
 ``encode_genes(["FBN1"])`` and a patient whose only variant is a pathogenic FBN1 one are comparable.
 
+Knowledge features (``feature_dim > 0``): every gene row also carries a fixed feature vector
+``gene_features[row]`` (a buffer, saved with the weights): the text backbone's features of the gene's
+HPO term labels, averaged (IDF × token-count weights; :func:`.knowledge.fill_gene_features`). The
+encoder output adds ``know_proj(f)``, where ``f`` is that feature of the gene, or for a patient the
+variants' features averaged with the pooling's attention weights. A gene is then placed by what is
+known about it (its phenotypes, in the text tower's feature space) plus a learned residual, so genes
+that no patient in the store carries still land near their phenotypes. Rows without knowledge
+(unknown symbols, genes without annotations) have zero features.
+
 Gene vocabulary: an explicit symbol list, or ``"hpo"`` (every gene with HPO annotations, from
 ``hpo3``); symbols outside it share ``n_hash_buckets`` hashed rows.
 """
@@ -80,13 +89,15 @@ class VariantEncoder(Encoder):
         dim: token width; ``pooling``: ``"attention"`` | ``"mean"``.
         max_variants: per patient, the highest-priority ones are kept (:func:`variant_priority`).
         n_hash_buckets: rows shared by out-of-vocabulary symbols (by hash).
+        feature_dim: width of the per-gene knowledge features (the text backbone's hidden size, 384 for
+            MiniLM); 0 = no knowledge path (``"auto"`` = the text tower's width inside ``train()``, else 0).
     """
 
     modality = "variants"
 
     def __init__(self, embed_dim: int = 256, genes: Sequence[str] | str = "hpo", dim: int = 128,
                  pooling: str = "attention", max_variants: int = 64, n_hash_buckets: int = 256,
-                 dropout: float = 0.1, heads: int = 4):
+                 dropout: float = 0.1, heads: int = 4, feature_dim: int | str = 0):
         super().__init__(embed_dim)
         if isinstance(genes, str):
             if genes not in ("hpo", "auto"):
@@ -94,7 +105,8 @@ class VariantEncoder(Encoder):
             genes = hpo_genes()
         self.genes = list(genes)
         self._config = dict(genes=self.genes, dim=dim, pooling=pooling, max_variants=max_variants,
-                            n_hash_buckets=n_hash_buckets, dropout=dropout, heads=heads)
+                            n_hash_buckets=n_hash_buckets, dropout=dropout, heads=heads,
+                            feature_dim=0 if feature_dim in (None, "auto") else int(feature_dim))
         self.gene_index = {g: i + 1 for i, g in enumerate(self.genes)}  # 0 = padding
         self.n_hash = int(n_hash_buckets)
         self.max_variants, self.pooling = int(max_variants), pooling
@@ -114,6 +126,10 @@ class VariantEncoder(Encoder):
         elif pooling != "mean":
             raise ValueError("pooling must be 'attention' or 'mean'")
         self.proj = nn.Linear(dim, embed_dim)
+        self.feature_dim = 0 if feature_dim in (None, "auto") else int(feature_dim)
+        if self.feature_dim:
+            self.register_buffer("gene_features", torch.zeros(len(self.genes) + 1 + self.n_hash, self.feature_dim))
+            self.know_proj = nn.Linear(self.feature_dim, embed_dim)
 
     # ---- indexing --------------------------------------------------------------------------------
     def gene_ids(self, symbols: Sequence[str | None]) -> torch.Tensor:
@@ -172,18 +188,25 @@ class VariantEncoder(Encoder):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         h = self.tokens(batch)
         mask = batch["mask"]
+        m = mask.to(h.dtype)
+        mean_w = m / m.sum(1, keepdim=True).clamp_min(1.0)          # (B, V) masked-mean weights
         if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+            pooled = (h * mean_w.unsqueeze(-1)).sum(1)
+            weights = mean_w
         else:
             empty = ~mask.any(1)
             key_pad = ~mask
             key_pad[empty, 0] = False  # avoid all-masked rows (NaN); their output is zeroed below
             q = self.query.expand(h.shape[0], -1, -1)
-            pooled = self.attn(q, h, h, key_padding_mask=key_pad, need_weights=False)[0][:, 0]
-            pooled = pooled + (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+            att, attw = self.attn(q, h, h, key_padding_mask=key_pad, need_weights=True)
+            pooled = att[:, 0] + (h * mean_w.unsqueeze(-1)).sum(1)
             pooled = pooled.masked_fill(empty.unsqueeze(-1), 0.0)
-        return self.proj(pooled)
+            weights = attw[:, 0].masked_fill(empty.unsqueeze(-1), 0.0)   # (B, V), head-averaged
+        out = self.proj(pooled)
+        if self.feature_dim:
+            f = (self.gene_features[batch["gene"]] * weights.unsqueeze(-1).to(self.gene_features.dtype)).sum(1)
+            out = out + self.know_proj(f.to(out.dtype))
+        return out
 
     def encode_genes(self, symbols: Sequence[str]) -> torch.Tensor:
         """Genes as points of the shared space: ``(n, embed_dim)`` (un-normalised; the model normalises)."""

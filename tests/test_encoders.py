@@ -423,3 +423,154 @@ def test_label_feature_cache_reuses_only_matching_features(tmp_path):
         next(other.backbone.parameters()).add_(1.0)                       # other weights: another key
     cached_label_features(other, labels, 8, "cpu", tmp_path)
     assert len(list(tmp_path.glob("label-features-*.safetensors"))) == 3
+
+
+# ---- clause pooling / gene knowledge path ---------------------------------------------------------
+def test_split_segments_cuts_clauses_not_words():
+    from raretarget.encoders.text import split_segments
+
+    assert split_segments("Seizure; Ataxia;;  Ptosis") == ["Seizure", "Ataxia", "Ptosis"]
+    note = "Chief complaint: Seizure.\nHistory: seen for evaluation. Examination shows ptosis, ataxia.\n\n"
+    assert split_segments(note) == ["Chief complaint: Seizure.", "History: seen for evaluation.",
+                                    "Examination shows ptosis, ataxia."]
+    assert split_segments("Abnormality of the 2nd finger. 3 siblings") == ["Abnormality of the 2nd finger.", "3 siblings"]
+    assert split_segments("") == [""] and split_segments(None) == [""]
+    assert split_segments("a; b; c; d", max_segments=2) == ["a", "b"]
+
+
+def test_segment_pooling_is_the_token_weighted_mean_of_clause_features():
+    """The tower's clause pooling and the knowledge phase's composed label features are the same
+    computation, so what the phase trains on is exactly what a query "A; B; C" is encoded as."""
+    from raretarget.encoders.knowledge import label_features
+
+    torch.manual_seed(0)
+    enc = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True}, embed_dim=D).eval()
+    labels = ["Generalized tonic-clonic seizure", "Ataxia", "Ptosis of the left eyelid"]
+    f, n = label_features(enc, labels, 8, "cpu")
+    want = (f * n[:, None]).sum(0) / n.sum()
+    got = enc.pooled(["; ".join(labels), "Ataxia"])
+    assert torch.allclose(got[0], want, atol=1e-5) and torch.allclose(got[1], f[1], atol=1e-5)
+    whole = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True, "pooling": "mean"}, embed_dim=D)
+    whole.load_state_dict(enc.state_dict())
+    assert not torch.allclose(whole.eval().pooled(["; ".join(labels)])[0], want, atol=1e-3)   # the mode matters
+    b = enc.collate(["a; b", "c"])
+    assert b["segment_counts"].tolist() == [2, 1] and b["input_ids"].shape[0] == 3
+    assert enc(b).shape == (2, D)
+
+
+def test_pca_whitening_init_decorrelates_features():
+    from raretarget.encoders.knowledge import pca_whitening_
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 12, generator=g) @ torch.randn(12, 12, generator=g) + 3.0
+    lin = torch.nn.Linear(12, 8)
+    pca_whitening_(lin, x, eps=0.0)
+    with torch.no_grad():
+        y = lin(x).double()
+    assert torch.allclose(y.mean(0), torch.zeros(8, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(torch.cov(y.T), torch.eye(8, dtype=torch.float64), atol=1e-3)
+    wide = torch.nn.Linear(12, 16)        # more outputs than feature dims: the extra ones are zero
+    pca_whitening_(wide, x)
+    assert torch.count_nonzero(wide.weight[12:]) == 0 and torch.count_nonzero(wide.bias[12:]) == 0
+
+
+def test_gene_knowledge_features_place_genes_and_carriers():
+    """Gene rows hold IDF x token-weighted means of their label features; a gene and a patient whose
+    only variant is in that gene share the knowledge term; unknown rows stay zero; widths are checked."""
+    from raretarget.encoders.knowledge import fill_gene_features, term_idf
+    from raretarget.encoders.variants import VariantEncoder
+
+    torch.manual_seed(0)
+    enc = VariantEncoder(embed_dim=D, genes=["FBN1", "SCN1A", "COL1A1"], dim=16, feature_dim=4, dropout=0.0).eval()
+    feats = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
+    ntok = torch.tensor([3.0, 4.0, 5.0])
+    terms = [[0, 1], [1, 2]]                      # FBN1: labels 0,1; SCN1A: labels 1,2 (label 1 is common)
+    assert fill_gene_features(enc, ["FBN1", "SCN1A"], terms, feats, ntok) == 2
+    idf = term_idf(terms, 3)
+    assert idf[1] < idf[0] == idf[2]
+    w = idf[[0, 1]] * ntok[[0, 1]]
+    assert torch.allclose(enc.gene_features[enc.gene_index["FBN1"]], (feats[[0, 1]] * w[:, None]).sum(0) / w.sum())
+    assert torch.count_nonzero(enc.gene_features[enc.gene_index["COL1A1"]]) == 0
+    with torch.no_grad():
+        enc.proj.weight.zero_()
+        enc.proj.bias.zero_()                     # knowledge path only
+    gene = enc.encode_genes(["FBN1"])
+    carrier = enc(enc.collate([[{"gene": "FBN1", "consequence": "stop_gained", "clinvar": "pathogenic",
+                                 "zygosity": "het", "af": 1e-5}]]))
+    assert torch.allclose(gene, carrier, atol=1e-5)
+    assert not torch.allclose(gene, enc.encode_genes(["SCN1A"]), atol=1e-3)
+    with pytest.raises(ValueError, match="feature_dim is 4"):
+        fill_gene_features(enc, ["FBN1"], [[0]], torch.zeros(3, 7), ntok)
+
+
+def test_knowledge_start_places_genes_before_any_step():
+    """With a knowledge path, filling the gene features and the PCA start (0 steps) already rank a
+    gene's own terms above other genes far better than the random start, and better than a free gene
+    table aligned for the same 0 steps."""
+    import random
+
+    from raretarget.encoders.knowledge import align_knowledge
+    from raretarget.encoders.model import MultiModalModel
+
+    words = ("seizures ataxia hypotonia cataract scoliosis hepatomegaly splenomegaly cardiomyopathy deafness "
+             "nystagmus microcephaly macrocephaly myopathy neuropathy spasticity dystonia tremor anemia ptosis "
+             "glaucoma arrhythmia hypertension hypoglycemia acidosis lethargy eczema alopecia hernia gout rickets").split()
+    rng = random.Random(1)
+    genes = [f"KG{i:03d}" for i in range(40)]
+    kn = {g: [" ".join(rng.sample(words, 2)) for _ in range(6)] for g in genes}
+    queries = ["; ".join(rng.sample(kn[g], 3)) for g in genes]
+
+    def build(feature_dim):
+        torch.manual_seed(0)
+        enc = json.loads(json.dumps(TINY))
+        enc["text"].update(freeze_backbone=True)
+        enc["variants"].update(genes=genes, feature_dim=feature_dim)
+        return MultiModalModel({"text": enc["text"], "variants": enc["variants"]}, embed_dim=D)
+
+    def mrr(model):
+        model.eval()
+        S = model.encode_text(queries) @ model.encode_genes(genes).T
+        ranks = (S > S.diagonal()[:, None]).sum(1) + 1
+        return float((1.0 / ranks.float()).mean())
+
+    model = build(32)                                  # tiny backbone hidden size
+    before = mrr(model)
+    info = align_knowledge(model, kn, steps=0)
+    start = mrr(model)
+    assert info["gene_features"] == len(genes) and info["init_projection"] == "pca" and info["steps"] == 0
+    free = build(0)
+    align_knowledge(free, kn, steps=0)
+    assert start > before + 0.3 and start > mrr(free) + 0.3, (before, start, mrr(free))
+
+
+def test_format1_checkpoint_loads_as_trained(tmp_path):
+    """A checkpoint saved before clause pooling / the gene knowledge path (format 1: no such config
+    keys, version hashed without them) loads with whole-text mean pooling and its recorded version."""
+    from safetensors.torch import save_file
+
+    from raretarget.encoders import load_model
+    from raretarget.encoders.model import MultiModalModel
+    from raretarget.encoders.training import _arch, model_version
+
+    torch.manual_seed(0)
+    enc = json.loads(json.dumps(TINY))
+    enc["text"]["pooling"] = "mean"
+    model = MultiModalModel({"text": enc["text"], "variants": enc["variants"]}, embed_dim=D).eval()
+    old = _arch(model)
+    new_keys = {"text": ("pooling", "segment_length", "max_segments"), "variants": ("feature_dim",)}
+    for e in old["encoders"].values():
+        for k in new_keys[e["name"]]:
+            e.pop(k)
+    version = model_version(model, old)
+    tmp_path.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"format": 1, "model_version": version, "model": old}))
+    m = load_model(tmp_path)
+    assert m.model_version == version and m.encoders["text"].pooling == "mean"
+    q = ["Seizure; Ataxia; Ptosis"]
+    assert torch.allclose(m.encode_text(q), model.encode_text(q), atol=1e-6)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["format"] = 2                              # claimed current format: the hash must match the full config
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="weights hash to"):
+        load_model(tmp_path)
