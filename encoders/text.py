@@ -91,13 +91,16 @@ class TextEncoder(Encoder):
         pooling: ``"segments"`` (clause features averaged by token count) | ``"mean"``.
         segment_length / max_segments: tokens per clause and clauses per text (``"segments"``).
         tiny_hidden / tiny_layers: size of the ``"tiny"`` backbone.
+        cache_size: clause features kept in memory while the backbone is frozen and in eval mode
+            (keyed by token ids; dropped whenever a backbone weight changes); 0 = no cache.
     """
 
     modality = "text"
 
     def __init__(self, embed_dim: int = 256, backbone: str = "minilm", freeze_backbone: bool = True,
                  train_last_layers: int = 0, max_length: int = 128, tiny_hidden: int = 32, tiny_layers: int = 2,
-                 dropout: float = 0.0, pooling: str = "segments", segment_length: int = 64, max_segments: int = 48):
+                 dropout: float = 0.0, pooling: str = "segments", segment_length: int = 64, max_segments: int = 48,
+                 cache_size: int = 200_000):
         super().__init__(embed_dim)
         if pooling not in ("segments", "mean"):
             raise ValueError("pooling must be 'segments' or 'mean'")
@@ -106,6 +109,11 @@ class TextEncoder(Encoder):
                             pooling=pooling, segment_length=segment_length, max_segments=max_segments)
         self.pooling = pooling
         self.segment_length, self.max_segments = int(segment_length), int(max_segments)
+        # frozen backbone: clause features are a function of the token ids alone, so training epochs
+        # after the first (and repeated boilerplate clauses) skip the transformer. Not part of the state.
+        self.cache_size = int(cache_size)
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self._cache_key: tuple | None = None
         _offline()
         tok_path = minilm_path() if backbone in ("minilm", "tiny") else Path(backbone)
         self.tokenizer = load_tokenizer(tok_path)
@@ -150,13 +158,41 @@ class TextEncoder(Encoder):
         out["segment_counts"] = torch.as_tensor([len(s) for s in segs], dtype=torch.long)
         return out
 
+    def _cacheable(self) -> bool:
+        if not self.cache_size or self.backbone.training or any(p.requires_grad for p in self.backbone.parameters()):
+            return False
+        # in-place weight changes (load_state_dict, optimiser steps) bump tensor versions
+        key = tuple(p._version for p in self.backbone.parameters()) + (next(self.backbone.parameters()).device,)
+        if key != self._cache_key:
+            self._cache.clear()
+            self._cache_key = key
+        return True
+
+    def _encode_rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled backbone features of each row ``(S, hidden)``; rows seen before come from the cache."""
+        if not self._cacheable():
+            out = self.backbone(input_ids=ids, attention_mask=mask)
+            return mean_pool(out.last_hidden_state, mask)
+        ids_c, lens = ids.detach().cpu(), mask.sum(1).cpu().tolist()
+        keys = [ids_c[i, :n].numpy().tobytes() for i, n in enumerate(lens)]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._cache}.values())
+        if todo:
+            t = torch.as_tensor(todo, device=ids.device)
+            T = max(lens[i] for i in todo)
+            out = self.backbone(input_ids=ids[t, :T], attention_mask=mask[t, :T])
+            new = mean_pool(out.last_hidden_state, mask[t, :T]).float()
+            if len(self._cache) + len(todo) > self.cache_size:
+                self._cache.clear()
+            for j, i in enumerate(todo):
+                self._cache[keys[i]] = new[j]
+        return torch.stack([self._cache[k] for k in keys]).to(ids.device)
+
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled backbone features before the projection: ``(B, hidden)``."""
         needs_grad = any(p.requires_grad for p in self.backbone.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
             mask = batch["attention_mask"]
-            out = self.backbone(input_ids=batch["input_ids"], attention_mask=mask)
-            pooled = mean_pool(out.last_hidden_state, mask)
+            pooled = self._encode_rows(batch["input_ids"], mask)
             counts = batch.get("segment_counts")
             if counts is None:
                 return pooled

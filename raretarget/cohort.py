@@ -335,7 +335,7 @@ class Disease:
                 "inheritance_hpo": _hp({v: k for k, v in INHERITANCE.items()}[self.inheritance]),
                 "frequencies": {_hp(t): round(self.freq[t], 3) for t in self.hpo},
                 "image_pattern": self.pattern, "body_site": BODY_SITES[self.site][1],
-                "gene_chromosome": self.chromosome}
+                "gene_chromosome": self.chromosome, "lab_phenotype": self.has_lab}
 
 
 def _lab_effects(h: _Hpo, terms) -> list[tuple[str, str]]:

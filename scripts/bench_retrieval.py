@@ -42,6 +42,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import hashlib
 import datetime as _dt
 import json
 import platform
@@ -128,6 +129,11 @@ def build_store(work: Path, n_patients: int, seed: int, noise: float, n_diseases
     out, store = work / f"cohort_{tag}", work / f"store_{tag}"
     for p in (out, store, Path(str(store) + ".links")):
         shutil.rmtree(p, ignore_errors=True)
+    # A fixed pseudonymisation key (the store honours an existing one): patient pseudonyms, hence the
+    # hash-based train/held-out split, are the same in every run, so runs can be compared.
+    links = Path(str(store) + ".links")
+    links.mkdir(parents=True)
+    (links / "secret.key").write_bytes(hashlib.sha256(f"bench_retrieval|{seed}".encode()).digest())
     t0 = time.time()
     truth = generate(out, n_patients=n_patients, seed=seed, phenotype_noise=noise, n_diseases=n_diseases,
                      image_difficulty=image_difficulty)
@@ -155,6 +161,8 @@ class Cohort:
         pseudo = eng.pseudo
         self.truth_of = {pseudo.patient(p["patient"]): p for p in truth["patients"]}
         self.diseases = {d["disease_id"]: d for d in truth["diseases"]}
+        # diseases whose phenotypes move a lab value: only their patients' labs say anything about them
+        self.lab_diseases = {d for d, v in self.diseases.items() if v.get("lab_phenotype")}
         self.disease = {s["patient_id"]: (self.truth_of.get(s["patient_id"]) or {}).get("disease_id")
                         for s in self.val}
         missing = [s["patient_id"] for s in self.val if s["patient_id"] not in self.truth_of]
@@ -236,6 +244,9 @@ def eval_crossmodal(V: dict, cohort: Cohort) -> dict:
         aff = np.array([d is not None for d in qd])
         samed = (qd[aff][:, None] == td[None, :]) & np.array([d is not None for d in td])[None, :]
         res[name]["disease"] = _ranked(S[aff], samed)
+        if a == "labs":
+            lab = np.array([d in cohort.lab_diseases for d in qd])
+            res[name]["disease (lab-phenotype diseases)"] = _ranked(S[lab], (qd[lab][:, None] == td[None, :]))
     return res
 
 
@@ -317,7 +328,11 @@ def evaluate_baseline(cohort: Cohort, Q: dict, V: dict, gene_docs: dict[str, str
         res[name] = {"patient": _random_summary([(n, int((tp == p).sum())) for p in qp]),
                      "disease": _random_summary([(n, int(sum(dis.get(t) == dis[p] for t in tp)))
                                                  for p in qp if dis.get(p)])}
-        res[name]["patient"]["candidates"] = res[name]["disease"]["candidates"] = n
+        if a == "labs":
+            res[name]["disease (lab-phenotype diseases)"] = _random_summary(
+                [(n, int(sum(dis.get(t) == dis[p] for t in tp))) for p in qp if dis.get(p) in cohort.lab_diseases])
+        for v in res[name].values():
+            v["candidates"] = n
     # raw-pixel image→image
     rows = [(s["patient_id"], th) for s in cohort.val for _, th in (s.get("images") or [])]
     if rows:
@@ -376,6 +391,12 @@ def run(args) -> dict:
         common["model.embed_dim"] = args.embed_dim
     if args.knowledge_steps is not None:                 # 0 = no knowledge alignment phase
         common["model.knowledge.steps"] = args.knowledge_steps
+    for kv in args.set or []:                            # e.g. --set encoders.text.pooling=mean
+        k, _, v = kv.partition("=")
+        try:
+            common[k] = json.loads(v)
+        except ValueError:
+            common[k] = v
     result: dict = {"machine": _machine(), "date": _dt.datetime.now().isoformat(timespec="seconds"),
                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "params": vars(args), "baselines": BASELINES, "timings": {}}
@@ -515,6 +536,8 @@ def main(argv=None) -> int:
     ap.add_argument("--embed-dim", type=int, default=None)
     ap.add_argument("--knowledge-steps", type=int, default=None,
                     help="model.knowledge.steps of the trained models (default: the training default; 0 = off)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="training override (dotted key; JSON value or string), repeatable")
     ap.add_argument("--work", default=None, help="working folder (default: a temp folder, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the temp working folder")
     ap.add_argument("--no-engine-check", action="store_true")

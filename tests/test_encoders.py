@@ -574,3 +574,24 @@ def test_format1_checkpoint_loads_as_trained(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="weights hash to"):
         load_model(tmp_path)
+
+
+def test_frozen_clause_feature_cache_is_exact_and_never_stale():
+    torch.manual_seed(0)
+    enc = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True}, embed_dim=D).eval()
+    ref = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True, "cache_size": 0}, embed_dim=D)
+    ref.load_state_dict(enc.state_dict())
+    ref.eval()
+    texts = ["Seizure; Ataxia. Ptosis", "Ataxia; Hypotonia", "Seizure"]
+    a = enc.pooled(texts)
+    assert len(enc._cache) == 5 and len(ref._cache) == 0          # 5 distinct clauses ("Ataxia." != "Ataxia")
+    b = enc.pooled(texts[::-1])                                    # all from the cache, other batch padding
+    assert torch.allclose(a, ref.pooled(texts), atol=1e-5) and torch.allclose(b, a.flip(0), atol=1e-5)
+    with torch.no_grad():
+        next(enc.backbone.parameters()).mul_(1.5)                  # a weight change drops the cache
+        next(ref.backbone.parameters()).mul_(1.5)
+    assert torch.allclose(enc.pooled(texts), ref.pooled(texts), atol=1e-5)
+    assert not torch.allclose(enc.pooled(texts), a, atol=1e-4)
+    tuned = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": False}, embed_dim=D).eval()
+    tuned.pooled(texts)
+    assert len(tuned._cache) == 0                                  # trainable backbone: never cached
