@@ -1,16 +1,18 @@
 """Knowledge alignment phase: HPO term labels (text tower) ↔ genes (gene tower), many fast steps.
 
-With a frozen text backbone the only trainable part of the text tower is its projection, so the
-backbone's pooled features of every term label can be computed once (:func:`label_features`). Each
-step then takes ``batch_size`` genes (walking a fresh permutation of every gene with knowledge, so the
-whole vocabulary is covered many times), builds one query-like text feature per gene – a random subset
-of 1…``max_terms`` of its term labels, composed as the token-weighted mean of the cached label
-features (≈ the mean-pooled feature of the joined phrase "term a; term b; term c", since mean pooling
-is a token average) – and applies the symmetric InfoNCE of :func:`.model.clip_loss` between the
-projected text features and the genes' embeddings (``MultiModalModel.encode_gene_ids``).
+With a frozen text backbone the only trainable parts of the text tower are its projection and clause
+weighting, so the backbone's pooled features of every term label can be computed once
+(:func:`label_features`). Each step then takes ``batch_size`` genes (walking a fresh permutation of
+every gene with knowledge, so the whole vocabulary is covered many times), builds one query-like text
+feature per gene – a random subset of 1…``max_terms`` of its term labels, composed with the tower's
+clause weights from the cached label features: with ``pooling="segments"`` exactly what the tower
+computes for the phrase "term a; term b; term c" (with ``"mean"``, the token-weighted mean only
+approximates the joined phrase's feature) – and applies the symmetric InfoNCE of
+:func:`.model.clip_loss` between the projected text features and the genes' embeddings
+(``MultiModalModel.encode_gene_ids``).
 
-Only the text projection and the variant/gene encoder are updated; the learnable logit scale is not
-(the temperature is ``logit_scale`` or the model's current value).
+Only the text projection / clause weighting and the variant/gene encoder are updated; the learnable
+logit scale is not (the temperature is ``logit_scale`` or the model's current value).
 
 Before the steps, when the gene encoder has a knowledge path (``feature_dim > 0``), each gene's
 feature row is filled with its composed term features (:func:`fill_gene_features`), and with
@@ -36,13 +38,13 @@ import torch
 from .base import normalize
 
 DEFAULTS: dict[str, Any] = {
-    "steps": 600,            # 0 disables the phase
+    "steps": 1500,           # 0 disables the phase
     "batch_size": 512,       # genes per step (distinct)
     "lr": 5.0e-3,
     "weight_decay": 0.01,
     "warmup_steps": 20,
     "min_lr_ratio": 0.05,
-    "max_terms": 16,         # terms per composed phrase: uniform in 1..min(max_terms, n_terms)
+    "max_terms": 32,         # terms per composed phrase: uniform in 1..min(max_terms, n_terms)
     "logit_scale": None,     # fixed multiplier; None = the model's current exp(logit_scale)
     "feature_batch_size": 256,
     "seed": 0,
@@ -171,9 +173,9 @@ def cached_label_features(text_encoder, labels: Sequence[str], batch_size: int, 
     return feats, ntok
 
 
-def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 600, batch_size: int = 512,
+def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 1500, batch_size: int = 512,
                     lr: float = 5e-3, weight_decay: float = 0.01, warmup_steps: int = 20, min_lr_ratio: float = 0.05,
-                    max_terms: int = 16, logit_scale: float | None = None, feature_batch_size: int = 256,
+                    max_terms: int = 32, logit_scale: float | None = None, feature_batch_size: int = 256,
                     seed: int = 0, device: torch.device | str | None = None,
                     cache_dir: str | os.PathLike | None = None, init_projection: str | None = "pca",
                     residual_init_scale: float = 0.1) -> dict:
@@ -224,7 +226,9 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
         return info
     gene_ids = venc.gene_ids(genes).to(dev)
 
-    params = [p for p in [*tenc.proj.parameters(), *venc.parameters()] if p.requires_grad]
+    clause = hasattr(tenc, "clause_weights") and getattr(tenc, "pooling", "mean") == "segments"
+    tparams = [*tenc.proj.parameters(), *(tenc.clause_score.parameters() if clause else [])]
+    params = [p for p in [*tparams, *venc.parameters()] if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -262,9 +266,9 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
                 seg += [r] * k
             flat_t = torch.as_tensor(flat, device=dev)
             seg_t = torch.as_tensor(seg, device=dev)
-            w = ntok[flat_t]
-            comp = torch.zeros(B, feats.shape[1], device=dev).index_add_(0, seg_t, feats[flat_t] * w[:, None])
-            comp = comp / torch.zeros(B, device=dev).index_add_(0, seg_t, w)[:, None]
+            w = tenc.clause_weights(feats[flat_t], ntok[flat_t]) if clause else ntok[flat_t]
+            comp = torch.zeros(B, feats.shape[1], device=dev).index_add(0, seg_t, feats[flat_t] * w[:, None])
+            comp = comp / torch.zeros(B, device=dev).index_add(0, seg_t, w)[:, None]
             t = normalize(tenc.proj(comp))
             g = model.encode_gene_ids(gene_ids[torch.as_tensor(batch, device=dev)])
             loss = clip_loss(t, g, scale)

@@ -45,9 +45,9 @@ DEFAULTS: dict[str, Any] = {
               "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
               "scheduler": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.05},
               # knowledge alignment phase before the patient-level training (encoders/knowledge.py)
-              "knowledge": {"steps": 600, "batch_size": 512, "lr": 5.0e-3, "max_terms": 16}},
+              "knowledge": {"steps": 1500, "batch_size": 512, "lr": 5.0e-3, "max_terms": 32}},
     "data": {"synthetic": False, "store": None, "batch_size": 64, "num_workers": 0, "val_fraction": 0.2},
-    "trainer": {"max_epochs": 10, "accelerator": "auto", "devices": "auto", "precision": "auto",
+    "trainer": {"max_epochs": 40, "accelerator": "auto", "devices": "auto", "precision": "auto",
                 "strategy": "auto", "num_nodes": 1, "log_every_n_steps": 10, "gradient_clip_val": 1.0},
     "out_dir": "outputs/encoders",
     "seed": 0,

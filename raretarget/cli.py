@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", default="demo_store")
     sp.add_argument("--patients", type=int, default=50)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--epochs", type=int, default=20)
     sp.add_argument("--knowledge-steps", type=int, default=None,
-                    help="HPO-term↔gene alignment steps before patient training (default: config, 600)")
+                    help="HPO-term↔gene alignment steps before patient training (default: config, 1500)")
     sp.add_argument("--no-train", action="store_true", help="stop after ingest")
     sp.set_defaults(func=cmd_demo)
 

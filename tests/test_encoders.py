@@ -451,11 +451,15 @@ def test_segment_pooling_is_the_token_weighted_mean_of_clause_features():
     got = enc.pooled(["; ".join(labels), "Ataxia"])
     assert torch.allclose(got[0], want, atol=1e-5) and torch.allclose(got[1], f[1], atol=1e-5)
     whole = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True, "pooling": "mean"}, embed_dim=D)
-    whole.load_state_dict(enc.state_dict())
+    whole.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("clause_score")})
     assert not torch.allclose(whole.eval().pooled(["; ".join(labels)])[0], want, atol=1e-3)   # the mode matters
     b = enc.collate(["a; b", "c"])
     assert b["segment_counts"].tolist() == [2, 1] and b["input_ids"].shape[0] == 3
     assert enc(b).shape == (2, D)
+    with torch.no_grad():                              # learned clause weights: exp(score) x token count
+        enc.clause_score.weight.normal_()
+    s = enc.clause_score(f).squeeze(-1).exp() * n
+    assert torch.allclose(enc.pooled(["; ".join(labels)])[0], (f * s[:, None]).sum(0) / s.sum(), atol=1e-5)
 
 
 def test_pca_whitening_init_decorrelates_features():
@@ -571,6 +575,7 @@ def test_format1_checkpoint_loads_as_trained(tmp_path):
     assert torch.allclose(m.encode_text(q), model.encode_text(q), atol=1e-6)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["format"] = 2                              # claimed current format: the hash must match the full config
+    cfg["model"]["encoders"]["text"]["pooling"] = "mean"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="weights hash to"):
         load_model(tmp_path)
