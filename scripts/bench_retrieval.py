@@ -1,6 +1,6 @@
 """Retrieval quality benchmark of the shared-space encoders on a generated cohort (held-out patients).
 
-    python scripts/bench_retrieval.py                       # 300 patients, seed 0, 10 epochs, noise 0.2
+    python scripts/bench_retrieval.py                       # 300 patients, seed 0, training-default epochs (40), noise 0.2
     python scripts/bench_retrieval.py --patients 150 --epochs 5 --noise-levels 0.0,0.6 --out bench.json
 
 Steps: ``raretarget.cohort.generate`` → ``Engine.ingest`` → three models on the same store:
@@ -382,6 +382,8 @@ def run(args) -> dict:
     from raretarget.encoders.training import train as train_fn
 
     t_start = time.time()
+    if args.epochs is None:
+        args.epochs = int(DEFAULTS["trainer"]["max_epochs"])
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_retrieval_"))
     work.mkdir(parents=True, exist_ok=True)
     vf = float(DEFAULTS["data"]["val_fraction"])
@@ -527,7 +529,7 @@ def main(argv=None) -> int:
     ap.add_argument("--patients", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--diseases", type=int, default=10, help="n_diseases of the generator")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the training default)")
     ap.add_argument("--noise", type=float, default=0.2, help="phenotype_noise of the main cohort")
     ap.add_argument("--noise-levels", default="0.0,0.6",
                     help="extra phenotype_noise levels for the sweep (comma-separated; '' = none)")
