@@ -64,6 +64,7 @@ BASELINES = {
     "phenotype→patient": "TF-IDF (word 1-2-grams) of the query text vs the patient's notes",
     "phenotype→gene": "TF-IDF (word 1-2-grams) of the query text vs the concatenated HPO labels of the gene's "
                       "hpo3 annotations (Phenotypic abnormality subtree)",
+    "note→gene": "the same TF-IDF, with the patient's notes as the query text",
 }
 
 
@@ -221,7 +222,15 @@ def phenotype_queries(cohort: Cohort) -> dict:
     held_dis = sorted({d for d in cohort.disease.values() if d})
     dis_val = [(d, cohort.labels(cohort.diseases[d]["hpo"])) for d in held_dis]
     dis_all = [(d, cohort.labels(v["hpo"]), v["genes"][0]) for d, v in sorted(cohort.diseases.items())]
-    return {"patient": pat, "disease_val": [x for x in dis_val if x[1]], "disease_all": [x for x in dis_all if x[1]]}
+    # a held-out affected patient's own notes (synonyms, negations, template text) as the query
+    notes = []
+    for s in cohort.val:
+        t = cohort.truth_of[s["patient_id"]]
+        if t.get("disease_id") and s.get("notes"):
+            notes.append((s["patient_id"], t["disease_id"], t.get("gene") or cohort.diseases[t["disease_id"]]["genes"][0],
+                          "\n".join(s["notes"])))
+    return {"patient": pat, "disease_val": [x for x in dis_val if x[1]], "disease_all": [x for x in dis_all if x[1]],
+            "notes": notes}
 
 
 def eval_crossmodal(V: dict, cohort: Cohort) -> dict:
@@ -277,7 +286,8 @@ def eval_phenotype(score_patient, score_gene, cohort: Cohort, Q: dict, pids: lis
         res["phenotype→patient (disease HPO)"] = _ranked(S, rel)
     gi = {g: i for i, g in enumerate(genes)}
     for key, rows, gcol in (("phenotype→gene (disease HPO, all cohort diseases)", Q["disease_all"], 2),
-                            ("phenotype→gene (held-out patient HPO)", Q["patient"], 2)):
+                            ("phenotype→gene (held-out patient HPO)", Q["patient"], 2),
+                            ("note→gene (held-out patient's notes)", Q.get("notes", []), 2)):
         if not rows:
             continue
         S = score_gene([r[3] if len(r) == 4 else r[1] for r in rows])
@@ -446,8 +456,8 @@ def run(args) -> dict:
     levels = sorted({args.noise, *[float(x) for x in args.noise_levels.split(",") if x.strip()]})
     for lev in levels:
         if lev == args.noise:
-            r_t = {k: v for k, v in res_t.items() if k.startswith("phenotype")}
-            r_b = {k: v for k, v in res_b.items() if k.startswith("phenotype")}
+            r_t = {k: v for k, v in res_t.items() if k.startswith(("phenotype", "note→gene"))}
+            r_b = {k: v for k, v in res_b.items() if k.startswith(("phenotype", "note→gene"))}
             sweep[f"{lev:g}"] = {"trained": r_t, "baseline": r_b, "epochs": args.epochs}
             continue
         t0 = time.time()
