@@ -25,9 +25,10 @@ ARCHS = {
 
 
 def image_transforms(image_size: int | Sequence[int] = 64, spatial_dims: int = 2, train: bool = False,
-                     keys: Sequence[str] = ("image",)):
+                     keys: Sequence[str] = ("image",), seed: int | None = 0):
     """MONAI dict transforms: intensity scaled to [0, 1], resized to ``image_size``, and (train) random
-    flip + small affine. Keys other than ``keys`` pass through unchanged."""
+    flip + small affine drawn from a generator seeded with ``seed`` (None: MONAI's default, seeded from
+    OS entropy, so runs differ). Keys other than ``keys`` pass through unchanged."""
     from monai.transforms import (Compose, EnsureTyped, RandAffined, RandFlipd, Resized,
                                   ScaleIntensityd)
 
@@ -41,7 +42,10 @@ def image_transforms(image_size: int | Sequence[int] = 64, spatial_dims: int = 2
                            scale_range=(0.1,) * spatial_dims, translate_range=(4,) * spatial_dims,
                            padding_mode="zeros")]
     ts.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
-    return Compose(ts)
+    out = Compose(ts)
+    if seed is not None:
+        out.set_random_state(seed=int(seed))
+    return out
 
 
 @register_encoder("image")
@@ -70,8 +74,10 @@ class ImageEncoder(Encoder):
         self.backbone = DenseNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=features,
                                  dropout_prob=dropout, **ARCHS[arch])
         self.proj = nn.Sequential(nn.GELU(), nn.Linear(features, embed_dim))
+        # augmentation follows the global torch seed (lightning.seed_everything), so a seeded run repeats
+        seed = int(torch.initial_seed() % 2**31)
         self._tf = {False: image_transforms(image_size, spatial_dims, False),
-                    True: image_transforms(image_size, spatial_dims, augment)}
+                    True: image_transforms(image_size, spatial_dims, augment, seed=seed)}
 
     def _as_array(self, v: Any) -> np.ndarray:
         if isinstance(v, dict):

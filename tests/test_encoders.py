@@ -600,3 +600,17 @@ def test_frozen_clause_feature_cache_is_exact_and_never_stale():
     tuned = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": False}, embed_dim=D).eval()
     tuned.pooled(texts)
     assert len(tuned._cache) == 0                                  # trainable backbone: never cached
+
+
+def test_seeded_training_repeats_exactly(tmp_path):
+    """Same config + seed -> the same weights (model_version), image augmentation included: MONAI's
+    random transforms draw from their own generator, seeded from the global seed, not from OS entropy."""
+    from raretarget.encoders import train
+
+    cfg = _compose(*_tiny_overrides(tmp_path / "a", epochs=1), "data.n_patients=64", "data.n_groups=4",
+                   "model.knowledge.steps=5")
+    a = train(cfg, eval_untrained=False)
+    b = train(cfg, out_dir=tmp_path / "b", eval_untrained=False)
+    assert a["model_version"] == b["model_version"] and a["train_loss"] == b["train_loss"]
+    c = train(cfg, out_dir=tmp_path / "c", eval_untrained=False, seed=1)
+    assert c["model_version"] != a["model_version"]
