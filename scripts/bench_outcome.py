@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import collections
 import datetime as _dt
+import hashlib
 import json
 import platform
 import shlex
@@ -70,6 +71,10 @@ def main(argv=None) -> dict:
     out, store = work / "cohort", work / "store"
     for p in (out, store, Path(str(store) + ".links")):
         shutil.rmtree(p, ignore_errors=True)
+    # fixed pseudonymisation key (the store keeps an existing one): same pseudonyms, same split every run
+    links = Path(str(store) + ".links")
+    links.mkdir(parents=True)
+    (links / "secret.key").write_bytes(hashlib.sha256(f"bench_outcome|{a.seed}".encode()).digest())
     times = {}
     t0 = time.time()
     truth = generate(out, n_patients=a.patients, seed=a.seed)
