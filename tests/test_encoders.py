@@ -308,20 +308,25 @@ def test_embeddings_table_schema(trained, tmp_path):
     assert all(rid[p] == r for p, r in zip(text.column("patient_id").to_pylist(), text.column("record_id").to_pylist()))
 
 
-def test_knowledge_alignment_improves_text_to_gene_retrieval():
-    """A tiny knowledge alignment phase (frozen tiny backbone, synthetic gene -> term labels) makes
-    multi-term phenotype queries retrieve their gene better than before the phase."""
+def _toy_knowledge(seed: int, n_genes: int = 40):
+    """(rng, genes, {gene: 6 two-word term labels}) drawn from a fixed clinical word list."""
     import random
-
-    from raretarget.encoders.knowledge import align_knowledge, backbone_frozen
-    from raretarget.encoders.model import MultiModalModel
 
     words = ("seizures ataxia hypotonia cataract scoliosis hepatomegaly splenomegaly cardiomyopathy deafness "
              "nystagmus microcephaly macrocephaly myopathy neuropathy spasticity dystonia tremor anemia ptosis "
              "glaucoma arrhythmia hypertension hypoglycemia acidosis lethargy eczema alopecia hernia gout rickets").split()
-    rng = random.Random(0)
-    genes = [f"KG{i:03d}" for i in range(40)]
-    kn = {g: [" ".join(rng.sample(words, 2)) for _ in range(6)] for g in genes}
+    rng = random.Random(seed)
+    genes = [f"KG{i:03d}" for i in range(n_genes)]
+    return rng, genes, {g: [" ".join(rng.sample(words, 2)) for _ in range(6)] for g in genes}
+
+
+def test_knowledge_alignment_improves_text_to_gene_retrieval():
+    """A tiny knowledge alignment phase (frozen tiny backbone, synthetic gene -> term labels) makes
+    multi-term phenotype queries retrieve their gene better than before the phase."""
+    from raretarget.encoders.knowledge import align_knowledge, backbone_frozen
+    from raretarget.encoders.model import MultiModalModel
+
+    rng, genes, kn = _toy_knowledge(0)
     torch.manual_seed(0)
     enc = json.loads(json.dumps(TINY))
     enc["text"].update(freeze_backbone=True)
@@ -511,17 +516,10 @@ def test_knowledge_start_places_genes_before_any_step():
     """With a knowledge path, filling the gene features and the PCA start (0 steps) already rank a
     gene's own terms above other genes far better than the random start, and better than a free gene
     table aligned for the same 0 steps."""
-    import random
-
     from raretarget.encoders.knowledge import align_knowledge
     from raretarget.encoders.model import MultiModalModel
 
-    words = ("seizures ataxia hypotonia cataract scoliosis hepatomegaly splenomegaly cardiomyopathy deafness "
-             "nystagmus microcephaly macrocephaly myopathy neuropathy spasticity dystonia tremor anemia ptosis "
-             "glaucoma arrhythmia hypertension hypoglycemia acidosis lethargy eczema alopecia hernia gout rickets").split()
-    rng = random.Random(1)
-    genes = [f"KG{i:03d}" for i in range(40)]
-    kn = {g: [" ".join(rng.sample(words, 2)) for _ in range(6)] for g in genes}
+    rng, genes, kn = _toy_knowledge(1)
     queries = ["; ".join(rng.sample(kn[g], 3)) for g in genes]
 
     def build(feature_dim):
