@@ -129,14 +129,12 @@ def label_features(text_encoder, labels: Sequence[str], batch_size: int = 256,
     text_encoder.eval()
     order = sorted(range(len(labels)), key=lambda i: len(labels[i]))
     hidden = text_encoder.backbone.config.hidden_size
-    # a label is one clause: with clause pooling it is tokenised as the tower tokenises clauses
-    seg_len = text_encoder.segment_length if getattr(text_encoder, "pooling", "mean") == "segments" else None
     feats = torch.zeros(len(labels), hidden)
     ntok = torch.ones(len(labels))
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            b = text_encoder.tokenize([labels[i] for i in idx], seg_len)
+            b = text_encoder.tokenize([labels[i] for i in idx], text_encoder.clause_length)   # a label = a clause
             ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
             out = text_encoder.backbone(input_ids=ids, attention_mask=mask)
             feats[idx] = mean_pool(out.last_hidden_state, mask).float().cpu()
@@ -156,8 +154,7 @@ def cached_label_features(text_encoder, labels: Sequence[str], batch_size: int, 
     from safetensors.torch import load_file, save_file
 
     h = hashlib.sha256("\n".join(labels).encode())
-    seg = text_encoder.segment_length if getattr(text_encoder, "pooling", "mean") == "segments" else text_encoder.max_length
-    h.update(f"tokens={seg}".encode())
+    h.update(f"tokens={text_encoder.clause_length}".encode())
     for name, p in sorted(text_encoder.backbone.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
@@ -226,8 +223,7 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
         return info
     gene_ids = venc.gene_ids(genes).to(dev)
 
-    clause = hasattr(tenc, "clause_weights") and getattr(tenc, "pooling", "mean") == "segments"
-    tparams = [*tenc.proj.parameters(), *(tenc.clause_score.parameters() if clause else [])]
+    tparams = [*tenc.proj.parameters(), *(tenc.clause_score.parameters() if tenc.pooling == "segments" else [])]
     params = [p for p in [*tparams, *venc.parameters()] if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -266,10 +262,7 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
                 seg += [r] * k
             flat_t = torch.as_tensor(flat, device=dev)
             seg_t = torch.as_tensor(seg, device=dev)
-            w = tenc.clause_weights(feats[flat_t], ntok[flat_t]) if clause else ntok[flat_t]
-            comp = torch.zeros(B, feats.shape[1], device=dev).index_add(0, seg_t, feats[flat_t] * w[:, None])
-            comp = comp / torch.zeros(B, device=dev).index_add(0, seg_t, w)[:, None]
-            t = normalize(tenc.proj(comp))
+            t = normalize(tenc.proj(tenc.compose(feats[flat_t], ntok[flat_t], seg_t, B)))
             g = model.encode_gene_ids(gene_ids[torch.as_tensor(batch, device=dev)])
             loss = clip_loss(t, g, scale)
             opt.zero_grad(set_to_none=True)

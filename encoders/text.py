@@ -195,11 +195,28 @@ class TextEncoder(Encoder):
                 self._cache[keys[i]] = new[j]
         return torch.stack([self._cache[k] for k in keys]).to(ids.device)
 
+    @property
+    def clause_length(self) -> int:
+        """Tokens one clause (or one HPO label) is cut to: ``segment_length`` with clause pooling,
+        else ``max_length``."""
+        return self.segment_length if self.pooling == "segments" else self.max_length
+
     def clause_weights(self, feats: torch.Tensor, ntok: torch.Tensor) -> torch.Tensor:
         """Pooling weights of clauses ``(S,)`` from their features ``(S, hidden)`` and token counts ``(S,)``:
-        ``ntok · exp(score(feats))`` (score clamped to ±8)."""
+        ``ntok · exp(score(feats))`` (score clamped to ±8) with clause pooling, else ``ntok``."""
+        if self.pooling != "segments":
+            return ntok.to(feats.dtype)
         score = self.clause_score(feats).squeeze(-1).clamp(-8.0, 8.0)
         return ntok.to(score.dtype) * torch.exp(score)
+
+    def compose(self, feats: torch.Tensor, ntok: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
+        """Clause features ``(S, hidden)`` with token counts ``(S,)`` -> ``(n, hidden)``: row ``i`` is the
+        :meth:`clause_weights`-weighted mean of the clauses with ``seg == i``. The tower pools a text this
+        way and the knowledge phase composes HPO labels this way, so the two agree exactly."""
+        w = self.clause_weights(feats, ntok).to(feats.dtype)
+        num = feats.new_zeros(n, feats.shape[1]).index_add(0, seg, feats * w[:, None])
+        den = feats.new_zeros(n).index_add(0, seg, w)
+        return num / den.clamp_min(1e-12)[:, None]
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled backbone features before the projection: ``(B, hidden)``."""
@@ -210,13 +227,8 @@ class TextEncoder(Encoder):
         counts = batch.get("segment_counts")
         if counts is None:
             return pooled
-        # clause features averaged with the (trainable) clause weights = the knowledge phase's composition
-        w = self.clause_weights(pooled, mask.sum(1)).to(pooled.dtype)
         seg = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
-        num = torch.zeros(counts.shape[0], pooled.shape[1], device=pooled.device, dtype=pooled.dtype)
-        num = num.index_add(0, seg, pooled * w[:, None])
-        den = torch.zeros(counts.shape[0], device=pooled.device, dtype=pooled.dtype).index_add(0, seg, w)
-        return num / den.clamp_min(1e-12)[:, None]
+        return self.compose(pooled, mask.sum(1), seg, counts.shape[0])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.proj(self.features(batch))

@@ -99,14 +99,14 @@ class VariantEncoder(Encoder):
                  pooling: str = "attention", max_variants: int = 64, n_hash_buckets: int = 256,
                  dropout: float = 0.1, heads: int = 4, feature_dim: int | str = 0):
         super().__init__(embed_dim)
+        feature_dim = 0 if feature_dim in (None, "auto") else int(feature_dim)
         if isinstance(genes, str):
             if genes not in ("hpo", "auto"):
                 raise ValueError("genes must be a list of symbols, 'hpo' or 'auto' (= 'hpo' outside train())")
             genes = hpo_genes()
         self.genes = list(genes)
         self._config = dict(genes=self.genes, dim=dim, pooling=pooling, max_variants=max_variants,
-                            n_hash_buckets=n_hash_buckets, dropout=dropout, heads=heads,
-                            feature_dim=0 if feature_dim in (None, "auto") else int(feature_dim))
+                            n_hash_buckets=n_hash_buckets, dropout=dropout, heads=heads, feature_dim=feature_dim)
         self.gene_index = {g: i + 1 for i, g in enumerate(self.genes)}  # 0 = padding
         self.n_hash = int(n_hash_buckets)
         self.max_variants, self.pooling = int(max_variants), pooling
@@ -126,7 +126,7 @@ class VariantEncoder(Encoder):
         elif pooling != "mean":
             raise ValueError("pooling must be 'attention' or 'mean'")
         self.proj = nn.Linear(dim, embed_dim)
-        self.feature_dim = 0 if feature_dim in (None, "auto") else int(feature_dim)
+        self.feature_dim = feature_dim
         if self.feature_dim:
             self.register_buffer("gene_features", torch.zeros(len(self.genes) + 1 + self.n_hash, self.feature_dim))
             self.know_proj = nn.Linear(self.feature_dim, embed_dim)
