@@ -66,7 +66,23 @@ class Searcher:
         self.lookups = {m: dict(zip(t.column("record_id").to_pylist(),
                                     zip(t.column("patient_id").to_pylist(), t.column("source_ref").to_pylist())))
                         for m, t in lookups.items()}
-        self.patient_vectors: dict[str, np.ndarray] = {}
+        self._patient_vectors: tuple[dict, np.ndarray] | None = None
+        pt = lookups.get("patient")
+        if pt is not None and "vector" in pt.column_names:
+            from raretarget.index.generations import vectors_of
+
+            self._patient_vectors = ({p: i for i, p in enumerate(pt.column("patient_id").to_pylist())},
+                                     vectors_of(pt) if pt.num_rows else np.zeros((0, 0), np.float32))
+
+    def patient_vector(self, patient_id: str) -> np.ndarray | None:
+        """The patient's fused vector ``(1, D)`` float32 as read when this searcher opened its generation
+        (None when it read none for that patient). A reader opened before a nightly update keeps
+        searching with the vectors of its own view, not the store's newer ones."""
+        if self._patient_vectors is None:
+            return None
+        rows, vecs = self._patient_vectors
+        i = rows.get(patient_id)
+        return None if i is None else vecs[i:i + 1]
 
     # ---- query vectors ---------------------------------------------------------------------------
     def encode_text(self, text: str) -> np.ndarray:

@@ -641,7 +641,9 @@ class Engine:
         model = self.require_model()
         gens = self._generations()
         indexes = gens.open(model_version=model["model_version"])      # refuses a stale index
-        lookups = {m: gens.read_embeddings(model["model_version"], m).select(["record_id", "patient_id", "source_ref"])
+        cols = ["record_id", "patient_id", "source_ref"]
+        # patient vectors too: a patient query then uses this view's vector (Searcher.patient_vector)
+        lookups = {m: gens.read_embeddings(model["model_version"], m).select(cols + ["vector"] * (m == "patient"))
                    for m in indexes}
         self._searcher = Searcher(self, load_model(model["path"]), model["model_version"], indexes, lookups)
         return self._searcher
@@ -680,13 +682,15 @@ class Engine:
                     raise ValueError("the Phenopacket has no known observed HPO term")
             q = s.encode_text(phenotype_text(phenotypes, excluded, self.resources.phenotypes))
         elif patient is not None:
-            t = self._generations().read_embeddings(s.model_version, "patient")
-            hit = t.filter(pa.compute.equal(t.column("patient_id"), patient))
-            if hit.num_rows == 0:
-                raise ValueError(f"unknown patient {patient!r} (no embeddings)")
-            from raretarget.index.generations import vectors_of
+            q = s.patient_vector(patient)            # the loaded generation's vector: one consistent view
+            if q is None:
+                t = self._generations().read_embeddings(s.model_version, "patient")
+                hit = t.filter(pa.compute.equal(t.column("patient_id"), patient))
+                if hit.num_rows == 0:
+                    raise ValueError(f"unknown patient {patient!r} (no embeddings)")
+                from raretarget.index.generations import vectors_of
 
-            q = vectors_of(hit)[:1]
+                q = vectors_of(hit)[:1]
             exclude = patient
         else:
             q = s.encode_image(image)

@@ -236,8 +236,15 @@ def test_reader_never_sees_half_published_generation(base):
     path = _clone(base, "s_read")
     eng = Engine.open(path)
     old = Engine.open(path)
-    pid = old.sql("select min(patient_id) from patients").column(0)[0].as_py()
-    before = old.search(patient=pid, k=30, modalities=["patient"])       # loads the current generation
+    pids = old.sql("select patient_id from patients order by 1").column(0).to_pylist()
+    before = {p: old.search(patient=p, k=30, modalities=["patient"]) for p in pids}   # loads the current generation
+    ver = old.current_model()["model_version"]
+
+    def patient_vecs():
+        t = Generations(path).read_embeddings(ver, "patient")
+        return dict(zip(t.column("patient_id").to_pylist(), vectors_of(t)))
+
+    vecs_before = patient_vecs()
     stop, seen, errors = threading.Event(), [], []
 
     def reader():
@@ -259,9 +266,15 @@ def test_reader_never_sees_half_published_generation(base):
         stop.set()
         th.join()
     assert log["published"] and not errors and seen
-    # the reader that opened before keeps its consistent (old) view
-    after = old.search(patient=pid, k=30, modalities=["patient"])
-    assert after.column("record_id").to_pylist() == before.column("record_id").to_pylist()
+    # the reader that opened before keeps its consistent (old) view, also for a patient whose fused
+    # vector the night changed (its query vector comes from the old view too)
+    vecs_after = patient_vecs()
+    changed = [p for p in pids if not np.array_equal(vecs_before[p], vecs_after[p])]
+    assert changed
+    for p in pids:
+        after = old.search(patient=p, k=30, modalities=["patient"])
+        assert after.column("record_id").to_pylist() == before[p].column("record_id").to_pylist(), p
+        assert after.column("score").to_pylist() == before[p].column("score").to_pylist(), p
     assert eng.status()["index"]["generation"] == log["generation_after"]
 
 
