@@ -21,6 +21,14 @@ feature row is filled with its composed term features (:func:`fill_gene_features
 residual path is scaled down by ``residual_init_scale``). Genes then start where their annotations
 put them in the text space: on 300 OMIM diseases vs 5,164 annotated genes that start alone ranks the
 disease gene first for 0.78 of the term profiles (0.90 for term-level TF-IDF), and the steps refine it.
+
+When the text tower has a term table (``terms > 0``) and the gene encoder a term path, the phase also
+fills them (:func:`fill_terms`): each distinct label (by clause key) gets a row with its IDF and a random
+Gaussian vector (a random projection of the term-level TF-IDF space, seeded), and each gene starts as
+the IDF-weighted, L2-normalised sum of its terms' vectors. At that start the term part alone ranks
+genes about as term-level TF-IDF does (0.89 vs 0.90 recall@1 on the 300 OMIM diseases, 256-d); the
+steps then train the term vectors, the gene vectors and the balance with the dense part (offline,
+dense + terms after 1,500 steps: 0.91 recall@1 / 0.94 MRR vs TF-IDF 0.90 / 0.935; dense alone 0.85).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,       # folder for cached label features (safetensors); None = no cache
     "init_projection": "pca",  # "pca": whitening init of the text projection + gene know_proj; None: keep
     "residual_init_scale": 0.1,  # with "pca": the gene encoder's own projection is scaled by this
+    "term_dropout": 0.5,     # with term tables: share of composed phrases trained without their term rows
 }
 
 
@@ -83,6 +92,50 @@ def fill_gene_features(variant_encoder, genes: Sequence[str], terms: Sequence[Se
         buf[r] = (feats[ix].float().cpu() * w[:, None]).sum(0) / w.sum()
     variant_encoder.gene_features.copy_(buf.to(variant_encoder.gene_features.device))
     return len(genes)
+
+
+@torch.no_grad()
+def fill_terms(text_encoder, variant_encoder, labels: Sequence[str], genes: Sequence[str],
+               terms: Sequence[Sequence[int]], seed: int = 0) -> torch.Tensor:
+    """Fill the text tower's term table and the gene encoder's term vectors (module doc).
+
+    ``labels`` ``(n_labels,)`` strings; ``terms[i]``: label indices of ``genes[i]``. Labels whose
+    clause keys coincide (case variants) share a row. Returns the term row of each label ``(n_labels,)``
+    int64 (what :meth:`TextEncoder.term_rows` finds for that label as a clause).
+    """
+    from .text import NO_KEY
+
+    b = text_encoder.tokenize(list(labels), text_encoder.clause_length)
+    keys = text_encoder.clause_keys(b["input_ids"], b["attention_mask"]).cpu()
+    uniq = torch.unique(keys)                              # sorted ascending
+    n, cap = len(uniq), text_encoder.n_terms
+    if n > cap:
+        raise ValueError(f"{n} distinct term labels but the text tower's term table has {cap} rows "
+                         "(set encoders.text.terms to at least that, or 'auto')")
+    label_row = torch.searchsorted(uniq, keys)
+    key_terms = [sorted({int(label_row[t]) for t in ts}) for ts in terms]
+    idf = term_idf(key_terms, n)
+    dev = text_encoder.term_emb.device
+    D = text_encoder.embed_dim
+    g = torch.Generator().manual_seed(int(seed))
+    E = torch.randn(n, D, generator=g) / math.sqrt(D)
+    text_encoder.term_keys.fill_(NO_KEY)
+    text_encoder.term_keys[:n] = uniq.to(dev)
+    text_encoder.term_idf.zero_()
+    text_encoder.term_idf[:n] = idf.to(dev)
+    text_encoder.term_emb.zero_()
+    text_encoder.term_emb[:n] = E.to(dev)
+    text_encoder.term_scale.fill_(1.0)
+    text_encoder.terms_ready.fill_(1.0)
+    vec = torch.zeros_like(variant_encoder.gene_terms, device="cpu")
+    for r, ts in zip(variant_encoder.gene_ids(list(genes)).tolist(), key_terms):
+        ix = torch.as_tensor(ts, dtype=torch.long)
+        w = idf[ix]
+        vec[r] = (E[ix] * w[:, None]).sum(0) / w.norm().clamp_min(1e-12)
+    variant_encoder.gene_terms.copy_(vec.to(variant_encoder.gene_terms.device))
+    variant_encoder.term_scale.fill_(1.0)
+    variant_encoder.terms_ready.fill_(1.0)
+    return label_row
 
 
 @torch.no_grad()
@@ -175,13 +228,13 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
                     max_terms: int = 32, logit_scale: float | None = None, feature_batch_size: int = 256,
                     seed: int = 0, device: torch.device | str | None = None,
                     cache_dir: str | os.PathLike | None = None, init_projection: str | None = "pca",
-                    residual_init_scale: float = 0.1) -> dict:
+                    residual_init_scale: float = 0.1, term_dropout: float = 0.5) -> dict:
     """Run the knowledge alignment phase on ``model`` (a :class:`MultiModalModel` with ``text`` and
     ``variants`` encoders and a frozen text backbone), in place.
 
     ``knowledge``: gene symbol -> term labels; genes outside the model's vocabulary are ignored.
-    Returns ``{"steps", "genes", "labels", "gene_features", "init_projection", "loss_first", "loss_last",
-    "feature_seconds", "seconds"}``.
+    Returns ``{"steps", "genes", "labels", "gene_features", "terms" (filled term rows, when the towers
+    have term tables), "init_projection", "loss_first", "loss_last", "feature_seconds", "seconds"}``.
     """
     from .model import clip_loss
 
@@ -194,7 +247,8 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
     genes = [g for g in sorted(knowledge) if g in venc.gene_index and knowledge[g]]
     info = {"steps": 0, "genes": len(genes), "labels": 0, "loss_first": None, "loss_last": None,
             "gene_features": 0, "init_projection": None}
-    if len(genes) < 2 or (steps <= 0 and not getattr(venc, "feature_dim", 0)):
+    has_terms = bool(getattr(tenc, "n_terms", 0)) and bool(getattr(venc, "term_path", False))
+    if len(genes) < 2 or (steps <= 0 and not getattr(venc, "feature_dim", 0) and not has_terms):
         info["seconds"] = round(time.time() - t0, 2)
         return info
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -207,6 +261,10 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
     info["labels"] = len(labels)
     info["feature_seconds"] = round(time.time() - t0, 2)
     info["gene_features"] = fill_gene_features(venc, genes, terms, feats, ntok)
+    label_row = None
+    if has_terms:
+        label_row = fill_terms(tenc, venc, labels, genes, terms, seed).to(dev)
+        info["terms"] = int(tenc.term_idf.gt(0).sum())
     if init_projection == "pca":
         lin = _linear(tenc.proj)
         pca_whitening_(lin, feats)
@@ -223,7 +281,8 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
         return info
     gene_ids = venc.gene_ids(genes).to(dev)
 
-    tparams = [*tenc.proj.parameters(), *(tenc.clause_score.parameters() if tenc.pooling == "segments" else [])]
+    tparams = [*tenc.proj.parameters(), *(tenc.clause_score.parameters() if tenc.pooling == "segments" else []),
+               *([tenc.term_emb, tenc.term_scale] if label_row is not None else [])]
     params = [p for p in [*tparams, *venc.parameters()] if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -262,7 +321,13 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
                 seg += [r] * k
             flat_t = torch.as_tensor(flat, device=dev)
             seg_t = torch.as_tensor(seg, device=dev)
-            t = normalize(tenc.proj(tenc.compose(feats[flat_t], ntok[flat_t], seg_t, B)))
+            rows = None
+            if label_row is not None:
+                # free text (notes, synonyms) matches no label: part of the phrases train the dense path
+                # alone, so genes stay reachable from the dense part as well
+                drop = torch.as_tensor([rng.random() < term_dropout for _ in range(B)], device=dev)
+                rows = torch.where(drop[seg_t], torch.full_like(flat_t, -1), label_row[flat_t])
+            t = normalize(tenc.head(feats[flat_t], ntok[flat_t], seg_t, B, rows))
             g = model.encode_gene_ids(gene_ids[torch.as_tensor(batch, device=dev)])
             loss = clip_loss(t, g, scale)
             opt.zero_grad(set_to_none=True)

@@ -28,18 +28,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-FORMAT = 2
-# Format 1 (before clause pooling and the gene knowledge path): the architecture config had no such
-# keys, and its model_version hashed the config without them. Loading one rebuilds it as it was
-# (``pooling="mean"``, ``feature_dim=0``) and checks the hash over the config as it was then.
-_FORMAT1_NEW_KEYS = {"text": ("pooling", "segment_length", "max_segments"), "variants": ("feature_dim",)}
+FORMAT = 3
+# Architecture keys added by each format. A checkpoint of an older format has none of the later keys in
+# its config, and its model_version hashed the config without them: loading one rebuilds it as it was
+# (format 1: ``pooling="mean"``, ``feature_dim=0``; format 2: ``terms=0``, ``term_path=False``; the
+# defaults of the later keys) and checks the hash over the config as it was then.
+_NEW_KEYS = {2: {"text": ("pooling", "segment_length", "max_segments"), "variants": ("feature_dim",)},
+             3: {"text": ("terms",), "variants": ("term_path",)}}
 
 DEFAULTS: dict[str, Any] = {
     "encoders": {
-        "text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "max_length": 128},
+        "text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "max_length": 128, "terms": "auto"},
         "image": {"name": "image", "arch": "small", "spatial_dims": 2, "image_size": 64},
         "labs": {"name": "labs"},
-        "variants": {"name": "variants", "genes": "auto", "feature_dim": "auto"},
+        "variants": {"name": "variants", "genes": "auto", "feature_dim": "auto", "term_path": "auto"},
     },
     "model": {"embed_dim": 256, "logit_scale_init": 1 / 0.07, "logit_scale_max": 100.0, "knowledge_weight": 0.5,
               "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
@@ -171,8 +173,9 @@ def load_model(folder: str | os.PathLike, device: str = "cpu"):
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
     arch = cfg["model"]
-    legacy = int(cfg.get("format", FORMAT)) < 2
-    if legacy:
+    fmt = int(cfg.get("format", FORMAT))
+    legacy = fmt < FORMAT
+    if fmt < 2:
         for e in arch["encoders"].values():
             if e.get("name") == "text":
                 e.setdefault("pooling", "mean")
@@ -182,8 +185,10 @@ def load_model(folder: str | os.PathLike, device: str = "cpu"):
     if legacy:
         old = _arch(model)
         for e in old["encoders"].values():
-            for k in _FORMAT1_NEW_KEYS.get(e.get("name"), ()):
-                e.pop(k, None)
+            for f, keys in _NEW_KEYS.items():
+                if f > fmt:
+                    for k in keys.get(e.get("name"), ()):
+                        e.pop(k, None)
         v = model_version(model, old)
     else:
         v = model_version(model)
@@ -389,6 +394,19 @@ def _text_width(tcfg: Mapping[str, Any] | None) -> int:
     return int(json.loads((folder / "config.json").read_text())["hidden_size"])
 
 
+def _n_terms(dm, c: Mapping[str, Any]) -> int:
+    """Rows for ``encoders.text.terms: auto``: the distinct term labels of the knowledge genes in the
+    vocabulary, or 0 when the knowledge phase will not run (no knowledge, ``steps <= 0``, 0 epochs)."""
+    from .knowledge import DEFAULTS as KDEF
+
+    steps = (c["model"].get("knowledge") or {}).get("steps", KDEF["steps"])
+    knowledge = getattr(dm, "knowledge", None) if getattr(dm, "use_knowledge", True) else None
+    if not knowledge or int(steps) <= 0 or c["trainer"].get("max_epochs", 1) == 0:
+        return 0
+    vocab = set(dm.gene_vocabulary())
+    return len({t for g, v in knowledge.items() if g in vocab for t in v if t})
+
+
 def _knowledge_phase(model, dm, kcfg: Mapping[str, Any], tk: Mapping[str, Any], seed: int) -> dict | None:
     """The knowledge alignment phase (:func:`.knowledge.align_knowledge`) before the patient-level fit.
 
@@ -453,6 +471,16 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
                 e["genes"] = dm.gene_vocabulary()
             if e.get("feature_dim") == "auto":
                 e["feature_dim"] = _text_width(enc_cfg.get("text"))
+    n_terms = _n_terms(dm, c)
+    for m, e in enc_cfg.items():
+        if e.get("name") == "text" or str(e.get("_target_", "")).endswith("TextEncoder"):
+            if e.get("terms") == "auto":
+                e["terms"] = n_terms if e.get("pooling", "segments") == "segments" else 0
+            n_terms = int(e.get("terms") or 0)
+    for m, e in enc_cfg.items():
+        if e.get("name") == "variants" or str(e.get("_target_", "")).endswith("VariantEncoder"):
+            if e.get("term_path") == "auto":
+                e["term_path"] = n_terms > 0
     mcfg = dict(c["model"])
     kcfg = dict(mcfg.pop("knowledge", None) or {})
     module = ContrastiveModule(enc_cfg, **mcfg)

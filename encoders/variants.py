@@ -29,6 +29,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import register_encoder
@@ -91,22 +92,28 @@ class VariantEncoder(Encoder):
         n_hash_buckets: rows shared by out-of-vocabulary symbols (by hash).
         feature_dim: width of the per-gene knowledge features (the text backbone's hidden size, 384 for
             MiniLM); 0 = no knowledge path (``"auto"`` = the text tower's width inside ``train()``, else 0).
+        term_path: a learned ``embed_dim`` term vector per gene (``gene_terms``), started by the knowledge
+            phase as the IDF-weighted sum of the gene's HPO term vectors (the text tower's term table, see
+            :mod:`.text`); once filled, the output is ``unit(learned + knowledge path) + term_scale · pooled
+            gene term vectors``. ``"auto"`` = on when the text tower has terms, inside ``train()``.
     """
 
     modality = "variants"
 
     def __init__(self, embed_dim: int = 256, genes: Sequence[str] | str = "hpo", dim: int = 128,
                  pooling: str = "attention", max_variants: int = 64, n_hash_buckets: int = 256,
-                 dropout: float = 0.1, heads: int = 4, feature_dim: int | str = 0):
+                 dropout: float = 0.1, heads: int = 4, feature_dim: int | str = 0, term_path: bool | str = False):
         super().__init__(embed_dim)
         feature_dim = 0 if feature_dim in (None, "auto") else int(feature_dim)
+        term_path = False if term_path in (None, "auto") else bool(term_path)
         if isinstance(genes, str):
             if genes not in ("hpo", "auto"):
                 raise ValueError("genes must be a list of symbols, 'hpo' or 'auto' (= 'hpo' outside train())")
             genes = hpo_genes()
         self.genes = list(genes)
         self._config = dict(genes=self.genes, dim=dim, pooling=pooling, max_variants=max_variants,
-                            n_hash_buckets=n_hash_buckets, dropout=dropout, heads=heads, feature_dim=feature_dim)
+                            n_hash_buckets=n_hash_buckets, dropout=dropout, heads=heads, feature_dim=feature_dim,
+                            term_path=term_path)
         self.gene_index = {g: i + 1 for i, g in enumerate(self.genes)}  # 0 = padding
         self.n_hash = int(n_hash_buckets)
         self.max_variants, self.pooling = int(max_variants), pooling
@@ -130,6 +137,11 @@ class VariantEncoder(Encoder):
         if self.feature_dim:
             self.register_buffer("gene_features", torch.zeros(len(self.genes) + 1 + self.n_hash, self.feature_dim))
             self.know_proj = nn.Linear(self.feature_dim, embed_dim)
+        self.term_path = term_path
+        if term_path:
+            self.gene_terms = nn.Parameter(torch.zeros(len(self.genes) + 1 + self.n_hash, embed_dim))
+            self.term_scale = nn.Parameter(torch.ones(()))
+            self.register_buffer("terms_ready", torch.zeros(()))   # 1 once the knowledge phase filled them
 
     # ---- indexing --------------------------------------------------------------------------------
     def gene_ids(self, symbols: Sequence[str | None]) -> torch.Tensor:
@@ -206,6 +218,10 @@ class VariantEncoder(Encoder):
         if self.feature_dim:
             f = (self.gene_features[batch["gene"]] * weights.unsqueeze(-1).to(self.gene_features.dtype)).sum(1)
             out = out + self.know_proj(f.to(out.dtype))
+        if self.term_path and bool(self.terms_ready):
+            t = (self.gene_terms[batch["gene"]] * weights.unsqueeze(-1).to(self.gene_terms.dtype)).sum(1)
+            # the same balance as the text tower: unit-length dense part + scaled term part
+            out = F.normalize(out, dim=-1) + self.term_scale * t.to(out.dtype)
         return out
 
     def encode_genes(self, symbols: Sequence[str]) -> torch.Tensor:

@@ -545,35 +545,119 @@ def test_knowledge_start_places_genes_before_any_step():
     assert start > before + 0.3 and start > mrr(free) + 0.3, (before, start, mrr(free))
 
 
-def test_format1_checkpoint_loads_as_trained(tmp_path):
-    """A checkpoint saved before clause pooling / the gene knowledge path (format 1: no such config
-    keys, version hashed without them) loads with whole-text mean pooling and its recorded version."""
+def _term_model(genes, terms: int, seed: int = 0):
+    from raretarget.encoders.model import MultiModalModel
+
+    torch.manual_seed(seed)
+    enc = json.loads(json.dumps(TINY))
+    enc["text"].update(freeze_backbone=True, terms=terms)
+    enc["variants"].update(genes=genes, feature_dim=32, term_path=terms > 0)
+    return MultiModalModel({"text": enc["text"], "variants": enc["variants"]}, embed_dim=D).eval()
+
+
+def test_term_table_matches_label_clauses_only():
+    """The knowledge phase fills one row per distinct label; a clause equal to a label (any case) finds
+    its row, other clauses (free text, a longer phrase) none; before the fill the towers are the dense ones."""
+    from raretarget.encoders.knowledge import align_knowledge
+
+    _, genes, kn = _toy_knowledge(2, n_genes=12)
+    model, dense = _term_model(genes, 200), _term_model(genes, 0)
+    dense.load_state_dict({k: v for k, v in model.state_dict().items() if not k.split(".")[-1].startswith(("term_", "terms_", "gene_terms"))})
+    tenc = model.encoders["text"]
+    q = ["Seizures ataxia; the child walks late", "no phenotype words here"]
+    assert not tenc.terms_active
+    assert torch.allclose(model.encode_text(q), dense.encode_text(q), atol=1e-6)        # off until filled
+    assert torch.allclose(model.encode_genes(genes[:3]), dense.encode_genes(genes[:3]), atol=1e-6)
+    info = align_knowledge(model, kn, steps=0)
+    labels = sorted({t for v in kn.values() for t in v})
+    assert tenc.terms_active and info["terms"] == len(labels) == int((tenc.term_idf > 0).sum())
+    assert torch.all(tenc.term_keys[:-1] <= tenc.term_keys[1:])                         # sorted for lookup
+    lab = labels[0]
+    b = tenc.tokenize([lab, lab.upper(), lab + " and more", "the child walks late"], tenc.clause_length)
+    rows = tenc.term_rows(tenc.clause_keys(b["input_ids"], b["attention_mask"]))
+    assert rows[0] >= 0 and rows[1] == rows[0] and rows[2] == -1 and rows[3] == -1
+    with pytest.raises(ValueError, match="term table has 3 rows"):
+        align_knowledge(_term_model(genes, 3), kn, steps=0)
+
+
+def test_term_tables_keep_term_identity_that_dense_features_blur():
+    """Gene pairs annotated with the same word pairs in the other order ("ataxia ptosis" vs "ptosis
+    ataxia"): mean-pooled features barely tell them apart, term identity does. With the term tables
+    filled (0 steps) a query of 3 of a gene's labels finds it first far more often than the dense start
+    (at least 0.95, as exact term-level matching would), and a short alignment keeps that; free text
+    without a label clause still ranks by the dense part alone."""
+    import random
+
+    from raretarget.encoders.knowledge import align_knowledge
+
+    words = ("seizures ataxia hypotonia cataract scoliosis hepatomegaly splenomegaly cardiomyopathy deafness "
+             "nystagmus microcephaly macrocephaly myopathy neuropathy spasticity dystonia tremor anemia ptosis "
+             "glaucoma arrhythmia hypertension hypoglycemia acidosis lethargy eczema alopecia hernia gout").split()
+    rng = random.Random(0)
+    kn = {}
+    for i in range(20):
+        pairs = [rng.sample(words, 2) for _ in range(6)]
+        kn[f"KA{i:02d}"] = [f"{a} {b}" for a, b in pairs]
+        kn[f"KB{i:02d}"] = [f"{b} {a}" for a, b in pairs]
+    genes = sorted(kn)
+    queries = ["; ".join(rng.sample(kn[g], 3)) for g in genes]
+
+    def recall1(model):
+        S = model.encode_text(queries) @ model.encode_genes(genes).T
+        return float(((S > S.diagonal()[:, None]).sum(1) == 0).float().mean())
+
+    dense = _term_model(genes, 0)
+    align_knowledge(dense, kn, steps=0)
+    model = _term_model(genes, 400)
+    align_knowledge(model, kn, steps=0)
+    start = recall1(model)
+    assert start >= 0.95 and start > recall1(dense) + 0.1, (start, recall1(dense))
+    free = ["walks late and tires easily"]
+    t = model.encoders["text"]
+    with torch.no_grad():
+        expect = torch.nn.functional.normalize(t.proj(t.features(t.collate(free))), dim=-1)
+    assert torch.allclose(model.encode_text(free), expect, atol=1e-6)                  # no label: dense only
+    trained = _term_model(genes, 400)
+    align_knowledge(trained, kn, steps=40, batch_size=32, lr=5e-3)
+    assert recall1(trained) >= start - 0.05, (recall1(trained), start)
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_older_checkpoint_formats_load_as_trained(tmp_path, fmt):
+    """A checkpoint of an older format (1: before clause pooling / the gene knowledge path; 2: before
+    the term tables) has none of the later config keys and a version hashed without them: it loads as
+    it was (format 1 with whole-text mean pooling) with its recorded version, and claiming the newer
+    format for it fails the hash check."""
     from safetensors.torch import save_file
 
     from raretarget.encoders import load_model
     from raretarget.encoders.model import MultiModalModel
-    from raretarget.encoders.training import _arch, model_version
+    from raretarget.encoders.training import FORMAT, _NEW_KEYS, _arch, model_version
 
     torch.manual_seed(0)
     enc = json.loads(json.dumps(TINY))
-    enc["text"]["pooling"] = "mean"
+    if fmt == 1:
+        enc["text"]["pooling"] = "mean"
     model = MultiModalModel({"text": enc["text"], "variants": enc["variants"]}, embed_dim=D).eval()
     old = _arch(model)
-    new_keys = {"text": ("pooling", "segment_length", "max_segments"), "variants": ("feature_dim",)}
     for e in old["encoders"].values():
-        for k in new_keys[e["name"]]:
-            e.pop(k)
+        for f in range(fmt + 1, FORMAT + 1):
+            for k in _NEW_KEYS[f][e["name"]]:
+                e.pop(k)
+    assert "terms" not in old["encoders"]["text"]
     version = model_version(model, old)
+    assert version != model_version(model)
     tmp_path.mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps({"format": 1, "model_version": version, "model": old}))
+    (tmp_path / "config.json").write_text(json.dumps({"format": fmt, "model_version": version, "model": old}))
     m = load_model(tmp_path)
-    assert m.model_version == version and m.encoders["text"].pooling == "mean"
+    assert m.model_version == version
+    assert m.encoders["text"].pooling == ("mean" if fmt == 1 else "segments") and m.encoders["text"].n_terms == 0
     q = ["Seizure; Ataxia; Ptosis"]
     assert torch.allclose(m.encode_text(q), model.encode_text(q), atol=1e-6)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["format"] = 2                              # claimed current format: the hash must match the full config
-    cfg["model"]["encoders"]["text"]["pooling"] = "mean"
+    cfg["format"] = FORMAT                         # claimed current format: the hash must match the full config
+    cfg["model"]["encoders"]["text"]["pooling"] = m.encoders["text"].pooling
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="weights hash to"):
         load_model(tmp_path)
