@@ -59,6 +59,14 @@ def main(argv=None) -> None:
         fit0, fit = s0["timings"]["fit"], s["timings"]["fit"]
         rows = [("training (all towers, fit), clause-feature cache off [baseline]", s0["n_train"] * args.epochs, fit0),
                 ("training (all towers, fit)", s["n_train"] * args.epochs, fit)]
+        kn = s.get("knowledge") or {}
+        if kn.get("steps"):
+            # knowledge phase: composed term phrases <-> genes; items = phrases (steps x genes per step)
+            from raretarget.encoders.knowledge import DEFAULTS as KDEF
+
+            n = kn["steps"] * min(KDEF["batch_size"], kn["genes"])
+            rows.append((f"knowledge phase ({kn['steps']} steps, {kn.get('terms', 0)} term rows; "
+                         f"label features {kn['feature_seconds']} s of it)", n, kn["seconds"]))
         model = load_model(eng.current_model()["path"], device="cuda" if s["device"].startswith("cuda") else "cpu")
         samples = load_store_samples(eng)
         tenc = model.encoders["text"]
@@ -72,6 +80,15 @@ def main(argv=None) -> None:
             tabs = embed(model, samples=samples, modalities=["text"], genes=False)
             rows.append((f"embedding: text, {label}", tabs["text"].num_rows, time.perf_counter() - t0))
         tenc.pooling, tenc.cache_size = "segments", 200_000
+        if getattr(tenc, "n_terms", 0):      # the term lookup's cost: the same tower with its table switched off
+            ready = tenc.terms_ready.clone()
+            tenc.terms_ready.zero_()
+            tenc._cache.clear()
+            t0 = time.perf_counter()
+            tabs = embed(model, samples=samples, modalities=["text"], genes=False)
+            rows.append(("embedding: text, clause pooling, term tables off [baseline]", tabs["text"].num_rows,
+                         time.perf_counter() - t0))
+            tenc.terms_ready.copy_(ready)
         tenc._cache.clear()
         for m in ("text", "image", "labs", "variants"):
             t0 = time.perf_counter()

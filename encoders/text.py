@@ -289,14 +289,15 @@ class TextEncoder(Encoder):
         # the dense part at unit length, so term_scale alone sets the balance of the two
         return torch.nn.functional.normalize(dense, dim=-1) + self.term_scale * self.term_part(rows, seg, n)
 
-    def _rows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _clause_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean-pooled backbone features of every tokenised row (clause or text): ``(S, hidden)``."""
         needs_grad = any(p.requires_grad for p in self.backbone.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):   # frozen: no graph through MiniLM
             return self._encode_rows(batch["input_ids"], batch["attention_mask"])
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled backbone features before the projection: ``(B, hidden)``."""
-        pooled = self._rows(batch)
+        pooled = self._clause_features(batch)
         counts = batch.get("segment_counts")
         if counts is None:
             return pooled
@@ -310,7 +311,7 @@ class TextEncoder(Encoder):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         seg = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
         rows = self.term_rows(self.clause_keys(ids, mask)) if self.terms_active else None
-        return self.head(self._rows(batch), mask.sum(1), seg, counts.shape[0], rows)
+        return self.head(self._clause_features(batch), mask.sum(1), seg, counts.shape[0], rows)
 
     @torch.no_grad()
     def pooled(self, texts: Sequence[str]) -> torch.Tensor:
