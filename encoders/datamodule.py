@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 
-from .data import Collate, PatientDataset, hpo_knowledge, load_store_samples, split, synthetic_samples
+from .data import Collate, PatientDataset, hpo_aliases, hpo_knowledge, load_store_samples, split, synthetic_samples
 
 
 class MultiModalDataModule(L.LightningDataModule):
@@ -54,10 +54,12 @@ class MultiModalDataModule(L.LightningDataModule):
             for text, gene in pairs:
                 kn.setdefault(gene, []).append(text)
             self.knowledge = kn
+            self.aliases: dict[str, list[str]] = {}
         else:
             self.samples = load_store_samples(self.store)
             store_genes = {v["gene"] for s in self.samples for v in (s["variants"] or []) if v.get("gene")}
             self.knowledge = hpo_knowledge() if self.use_knowledge else {}
+            self.aliases = hpo_aliases({t for v in self.knowledge.values() for t in v})
             self.genes = sorted(store_genes | set(self.knowledge))
         self.train_samples, self.val_samples = split(self.samples, self.val_fraction, self.split_seed)
 

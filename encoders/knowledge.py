@@ -24,7 +24,8 @@ disease gene first for 0.78 of the term profiles (0.90 for term-level TF-IDF), a
 
 When the text tower has a term table (``terms > 0``) and the gene encoder a term path, the phase also
 fills them (:func:`fill_terms`): each distinct label (by clause key) gets a row with its IDF and a random
-Gaussian vector (a random projection of the term-level TF-IDF space, seeded), and each gene starts as
+Gaussian vector (a random projection of the term-level TF-IDF space, seeded), its exact synonyms
+(``aliases``, when the tower has alias slots) become extra keys of that row, and each gene starts as
 the IDF-weighted, L2-normalised sum of its terms' vectors. The steps then train the term vectors, the
 gene vectors and the balance with the dense part; ``term_dropout`` of the phrases train without their
 term rows (free text matches no label), which keeps genes reachable from the dense part too.
@@ -97,32 +98,65 @@ def fill_gene_features(variant_encoder, genes: Sequence[str], terms: Sequence[Se
 
 
 @torch.no_grad()
+def _keys(text_encoder, texts: Sequence[str]) -> torch.Tensor:
+    if not texts:
+        return torch.zeros(0, dtype=torch.long)
+    b = text_encoder.tokenize(list(texts), text_encoder.clause_length)
+    return text_encoder.clause_keys(b["input_ids"], b["attention_mask"]).cpu()
+
+
+@torch.no_grad()
 def fill_terms(text_encoder, variant_encoder, labels: Sequence[str], genes: Sequence[str],
-               terms: Sequence[Sequence[int]], seed: int = 0) -> torch.Tensor:
+               terms: Sequence[Sequence[int]], seed: int = 0,
+               aliases: Mapping[str, Sequence[str]] | None = None) -> tuple[torch.Tensor, int]:
     """Fill the text tower's term table and the gene encoder's term vectors (module doc).
 
-    ``labels`` ``(n_labels,)`` strings; ``terms[i]``: label indices of ``genes[i]``. Labels whose
-    clause keys coincide (case variants) share a row. Returns the term row of each label ``(n_labels,)``
-    int64 (what :meth:`TextEncoder.term_rows` finds for that label as a clause).
+    ``labels`` ``(n_labels,)`` strings; ``terms[i]``: label indices of ``genes[i]``; ``aliases``: label ->
+    synonyms, used when the tower has alias slots (a synonym whose key is a label's, or is shared by
+    two rows, is left out). Labels whose clause keys coincide (case variants) share a row. Returns the
+    term row of each label ``(n_labels,)`` int64 (what :meth:`TextEncoder.term_rows` finds for that label
+    as a clause) and the number of alias keys filled.
     """
     from .text import NO_KEY
 
-    b = text_encoder.tokenize(list(labels), text_encoder.clause_length)
-    keys = text_encoder.clause_keys(b["input_ids"], b["attention_mask"]).cpu()
+    keys = _keys(text_encoder, labels)
     uniq = torch.unique(keys)                              # sorted ascending
     n, cap = len(uniq), text_encoder.n_terms
     if n > cap:
         raise ValueError(f"{n} distinct term labels but the text tower's term table has {cap} rows "
                          "(set encoders.text.terms to at least that, or 'auto')")
     label_row = torch.searchsorted(uniq, keys)
+    n_alias = 0
+    if text_encoder.n_aliases:
+        owner: dict[int, set[int]] = {}
+        alias_texts, alias_rows = [], []
+        for i, lab in enumerate(labels):
+            for a in (aliases or {}).get(lab, ()):
+                alias_texts.append(a)
+                alias_rows.append(int(label_row[i]))
+        for k, r in zip(_keys(text_encoder, alias_texts).tolist(), alias_rows):
+            owner.setdefault(k, set()).add(r)
+        taken = set(uniq.tolist())
+        extra = sorted((k, next(iter(rs))) for k, rs in owner.items() if len(rs) == 1 and k not in taken)
+        extra = extra[: text_encoder.n_aliases]
+        n_alias = len(extra)
+        all_keys = torch.cat([uniq, torch.as_tensor([k for k, _ in extra], dtype=torch.long)])
+        all_rows = torch.cat([torch.arange(n), torch.as_tensor([r for _, r in extra], dtype=torch.long)])
+        order = torch.argsort(all_keys)
+        m = len(order)
+        text_encoder.term_keys.fill_(NO_KEY)
+        text_encoder.term_keys[:m] = all_keys[order].to(text_encoder.term_keys.device)
+        text_encoder.term_key_rows.fill_(-1)
+        text_encoder.term_key_rows[:m] = all_rows[order].to(text_encoder.term_key_rows.device)
+    else:
+        text_encoder.term_keys.fill_(NO_KEY)
+        text_encoder.term_keys[:n] = uniq.to(text_encoder.term_keys.device)
     key_terms = [sorted({int(label_row[t]) for t in ts}) for ts in terms]
     idf = term_idf(key_terms, n)
     dev = text_encoder.term_emb.device
     D = text_encoder.embed_dim
     g = torch.Generator().manual_seed(int(seed))
     E = torch.randn(n, D, generator=g) / math.sqrt(D)
-    text_encoder.term_keys.fill_(NO_KEY)
-    text_encoder.term_keys[:n] = uniq.to(dev)
     text_encoder.term_idf.zero_()
     text_encoder.term_idf[:n] = idf.to(dev)
     text_encoder.term_emb.zero_()
@@ -137,7 +171,7 @@ def fill_terms(text_encoder, variant_encoder, labels: Sequence[str], genes: Sequ
     variant_encoder.gene_terms.copy_(vec.to(variant_encoder.gene_terms.device))
     variant_encoder.term_scale.fill_(1.0)
     variant_encoder.terms_ready.fill_(1.0)
-    return label_row
+    return label_row, n_alias
 
 
 @torch.no_grad()
@@ -230,11 +264,13 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
                     max_terms: int = 32, logit_scale: float | None = None, feature_batch_size: int = 256,
                     seed: int = 0, device: torch.device | str | None = None,
                     cache_dir: str | os.PathLike | None = None, init_projection: str | None = "pca",
-                    residual_init_scale: float = 0.1, term_dropout: float = 0.5) -> dict:
+                    residual_init_scale: float = 0.1, term_dropout: float = 0.5,
+                    aliases: Mapping[str, Sequence[str]] | None = None) -> dict:
     """Run the knowledge alignment phase on ``model`` (a :class:`MultiModalModel` with ``text`` and
     ``variants`` encoders and a frozen text backbone), in place.
 
     ``knowledge``: gene symbol -> term labels; genes outside the model's vocabulary are ignored.
+    ``aliases``: term label -> synonyms (extra keys of the text tower's term table, when it has slots).
     Returns ``{"steps", "genes", "labels", "gene_features", "terms" (filled term rows, when the towers
     have term tables), "init_projection", "loss_first", "loss_last", "feature_seconds", "seconds"}``.
     """
@@ -265,7 +301,8 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
     info["gene_features"] = fill_gene_features(venc, genes, terms, feats, ntok)
     label_row = None
     if has_terms:
-        label_row = fill_terms(tenc, venc, labels, genes, terms, seed).to(dev)
+        label_row, info["term_aliases"] = fill_terms(tenc, venc, labels, genes, terms, seed, aliases)
+        label_row = label_row.to(dev)
         info["terms"] = int(tenc.term_idf.gt(0).sum())
     if init_projection == "pca":
         lin = _linear(tenc.proj)

@@ -26,8 +26,10 @@ uncased, so "Seizure" and "seizure" match) adds that vector: the output is then
 ``unit(projected clause mean) + term_scale · Σ idf_t·E_t / ‖idf‖`` over the text's matched clauses.
 Dense features of related labels ("Focal seizure", "Seizure") are close, so a gene's mean over ~100
 annotations blurs in 384 dimensions; the term vectors keep each term's identity (the learned analogue of
-TF-IDF). Clauses that match no label (free text) use the dense path alone. Before the knowledge phase
-fills the table the channel is off and the tower is exactly the dense one.
+TF-IDF). With ``term_aliases > 0`` the exact HPO synonyms of the labels are keys too ("Seizures",
+"Epileptic seizure" → the row of "Seizure"; a synonym shared by two terms is left out). Clauses that
+match no key (free text) use the dense path alone. Before the knowledge phase fills the table the
+channel is off and the tower is exactly the dense one.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ class TextEncoder(Encoder):
             (keyed by token ids; dropped whenever a backbone weight changes); 0 = no cache.
         terms: rows of the term identity table (module doc); 0 = off (``"auto"`` = the number of
             knowledge labels inside ``train()``, else 0).
+        term_aliases: extra key slots for the labels' synonyms (``"auto"`` = their number inside
+            ``train()``, else 0; 0 = labels only).
     """
 
     modality = "text"
@@ -124,16 +128,18 @@ class TextEncoder(Encoder):
     def __init__(self, embed_dim: int = 256, backbone: str = "minilm", freeze_backbone: bool = True,
                  train_last_layers: int = 0, max_length: int = 128, tiny_hidden: int = 32, tiny_layers: int = 2,
                  dropout: float = 0.0, pooling: str = "segments", segment_length: int = 64, max_segments: int = 48,
-                 cache_size: int = 200_000, terms: int | str = 0):
+                 cache_size: int = 200_000, terms: int | str = 0, term_aliases: int | str = 0):
         super().__init__(embed_dim)
         if pooling not in ("segments", "mean"):
             raise ValueError("pooling must be 'segments' or 'mean'")
         terms = 0 if terms in (None, "auto") else int(terms)
+        term_aliases = 0 if term_aliases in (None, "auto") or not terms else int(term_aliases)
         if terms and pooling != "segments":
             raise ValueError("terms > 0 needs pooling='segments' (a term is matched per clause)")
         self._config = dict(backbone=backbone, freeze_backbone=freeze_backbone, train_last_layers=train_last_layers,
                             max_length=max_length, tiny_hidden=tiny_hidden, tiny_layers=tiny_layers, dropout=dropout,
-                            pooling=pooling, segment_length=segment_length, max_segments=max_segments, terms=terms)
+                            pooling=pooling, segment_length=segment_length, max_segments=max_segments, terms=terms,
+                            term_aliases=term_aliases)
         self.pooling = pooling
         self.segment_length, self.max_segments = int(segment_length), int(max_segments)
         # frozen backbone: clause features are a function of the token ids alone, so training epochs
@@ -168,9 +174,12 @@ class TextEncoder(Encoder):
             self.clause_score = nn.Linear(hidden, 1)
             nn.init.zeros_(self.clause_score.weight)
             nn.init.zeros_(self.clause_score.bias)
-        self.n_terms = terms
+        self.n_terms, self.n_aliases = terms, term_aliases
         if terms:
-            self.register_buffer("term_keys", torch.full((terms,), NO_KEY, dtype=torch.long))   # sorted
+            # sorted clause keys; with aliases each key names its row in term_key_rows, else key i is row i
+            self.register_buffer("term_keys", torch.full((terms + term_aliases,), NO_KEY, dtype=torch.long))
+            if term_aliases:
+                self.register_buffer("term_key_rows", torch.full((terms + term_aliases,), -1, dtype=torch.long))
             self.register_buffer("term_idf", torch.zeros(terms))         # 0 = unused row
             self.register_buffer("terms_ready", torch.zeros(()))         # 1 once the knowledge phase filled them
             self.term_emb = nn.Parameter(torch.zeros(terms, embed_dim))
@@ -263,9 +272,12 @@ class TextEncoder(Encoder):
 
     def term_rows(self, keys: torch.Tensor) -> torch.Tensor:
         """Clause keys ``(S,)`` -> rows of the term table ``(S,)`` int64, -1 where no known term matches."""
-        pos = torch.searchsorted(self.term_keys, keys).clamp_max(self.n_terms - 1)
-        hit = (self.term_keys[pos] == keys) & (self.term_idf[pos] > 0)
-        return torch.where(hit, pos, torch.full_like(pos, -1))
+        pos = torch.searchsorted(self.term_keys, keys).clamp_max(self.term_keys.shape[0] - 1)
+        row = self.term_key_rows[pos] if self.n_aliases else pos
+        hit = (self.term_keys[pos] == keys) & (row >= 0)
+        row = row.clamp_min(0)
+        hit = hit & (self.term_idf[row] > 0)
+        return torch.where(hit, row, torch.full_like(row, -1))
 
     def term_part(self, rows: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
         """``Σ idf_t·E_t / ‖idf‖`` over each text's matched clauses: rows ``(S,)`` (-1 = none), seg ``(S,)``
@@ -273,7 +285,10 @@ class TextEncoder(Encoder):
         hit = rows >= 0
         r = rows.clamp_min(0)
         w = torch.where(hit, self.term_idf[r], torch.zeros_like(self.term_idf[r]))
-        num = self.term_emb.new_zeros(n, self.embed_dim).index_add(0, seg, self.term_emb[r] * w[:, None])
+        # F.embedding, not term_emb[r]: its backward sums repeated rows in a fixed order (indexing's
+        # accumulate path does not on CPU), so a seeded training repeats across processes
+        e = torch.nn.functional.embedding(r, self.term_emb)
+        num = self.term_emb.new_zeros(n, self.embed_dim).index_add(0, seg, e * w[:, None])
         den = w.new_zeros(n).index_add(0, seg, w * w).sqrt()
         return num / den.clamp_min(1e-12)[:, None]
 

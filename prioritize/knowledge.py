@@ -255,7 +255,10 @@ class KnowledgeBase:
         def hp(i: int) -> str:
             return f"HP:{i:07d}"
 
-        gene_ann = {g.name: [hp(i) for i in g.hpo] for g in Ontology.genes}
+        from raretarget.ingest.genes import hpo_gene_annotations
+
+        ann = hpo_gene_annotations()
+        gene_ann = {g: [hp(i) for i in sorted(ts)] for g, ts in ann.items()}
         # OMIM diseases per gene through NCBI gene2omim
         omim = {d.id: d for d in Ontology.omim_diseases}
         from raretarget.ingest.genes import default_table
@@ -292,11 +295,10 @@ class KnowledgeBase:
             ph = frozenset(i for i in d.hpo if in_scope(i))
             if len(ph) >= orpha_min_terms:
                 orpha.append((d, ph))
-        for g in Ontology.genes:
-            gs = g.hpo
+        for g, gs in ann.items():
             hits = [Disease(f"ORPHA:{d.id}", d.name, tuple(hp(i) for i in d.hpo)) for d, ph in orpha if ph <= gs]
             if hits:
-                dis.setdefault(g.name, []).extend(hits)
+                dis.setdefault(g, []).extend(hits)
         drug = {} if druggability is False else load_druggability(druggability or None)
         return cls(terms, gene_ann, names=names, ic=ic, diseases=dis, druggability=drug, replaced_by=replaced,
                    phenotype_root=PHENOTYPE_ROOT, ic_kind=ic_kind)

@@ -14,8 +14,8 @@ sends); ``synonyms`` = each term by its first HPO synonym where it has one (free
 term matching fails on those clauses).
 
 Models (same phase, same seed): ``dense`` = clause-composed MiniLM features + gene knowledge path
-(``terms=0``); ``terms`` = the same plus the term identity tables (the default); each at 0 steps (the
-start) and after ``--steps``. Baselines: term-level TF-IDF (the exact HPO ids, IDF over genes; it
+(``terms=0``); ``terms`` = the same plus the term identity tables, labels only; ``terms+aliases`` = the
+default: the labels' exact HPO synonyms are keys too; each at 0 steps (the start) and after ``--steps``. Baselines: term-level TF-IDF (the exact HPO ids, IDF over genes; it
 cannot read synonyms, so it is shown for labels only) and word 1-2-gram TF-IDF over the genes' label
 texts (as ``bench_retrieval.py``).
 
@@ -137,13 +137,14 @@ def ranked(S: np.ndarray, truth) -> dict:
     return summarize([r for r in ranks if r is not None], KS)
 
 
-def build_model(genes: list[str], n_terms: int, seed: int):
+def build_model(genes: list[str], n_terms: int, seed: int, n_aliases: int = 0):
     import torch
 
     from raretarget.encoders.model import MultiModalModel
 
     torch.manual_seed(seed)
-    return MultiModalModel({"text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "terms": n_terms},
+    return MultiModalModel({"text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "terms": n_terms,
+                                     "term_aliases": n_aliases},
                             "variants": {"name": "variants", "genes": genes, "feature_dim": 384,
                                          "term_path": n_terms > 0}}, embed_dim=256)
 
@@ -151,6 +152,7 @@ def build_model(genes: list[str], n_terms: int, seed: int):
 def run(args) -> dict:
     import torch
 
+    from raretarget.encoders.data import hpo_aliases
     from raretarget.encoders.knowledge import align_knowledge
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -160,6 +162,8 @@ def run(args) -> dict:
     gix = {g: i for i, g in enumerate(genes)}
     truth = np.array([gix[d["gene"]] for d in dis])
     n_labels = len({t for g in genes for t in knowledge[g]})
+    aliases = hpo_aliases({t for g in genes for t in knowledge[g]})
+    n_aliases = sum(len(v) for v in aliases.values())
     forms = {"labels": ["; ".join(d["labels"]) for d in dis], "synonyms": ["; ".join(d["synonyms"]) for d in dis]}
     cases = phenopacket_cases(args.phenopackets, args.cases, args.seed, set(genes)) if args.phenopackets else []
     if cases:
@@ -175,15 +179,17 @@ def run(args) -> dict:
     res["rows"].append({"model": "word TF-IDF (1-2-grams)", "steps": None,
                         **{f: ranked(word_tfidf(q, docs), truths[f]) for f, q in forms.items()}})
     cache = Path(tempfile.gettempdir()) / "raretarget-bench-knowledge"
-    for name, n_terms in (("dense", 0), ("terms", n_labels)):
+    configs = {"dense": (0, 0), "terms": (n_labels, 0), "terms+aliases": (n_labels, n_aliases)}
+    for name in args.models.split(","):
+        n_terms, n_al = configs[name]
         for steps in sorted({0, args.steps}):
             tb = time.time()
-            model = build_model(genes, n_terms, args.seed)
-            info = align_knowledge(model, knowledge, steps=steps, seed=args.seed, cache_dir=cache)
+            model = build_model(genes, n_terms, args.seed, n_al)
+            info = align_knowledge(model, knowledge, steps=steps, seed=args.seed, cache_dir=cache, aliases=aliases)
             model.eval()
             G = model.encode_genes(genes).numpy()
             row = {"model": name, "steps": steps, "seconds": round(time.time() - tb, 1),
-                   "loss_last": info.get("loss_last")}
+                   "loss_last": info.get("loss_last"), "term_aliases": info.get("term_aliases")}
             for f, q in forms.items():
                 Q = np.concatenate([model.encode_text(q[i:i + 64]).numpy() for i in range(0, len(q), 64)])
                 row[f] = ranked(Q @ G.T, truths[f])
@@ -223,6 +229,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--phenopackets", type=Path, help="folder with cases_dev.tsv.gz (optional, real cases)")
     ap.add_argument("--cases", type=int, default=1000)
+    ap.add_argument("--models", default="dense,terms,terms+aliases", help="comma list of dense, terms, terms+aliases")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     res = run(args)

