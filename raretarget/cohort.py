@@ -382,7 +382,9 @@ def _candidates(h: _Hpo, chroms: dict) -> list:
 def _unique_gene(h: _Hpo, terms: set, pheno: list) -> str | None:
     rarest = min(pheno, key=lambda t: (len(h.O[t].genes), t))
     hits = sorted({g.name for g in h.O[rarest].genes if terms <= {int(x) for x in g.hpo}})
-    return hits[0] if len(hits) == 1 else None
+    # hpo3 names a few genes "-" (no symbol): such a disease has no gene to put in a VCF. They still
+    # count as hits, so no other disease becomes eligible (the cohorts of every seed stay as they were)
+    return hits[0] if len(hits) == 1 and hits[0] != "-" else None
 
 
 def select_diseases(h: _Hpo, seed: int, n: int, chroms: dict, ids: Sequence | None = None) -> list[Disease]:

@@ -356,3 +356,18 @@ def test_passes_own_ingest_without_quarantine(cohort, tmp_path):
     assert all(n > 0 for n in counts.values()), counts
     assert counts["patients"] == N and counts["notes"] == N
     assert counts["images"] == len(list((cohort / "dicom").rglob("*.dcm")))
+
+
+def test_no_disease_gets_an_unnamed_gene():
+    """hpo3 names a few genes "-": a disease whose only fully-annotated gene is one of them is not
+    eligible (it would put gene "-" in the VCFs), and the selection of every other disease is unchanged."""
+    from raretarget.cohort import _candidates, _Hpo, _unique_gene, load_gene_chromosomes
+
+    h = _Hpo()
+    cands = _candidates(h, load_gene_chromosomes())
+    unnamed = [c for c in cands
+               if sorted({g.name for g in h.O[min(c[4], key=lambda t: (len(h.O[t].genes), t))].genes
+                          if c[2] <= {int(x) for x in g.hpo}}) == ["-"]]
+    assert unnamed                                        # the case exists in the packaged ontology
+    assert all(_unique_gene(h, c[2], c[4]) is None for c in unnamed)
+    assert all(_unique_gene(h, c[2], c[4]) != "-" for c in cands)
