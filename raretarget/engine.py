@@ -297,12 +297,27 @@ class Engine:
 
     # ---- SQL / status ----------------------------------------------------------------------------
     def sql(self, query: str, params: Sequence | None = None) -> pa.Table:
-        """Run DuckDB SQL over the store's committed Parquet; one view per table. Returns a pyarrow Table."""
+        """Run one read-only SQL statement (SELECT/EXPLAIN) over the store's committed Parquet; one view per
+        table. The connection has no file, network or extension access and its configuration is locked
+        (:mod:`raretarget.safe_sql`); anything else raises :class:`raretarget.safe_sql.QueryError`."""
+        from .safe_sql import run
+
         con = self.store.duckdb()
         try:
-            # con.sql(...).to_arrow_table() works on duckdb 1.x and 2.x (2.x dropped fetch_arrow_table)
-            rel = con.sql(query, params=params) if params is not None else con.sql(query)
-            return rel.to_arrow_table() if rel is not None else pa.table({})
+            return run(con, query, params)
+        finally:
+            con.close()
+
+    def select_where(self, table: str, predicate: str, columns: Sequence[str] = ("patient_id",)) -> pa.Table:
+        """``columns`` of ``table`` rows matching ``predicate`` (one SQL expression, e.g. ``sex = 'female'``),
+        on the same read-only connection as :meth:`sql`."""
+        from .safe_sql import select_where
+
+        if table not in S.TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        con = self.store.duckdb()
+        try:
+            return select_where(con, table, predicate, columns)
         finally:
             con.close()
 

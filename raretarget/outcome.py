@@ -271,8 +271,8 @@ def target_labels(engine, target: str) -> set[str]:
         pred = target[4:].strip()
         if not pred:
             raise ValueError("empty sql: predicate")
-        t = engine.sql(f"select distinct patient_id from conditions where patient_id is not null and ({pred})")
-        return set(t.column(0).to_pylist())
+        t = engine.select_where("conditions", pred, ["patient_id"])       # one expression, read-only connection
+        return set(t.column(0).to_pylist()) - {None}
     if target.upper().startswith("HP:"):
         ph = engine.resources.phenotypes
         want = ph.current(target) or target

@@ -244,27 +244,8 @@ class Store:
 
     # ---- SQL -------------------------------------------------------------------------------------
     def duckdb(self):
-        """A DuckDB connection with one view per table over the committed Parquet parts."""
-        import duckdb
+        """The read-only query connection over the committed parts (:mod:`raretarget.safe_sql`): external
+        access off, configuration locked, one view per table. Writers never use DuckDB."""
+        from .safe_sql import connect
 
-        con = duckdb.connect(":memory:")
-        for name in S.TABLES:
-            parts = [str(p) for p in self.parts(name)]
-            hidden = self.hidden(name)
-            if parts and hidden:                    # leave out superseded/deleted rows, per part
-                q = lambda p: "'" + str(p).replace("'", "''") + "'"  # noqa: E731
-                clean = [p for p in self.parts(name) if not hidden.get(p.stem)]
-                selects = [f"SELECT * FROM read_parquet([{', '.join(q(p) for p in clean)}])"] if clean else []
-                for p in self.parts(name):
-                    dead = hidden.get(p.stem)
-                    if dead:
-                        ids = ", ".join(str(int(r)) for r in sorted(dead))
-                        selects.append(f"SELECT * FROM read_parquet({q(p)}) WHERE record_id NOT IN ({ids})")
-                con.execute(f"CREATE VIEW {name} AS " + " UNION ALL ".join(selects))
-            elif parts:
-                files = ", ".join("'" + p.replace("'", "''") + "'" for p in parts)
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
-            else:
-                con.register(f"_empty_{name}", S.empty(name))
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
-        return con
+        return connect(self)
