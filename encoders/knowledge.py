@@ -69,9 +69,9 @@ DEFAULTS: dict[str, Any] = {
 
 def term_idf(terms: Sequence[Sequence[int]], n_labels: int) -> torch.Tensor:
     """``log((1 + n_genes) / (1 + genes with the term)) + 1`` per label ``(n_labels,)`` (sklearn's smooth IDF)."""
-    df = torch.zeros(n_labels)
+    df = torch.zeros(n_labels, device="cpu")          # host-side bookkeeping over Python lists
     for ts in terms:
-        df[torch.as_tensor(list(ts), dtype=torch.long)] += 1
+        df[torch.as_tensor(list(ts), dtype=torch.long, device="cpu")] += 1
     return torch.log((1 + len(terms)) / (1 + df)) + 1
 
 
@@ -90,10 +90,12 @@ def fill_gene_features(variant_encoder, genes: Sequence[str], terms: Sequence[Se
     idf = term_idf(terms, feats.shape[0])
     buf = torch.zeros_like(variant_encoder.gene_features, device="cpu")
     rows = variant_encoder.gene_ids(list(genes))
+    # one copy to the host, then thousands of small gathers there (per-gene GPU gathers would each sync)
+    feats_c, ntok_c = feats.float().cpu(), ntok.float().cpu()
     for r, ts in zip(rows.tolist(), terms):
-        ix = torch.as_tensor(list(ts), dtype=torch.long)
-        w = idf[ix] * ntok[ix].float().cpu()
-        buf[r] = (feats[ix].float().cpu() * w[:, None]).sum(0) / w.sum()
+        ix = torch.as_tensor(list(ts), dtype=torch.long, device="cpu")
+        w = idf[ix] * ntok_c[ix]
+        buf[r] = (feats_c[ix] * w[:, None]).sum(0) / w.sum()
     variant_encoder.gene_features.copy_(buf.to(variant_encoder.gene_features.device))
     return len(genes)
 
@@ -101,7 +103,7 @@ def fill_gene_features(variant_encoder, genes: Sequence[str], terms: Sequence[Se
 @torch.no_grad()
 def _keys(text_encoder, texts: Sequence[str]) -> torch.Tensor:
     if not texts:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device="cpu")
     b = text_encoder.tokenize(list(texts), text_encoder.clause_length)
     return text_encoder.clause_keys(b["input_ids"], b["attention_mask"]).cpu()
 
@@ -141,8 +143,9 @@ def fill_terms(text_encoder, variant_encoder, labels: Sequence[str], genes: Sequ
         extra = sorted((k, next(iter(rs))) for k, rs in owner.items() if len(rs) == 1 and k not in taken)
         extra = extra[: text_encoder.n_aliases]
         n_alias = len(extra)
-        all_keys = torch.cat([uniq, torch.as_tensor([k for k, _ in extra], dtype=torch.long)])
-        all_rows = torch.cat([torch.arange(n), torch.as_tensor([r for _, r in extra], dtype=torch.long)])
+        all_keys = torch.cat([uniq, torch.as_tensor([k for k, _ in extra], dtype=torch.long, device="cpu")])
+        all_rows = torch.cat([torch.arange(n, device="cpu"),
+                              torch.as_tensor([r for _, r in extra], dtype=torch.long, device="cpu")])
         order = torch.argsort(all_keys)
         m = len(order)
         text_encoder.term_keys.fill_(NO_KEY)
@@ -156,8 +159,9 @@ def fill_terms(text_encoder, variant_encoder, labels: Sequence[str], genes: Sequ
     idf = term_idf(key_terms, n)
     dev = text_encoder.term_emb.device
     D = text_encoder.embed_dim
-    g = torch.Generator().manual_seed(int(seed))
-    E = torch.randn(n, D, generator=g) / math.sqrt(D)
+    # drawn on the host from a seeded CPU generator: the same table whatever device the model is on
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    E = torch.randn(n, D, generator=g, device="cpu") / math.sqrt(D)
     text_encoder.term_idf.zero_()
     text_encoder.term_idf[:n] = idf.to(dev)
     text_encoder.term_emb.zero_()
@@ -166,7 +170,7 @@ def fill_terms(text_encoder, variant_encoder, labels: Sequence[str], genes: Sequ
     text_encoder.terms_ready.fill_(1.0)
     vec = torch.zeros_like(variant_encoder.gene_terms, device="cpu")
     for r, ts in zip(variant_encoder.gene_ids(list(genes)).tolist(), key_terms):
-        ix = torch.as_tensor(ts, dtype=torch.long)
+        ix = torch.as_tensor(ts, dtype=torch.long, device="cpu")
         w = idf[ix]
         vec[r] = (E[ix] * w[:, None]).sum(0) / w.norm().clamp_min(1e-12)
     variant_encoder.gene_terms.copy_(vec.to(variant_encoder.gene_terms.device))
@@ -186,7 +190,8 @@ def pca_whitening_(linear: torch.nn.Linear, feats: torch.Tensor, eps: float = 1e
     ev, evec = torch.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))
     k = min(linear.out_features, x.shape[1], len(x))
     top, lam = evec[:, -k:].flip(1), ev[-k:].flip(0)
-    W = torch.zeros(linear.out_features, x.shape[1], dtype=x.dtype)
+    # on the features' device: W meets mu (and the eigenvectors) there (a CPU W crashed on CUDA, issue 19)
+    W = torch.zeros(linear.out_features, x.shape[1], dtype=x.dtype, device=x.device)
     W[:k] = (top / torch.sqrt(lam.clamp_min(0) + eps * ev.max().clamp_min(1e-12))).T
     linear.weight.copy_(W.to(linear.weight.dtype))
     linear.bias.copy_((-(W @ mu)).to(linear.bias.dtype))
@@ -219,8 +224,8 @@ def label_features(text_encoder, labels: Sequence[str], batch_size: int = 256,
     text_encoder.eval()
     order = sorted(range(len(labels)), key=lambda i: len(labels[i]))
     hidden = text_encoder.backbone.config.hidden_size
-    feats = torch.zeros(len(labels), hidden)
-    ntok = torch.ones(len(labels))
+    feats = torch.zeros(len(labels), hidden, device="cpu")   # returned on the host (cached to disk)
+    ntok = torch.ones(len(labels), device="cpu")
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
@@ -375,9 +380,10 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())     # kept on the device: a float() per step would sync the GPU
     finally:
         model.train(was)
+    losses = torch.stack(losses).cpu().tolist() if losses else []
     info.update(steps=len(losses), loss_first=losses[0], loss_last=float(sum(losses[-10:]) / len(losses[-10:])),
                 logit_scale=scale, seconds=round(time.time() - t0, 2))
     return info

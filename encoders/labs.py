@@ -92,8 +92,8 @@ class LabEncoder(Encoder):
         self.proj = nn.Linear(d, embed_dim)
 
     def set_stats(self, mean: np.ndarray, sd: np.ndarray) -> None:
-        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.sd.copy_(torch.as_tensor(sd, dtype=torch.float32).clamp_min(1e-6))
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32, device=self.mean.device))
+        self.sd.copy_(torch.as_tensor(sd, dtype=torch.float32, device=self.sd.device).clamp_min(1e-6))
 
     def fit_stats(self, values: np.ndarray) -> None:
         """z-score statistics from training data ``(N, L)`` (NaN = missing); LOINCs with fewer than
@@ -117,7 +117,7 @@ class LabEncoder(Encoder):
 
     def collate(self, values: Sequence[Any], train: bool = False) -> dict[str, torch.Tensor]:
         """-> ``values`` ``(B, L)`` float32 (canonical units, NaN → 0) and ``mask`` ``(B, L)`` float32."""
-        x = torch.as_tensor(self.to_matrix(values), dtype=torch.float32)
+        x = torch.as_tensor(self.to_matrix(values), dtype=torch.float32, device="cpu")   # collation: host side
         mask = torch.isfinite(x)
         return {"values": torch.where(mask, x, torch.zeros_like(x)), "mask": mask.float()}
 

@@ -108,7 +108,7 @@ class MultiModalModel(nn.Module):
 
     # ---- collation (CPU, DataLoader workers) -----------------------------------------------------
     def collate(self, samples: Sequence[Mapping[str, Any]], train: bool = False) -> dict:
-        """Per-patient sample dicts -> ``{"size": B, "patient_id": [...], "record_id": (B,),
+        """Per-patient sample dicts -> CPU tensors ``{"size": B, "patient_id": [...], "record_id": (B,),
         "inputs": {modality: encoder batch}, "index": {modality: (n_m,) batch positions}}``.
         A sample lacks a modality when its key is missing or ``None``."""
         inputs, index = {}, {}
@@ -116,13 +116,13 @@ class MultiModalModel(nn.Module):
             pos = [i for i, s in enumerate(samples) if s.get(m) is not None]
             if pos:
                 inputs[m] = enc.collate([samples[i][m] for i in pos], train=train)
-                index[m] = torch.as_tensor(pos, dtype=torch.long)
+                index[m] = torch.as_tensor(pos, dtype=torch.long, device="cpu")
         out = {"size": len(samples), "inputs": inputs, "index": index,
                "patient_id": [s.get("patient_id") for s in samples]}
         if all("record_id" in s for s in samples):
-            out["record_id"] = torch.as_tensor([int(s["record_id"]) for s in samples], dtype=torch.long)
+            out["record_id"] = torch.as_tensor([int(s["record_id"]) for s in samples], dtype=torch.long, device="cpu")
         if all("group" in s for s in samples):
-            out["group"] = torch.as_tensor([int(s["group"]) for s in samples], dtype=torch.long)
+            out["group"] = torch.as_tensor([int(s["group"]) for s in samples], dtype=torch.long, device="cpu")
         return out
 
     def collate_knowledge(self, texts: Sequence[str], genes: Sequence[str]) -> dict:

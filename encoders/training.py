@@ -50,7 +50,8 @@ DEFAULTS: dict[str, Any] = {
               "scheduler": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.05},
               # knowledge alignment phase before the patient-level training (encoders/knowledge.py)
               "knowledge": {"steps": 1500, "batch_size": 512, "lr": 5.0e-3, "max_terms": 32}},
-    "data": {"synthetic": False, "store": None, "batch_size": 64, "num_workers": 0, "val_fraction": 0.2},
+    # num_workers "auto": min(4, cpu_count - 1) DataLoader workers (encoders/device.py resolve_workers)
+    "data": {"synthetic": False, "store": None, "batch_size": 64, "num_workers": "auto", "val_fraction": 0.2},
     "trainer": {"max_epochs": 40, "accelerator": "auto", "devices": "auto", "precision": "auto",
                 "strategy": "auto", "num_nodes": 1, "log_every_n_steps": 10, "gradient_clip_val": 1.0},
     "out_dir": "outputs/encoders",
@@ -164,13 +165,17 @@ def save_model(model, out_dir: str | os.PathLike, train_cfg: Mapping | None = No
     return version
 
 
-def load_model(folder: str | os.PathLike, device: str = "cpu"):
-    """Rebuild the :class:`MultiModalModel` saved in ``folder`` (eval mode) with ``.model_version``.
+def load_model(folder: str | os.PathLike, device: Any = "auto"):
+    """Rebuild the :class:`MultiModalModel` saved in ``folder`` (eval mode) with ``.model_version``, on
+    ``device`` (``"auto"``: CUDA when present, else CPU; see :func:`.device.resolve_device`).
 
     Raises ``ValueError`` when the weights do not hash to the recorded model_version."""
     from safetensors.torch import load_file
 
+    from .device import resolve_device
     from .model import MultiModalModel
+
+    device = resolve_device(device)
 
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
@@ -206,30 +211,56 @@ def _unwrap(model):
     return getattr(model, "model", model) if not hasattr(model, "encoders") else model
 
 
-def _move(x, device):
+def _prefetched(fn, args, depth: int = 2):
+    """``fn(a)`` for each of ``args``, in order, computed up to ``depth`` ahead in one background thread:
+    collation (tokenisation, image transforms, variant tables; the Rust tokenizer releases the GIL) then
+    overlaps the device's forward pass of the previous batch."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(args)
+    with ThreadPoolExecutor(1, thread_name_prefix="raretarget-collate") as ex:
+        q = deque(ex.submit(fn, a) for _, a in zip(range(depth), it))
+        while q:
+            f = q.popleft()
+            for a in it:                  # keep the queue full: at most one new task per result taken
+                q.append(ex.submit(fn, a))
+                break
+            yield f.result()
+
+
+def encode_samples(model, items: Sequence[dict], batch_size: int = 128, *, autocast: bool | None = None,
+                   prefetch: bool | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Model inputs (see ``PatientDataset``) -> ``{modality: (positions (n,), vectors (n, D) float32)}``.
+
+    Runs on the model's device. ``autocast``: bf16 mixed precision (None: on CUDA only, so CPU vectors
+    are plain float32); ``prefetch``: collate the next batches in a background thread into pinned memory
+    (None: on CUDA only). Neither changes which vectors come out beyond bf16 rounding."""
     import torch
 
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _move(v, device) for k, v in x.items()}
-    return x
-
-
-def encode_samples(model, items: Sequence[dict], batch_size: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Model inputs (see ``PatientDataset``) -> ``{modality: (positions (n,), vectors (n, D) float32)}``."""
-    import torch
+    from .device import inference_autocast, to_device
 
     model = _unwrap(model)
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
+    cuda = dev.type == "cuda"
+    prefetch = cuda if prefetch is None else bool(prefetch)
+
+    def prep(start: int):
+        b = model.collate(items[start:start + batch_size], train=False)
+        if cuda and prefetch:            # page-locked in the background: the upload below is asynchronous
+            b["inputs"] = _pinned(b["inputs"])
+        return start, b
+
+    starts = range(0, len(items), batch_size)
     out: dict[str, tuple[list, list]] = {}
     try:
         with torch.no_grad():
-            for start in range(0, len(items), batch_size):
-                b = model.collate(items[start:start + batch_size], train=False)
-                embs = model(_move(b, dev))
+            batches = _prefetched(prep, starts) if prefetch else map(prep, starts)
+            for start, b in batches:
+                with inference_autocast(dev, autocast):
+                    embs = model({"inputs": to_device(b["inputs"], dev)})
                 for m, e in embs.items():
                     pos, vec = out.setdefault(m, ([], []))
                     pos.append(b["index"][m].numpy() + start)
@@ -237,6 +268,16 @@ def encode_samples(model, items: Sequence[dict], batch_size: int = 128) -> dict[
     finally:
         model.train(was)
     return {m: (np.concatenate(p), np.concatenate(v).astype(np.float32)) for m, (p, v) in out.items()}
+
+
+def _pinned(x):
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.pin_memory() if x.device.type == "cpu" else x
+    if isinstance(x, dict):
+        return {k: _pinned(v) for k, v in x.items()}
+    return x
 
 
 def retrieval_recall(model, samples: Sequence[dict], batch_size: int = 128, max_note_chars: int = 2000) -> dict:
@@ -301,7 +342,7 @@ def embedding_schema(dim: int):
 
 def embed(model, store: Any = None, out: str | os.PathLike | None = None, *, samples: Sequence[dict] | None = None,
           modalities: Sequence[str] | None = None, batch_size: int = 128, genes: bool = True,
-          max_note_chars: int = 2000) -> dict:
+          max_note_chars: int = 2000, device: Any = None, autocast: bool | None = None) -> dict:
     """Embed every patient of ``store`` (path or ``Engine``; or given ``samples``) per modality.
 
     ``record_id``: for ``image`` the image row's ``images.record_id`` (every thumbnail is embedded);
@@ -310,16 +351,23 @@ def embed(model, store: Any = None, out: str | os.PathLike | None = None, *, sam
     (``record_id`` = ``record_ids("genes", [symbol])``, ``patient_id`` null). ``model`` is a
     ``MultiModalModel``, a ``ContrastiveModule`` or a saved folder. Writes ``<out>/<modality>.parquet``
     when ``out`` is given. Returns ``{modality: pyarrow.Table}`` (see :func:`embedding_table`).
+
+    ``device``: where to run (``"auto"``: CUDA when present); None = where the model is (a folder is
+    loaded with ``"auto"``). A model object given with a device is moved there. ``autocast``: see
+    :func:`encode_samples` (bf16 on CUDA by default; CPU vectors are float32 as before).
     """
     import pyarrow.parquet as pq
 
     from raretarget.schema import record_ids
 
     from .data import PatientDataset, load_store_samples
+    from .device import inference_autocast, resolve_device
 
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
+        model = load_model(model, device="auto" if device is None else device)
     model = _unwrap(model)
+    if device is not None:
+        model.to(resolve_device(device))
     version = model.model_version or model_version(model)
     if samples is None:
         samples = load_store_samples(store)
@@ -339,14 +387,13 @@ def embed(model, store: Any = None, out: str | os.PathLike | None = None, *, sam
                 items.append({m: it[m]})
                 rids.append(int(s["record_id"]))
                 pids.append(s["patient_id"])
-        enc = encode_samples(model, items, batch_size).get(m)
+        enc = encode_samples(model, items, batch_size, autocast=autocast).get(m)
         vec = enc[1] if enc is not None else np.zeros((0, model.embed_dim), np.float32)
         tables[m] = embedding_table(rids, pids, m, vec, version)
     if genes and "variants" in model.encoders:
-        import torch
-
         syms = list(model.encoders["variants"].genes)
-        vecs = [model.encode_genes(syms[i:i + 4096]).cpu().numpy() for i in range(0, len(syms), 4096)]
+        with inference_autocast(model._device(), autocast):
+            vecs = [model.encode_genes(syms[i:i + 4096]).float().cpu().numpy() for i in range(0, len(syms), 4096)]
         vec = np.concatenate(vecs) if vecs else np.zeros((0, model.embed_dim), np.float32)
         tables["gene"] = embedding_table(record_ids("genes", syms).tolist(), [None] * len(syms), "gene", vec, version)
     if out is not None:

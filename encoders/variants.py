@@ -141,7 +141,7 @@ class VariantEncoder(Encoder):
 
     # ---- indexing --------------------------------------------------------------------------------
     def gene_ids(self, symbols: Sequence[str | None]) -> torch.Tensor:
-        """Symbols -> row ids ``(n,)`` int64 (0 for missing; hashed rows for unknown symbols)."""
+        """Symbols -> row ids ``(n,)`` int64 on the CPU (0 for missing; hashed rows for unknown symbols)."""
         out = []
         n = len(self.genes) + 1
         for s in symbols:
@@ -152,7 +152,7 @@ class VariantEncoder(Encoder):
             else:
                 h = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little")
                 out.append(n + h % self.n_hash if self.n_hash else 0)
-        return torch.as_tensor(out, dtype=torch.long)
+        return torch.as_tensor(out, dtype=torch.long, device="cpu")
 
     def _attr(self, key: str, value: Any) -> int:
         if value is None or value == "":
@@ -165,15 +165,15 @@ class VariantEncoder(Encoder):
         lists = [sorted(v or [], key=variant_priority)[: self.max_variants] for v in values]
         V = max([len(x) for x in lists] + [1])
         B = len(lists)
-        out = {k: torch.zeros(B, V, dtype=torch.long) for k in ("gene", *self.vocab)}
-        af = torch.zeros(B, V, 2)
-        mask = torch.zeros(B, V, dtype=torch.bool)
+        out = {k: torch.zeros(B, V, dtype=torch.long, device="cpu") for k in ("gene", *self.vocab)}   # host side
+        af = torch.zeros(B, V, 2, device="cpu")
+        mask = torch.zeros(B, V, dtype=torch.bool, device="cpu")
         for i, vs in enumerate(lists):
             if not vs:
                 continue
             out["gene"][i, : len(vs)] = self.gene_ids([v.get("gene") for v in vs])
             for k in self.vocab:
-                out[k][i, : len(vs)] = torch.as_tensor([self._attr(k, v.get(k)) for v in vs])
+                out[k][i, : len(vs)] = torch.as_tensor([self._attr(k, v.get(k)) for v in vs], device="cpu")
             for j, v in enumerate(vs):
                 a = v.get("af")
                 if a is None or not (a == a):

@@ -86,9 +86,12 @@ class Searcher:
 
     # ---- query vectors ---------------------------------------------------------------------------
     def encode_text(self, text: str) -> np.ndarray:
+        """``(1, D)`` float32 query vector, on the model's device (bf16 autocast on CUDA)."""
         import torch
 
-        with torch.no_grad():
+        from raretarget.encoders.device import inference_autocast
+
+        with torch.no_grad(), inference_autocast(self.model._device()):
             self.model.eval()
             return self.model.encode_text([text]).float().cpu().numpy()
 

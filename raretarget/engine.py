@@ -28,8 +28,11 @@ class IngestReport:
     ``accepted``: rows added per table (after de-duplication against the store).
     ``quarantined``: number of rejected records/files; ``quarantine`` has (file, record, reason) each.
     ``records``: input records read, ``ignored``: valid records of resource types raretarget does not
-    store (by type), ``duplicates``: rows already in the store. For every file
-    ``records == accepted records + ignored + quarantined``.
+    store (by type), ``duplicates``: rows already in the store or met earlier with the same content,
+    ``conflicts``: resources met again in the same ``ingest`` call with the same id and other content (the
+    first version is kept, each later one is listed in ``quarantine`` with code ``conflicting_duplicate``).
+    For every file ``records == accepted records + ignored + quarantined + conflicts``, each term counted
+    from what was written (the ``ingested`` table holds them per file).
     ``updated``: accepted rows that replace an older version of the same record (same record_id,
     other content; included in ``accepted``); ``deleted``: rows removed by FHIR deletes (Bundle
     entries with ``request.method = DELETE`` or Bulk Data ``deleted/`` listings).
@@ -46,10 +49,11 @@ class IngestReport:
     batches: int = 0
     updated: int = 0
     deleted: int = 0
+    conflicts: int = 0
 
     @property
     def quarantined(self) -> int:
-        return len(self.quarantine)
+        return len(self.quarantine) - self.conflicts
 
     def summary(self) -> str:
         acc = ", ".join(f"{k}={v}" for k, v in sorted(self.accepted.items()) if v) or "none"
@@ -57,6 +61,7 @@ class IngestReport:
         return (f"{self.files} file(s) read ({self.files_already_ingested} already ingested), "
                 f"{self.records} record(s): rows accepted {acc}; {ign} ignored (unsupported types); "
                 f"{self.duplicates} duplicate row(s) skipped; {self.quarantined} quarantined"
+                + (f"; {self.conflicts} conflicting duplicate(s)" if self.conflicts else "")
                 + (f"; {self.updated} updated, {self.deleted} deleted" if self.updated or self.deleted else ""))
 
 
@@ -109,6 +114,7 @@ class Engine:
             paths = [paths]
         inputs, skipped = discover(paths)
         report = IngestReport(skipped_files=skipped)
+        self._seen_resources: dict[str, bytes] = {}       # conflicts are found across the batches of this call
         pseudo = self.pseudo
         bar = _progress(progress, len(inputs))
         with self.store.writer():
@@ -142,6 +148,7 @@ class Engine:
         batch.study_patient.update(self._known_studies())
         batch.known_alias = self._known_alias()
         batch.options = dict(getattr(self, "_options", {}))
+        batch.seen_resources = getattr(self, "_seen_resources", None)
         batch_id = "b" + hashlib.blake2b("|".join(f for _, _, f in files).encode(), digest_size=8).hexdigest()
         ledger = []
         for inp, digest, fref in files:
@@ -151,15 +158,22 @@ class Engine:
             try:
                 if reader is None:
                     ctx.record()
-                    ctx.quarantine("file", "unrecognised file type: not FHIR JSON/NDJSON, DICOM or VCF")
+                    ctx.quarantine("file", "unrecognised_file_type")
                 else:
                     reader(inp.path, ctx)
             except Exception as e:  # one bad file never stops the batch
                 ctx.record()
-                ctx.quarantine("file" if ctx.records <= 1 else f"after record {ctx.records - 1}",
-                               f"{type(e).__name__}: {_clean_reason(e)}")
-            accepted = ctx.records - sum(ctx.ignored.values()) - ctx.quarantined
-            ledger.append((fref, inp.kind, ctx.records, accepted, sum(ctx.ignored.values()), ctx.quarantined))
+                ctx.quarantine("file" if ctx.records <= 1 else f"after record {ctx.records - 1}", "reader_error",
+                               detail=e)
+            ignored = sum(ctx.ignored.values())
+            gap = ctx.records - ctx.accepted - ignored - ctx.quarantined - ctx.conflicts
+            if gap > 0:                     # a record with no outcome is never dropped silently
+                ctx.quarantine("file", "unaccounted", detail=gap, n=gap)
+            elif gap < 0:
+                log.warning("%s: reader counted %d outcome(s) more than records", fref, -gap)
+                ctx.record(-gap)
+            ledger.append((fref, inp.kind, ctx.records, ctx.accepted, ignored, ctx.quarantined, ctx.conflicts))
+            report.conflicts += ctx.conflicts
             report.records += ctx.records
             for k, v in ctx.ignored.items():
                 report.ignored[k] = report.ignored.get(k, 0) + v
@@ -193,12 +207,14 @@ class Engine:
         tables["quarantine"] = S.conform("quarantine", {
             "record_id": S.record_ids("quarantine", [f"{batch_id}/{i}" for i in range(len(q))]),
             "batch_id": [batch_id] * len(q), "file_ref": [x.file_ref for x in q], "kind": [x.kind for x in q],
-            "record": [x.record for x in q], "reason": [x.reason for x in q]})
+            "record": [x.record for x in q], "reason": [x.reason for x in q], "code": [x.code for x in q],
+            "field": [x.field for x in q]})
         tables["ingested"] = S.conform("ingested", {
             "record_id": S.record_ids("ingested", [x[0] for x in ledger]),
             "file_ref": [x[0] for x in ledger], "kind": [x[1] for x in ledger], "batch_id": [batch_id] * len(ledger),
             "records": [x[2] for x in ledger], "accepted": [x[3] for x in ledger],
-            "ignored": [x[4] for x in ledger], "quarantined": [x[5] for x in ledger]})
+            "ignored": [x[4] for x in ledger], "quarantined": [x[5] for x in ledger],
+            "conflicts": [x[6] for x in ledger]})
         report.quarantine.extend(q)
 
         ids = pseudo.drain() + [(pid, value, "alias") for value, pid in batch.alias.items()]
@@ -454,21 +470,27 @@ class Engine:
         summary["out_dir"] = str(final)
         return summary
 
-    def embed(self, batch_size: int = 128, *, workers: int = 1) -> dict[str, int]:
+    #: where embed / update / search run the encoders: "auto" = CUDA when present (bf16 autocast), else
+    #: CPU; "cpu", "cuda:1", ... to choose. ``embed``/``embed_shard``/``update`` also take ``device=``.
+    device: str = "auto"
+
+    def embed(self, batch_size: int = 128, *, workers: int = 1, device: str | None = None) -> dict[str, int]:
         """Embed every record with the current model into ``<store>/embeddings/<model_version>/``.
 
         Returns rows per modality: note, image, labs, variants, patient (mean of a patient's modality
         vectors, re-normalised), gene. ``workers > 1``: the patients are split into that many shards
         (:func:`raretarget.encoders.data.shard_of`) embedded by parallel processes (:meth:`embed_shard`),
         then merged (:meth:`merge_shards`); same rows as ``workers=1``. The workers are *spawned*, so a script
-        calling this needs the usual ``if __name__ == "__main__":`` guard.
+        calling this needs the usual ``if __name__ == "__main__":`` guard. ``device``: where the encoders run
+        (default :attr:`device`, "auto": CUDA when present, with bf16 autocast; CPU vectors are float32).
         """
+        device = self.device if device is None else device
         if workers > 1:
-            return self._embed_parallel(int(workers), batch_size)
+            return self._embed_parallel(int(workers), batch_size, device)
         from raretarget.encoders.training import load_model
 
         model = self.require_model()
-        net = load_model(model["path"])
+        net = load_model(model["path"], device=device)
         from raretarget.nightly import store_batches
         from .store import atomic_write_bytes
 
@@ -486,7 +508,8 @@ class Engine:
         d = self._generations().emb_dir / version / "_shards" / f"of-{shards}"
         return d if shard is None else d / f"{shard:04d}"
 
-    def embed_shard(self, shard: int, shards: int, batch_size: int = 128) -> dict[str, int]:
+    def embed_shard(self, shard: int, shards: int, batch_size: int = 128, *,
+                    device: str | None = None) -> dict[str, int]:
         """Embed only the patients of shard ``shard`` of ``shards`` (stable hash of the patient id) with the
         current model into ``embeddings/<version>/_shards/of-<shards>/<shard>/`` (shard 0 also embeds the genes).
 
@@ -505,7 +528,7 @@ class Engine:
         version = model["model_version"]
         batches = sorted(store_batches(self.store))
         pids = [p for p in store_patients(self) if shard_of(p, shards) == shard]
-        net = load_model(model["path"])
+        net = load_model(model["path"], device=self.device if device is None else device)
         d = self._shard_dir(version, shards, shard)
         (d / "DONE.json").unlink(missing_ok=True)
         tabs = self._embedding_tables(net, version, batch_size=batch_size, patients=pids, genes=shard == 0)
@@ -558,7 +581,7 @@ class Engine:
         self._searcher = None
         return counts
 
-    def _embed_parallel(self, workers: int, batch_size: int) -> dict[str, int]:
+    def _embed_parallel(self, workers: int, batch_size: int, device: str = "auto") -> dict[str, int]:
         import concurrent.futures as cf
         import multiprocessing as mp
 
@@ -566,7 +589,7 @@ class Engine:
         # spawn: a fresh interpreter per worker (no forked torch/OpenMP state)
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
             futs = [ex.submit(_embed_shard_job, str(self.store.root), str(self.store.links), i, workers, batch_size,
-                              threads) for i in range(workers)]
+                              threads, device) for i in range(workers)]
             for f in futs:
                 f.result()
         return self.merge_shards(workers)
@@ -641,9 +664,11 @@ class Engine:
         patients whose records were added, updated or deleted, patch the index into a new generation,
         check its recall against exact search and publish it atomically. A changed model version
         means a full re-embed + build. Options: recall_threshold (0.95), keep_generations (3),
-        sample_queries (200), k (10), batch_size, batch_files, factory, seed. Returns the run log."""
+        sample_queries (200), k (10), batch_size, batch_files, factory, seed, device (default
+        :attr:`device`). Returns the run log."""
         from raretarget.nightly import update
 
+        cfg.setdefault("device", self.device)
         return update(self, paths, **cfg)
 
     def _get_searcher(self):
@@ -660,7 +685,8 @@ class Engine:
         # patient vectors too: a patient query then uses this view's vector (Searcher.patient_vector)
         lookups = {m: gens.read_embeddings(model["model_version"], m).select(cols + ["vector"] * (m == "patient"))
                    for m in indexes}
-        self._searcher = Searcher(self, load_model(model["path"]), model["model_version"], indexes, lookups)
+        self._searcher = Searcher(self, load_model(model["path"], device=self.device), model["model_version"], indexes,
+                                  lookups)
         return self._searcher
 
     def search(self, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
@@ -722,12 +748,13 @@ class Engine:
         return q.append_column("path", pa.array([paths.get(f) for f in q.column("file_ref").to_pylist()], pa.string()))
 
 
-def _embed_shard_job(root: str, links: str, shard: int, shards: int, batch_size: int, threads: int) -> dict:
+def _embed_shard_job(root: str, links: str, shard: int, shards: int, batch_size: int, threads: int,
+                     device: str = "auto") -> dict:
     """Worker process of :meth:`Engine.embed` with ``workers > 1``."""
     import torch
 
     torch.set_num_threads(threads)
-    return Engine.open(root, links=links).embed_shard(shard, shards, batch_size=batch_size)
+    return Engine.open(root, links=links).embed_shard(shard, shards, batch_size=batch_size, device=device)
 
 
 def _resource_key(source_ref: str | None) -> str | None:
@@ -736,11 +763,6 @@ def _resource_key(source_ref: str | None) -> str | None:
         return None
     loc = source_ref.split("/", 1)[1] if "/" in source_ref else ""
     return loc.split("#", 1)[0]
-
-
-def _clean_reason(e: Exception) -> str:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return msg[:300]
 
 
 def _progress(progress, total: int):

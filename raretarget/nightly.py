@@ -49,7 +49,7 @@ STAGES = ("ingest", "embed", "index", "publish")
 KILL_ENV = "RARETARGET_NIGHTLY_KILL_AT"
 
 DEFAULTS = {"recall_threshold": 0.95, "keep_generations": 3, "sample_queries": 200, "k": 10,
-            "batch_size": 128, "batch_files": 64, "factory": None, "seed": 0}
+            "batch_size": 128, "batch_files": 64, "factory": None, "seed": 0, "device": "auto"}
 
 
 def _checkpoint(stage: str) -> None:
@@ -167,7 +167,7 @@ def _run(eng, paths, c: dict, log: dict) -> None:
     t = time.time()
     if full:
         log["mode"] = "full"
-        emb = eng.embed(batch_size=c["batch_size"])        # records the batches it covers
+        emb = eng.embed(batch_size=c["batch_size"], device=c["device"])        # records the batches it covers
         batches = set(json.loads((gens.emb_dir / version / "_batches.json").read_text()))
         counts["embedded"] = sum(emb.values())
         secs["embed"] = round(time.time() - t, 3)
@@ -183,7 +183,7 @@ def _run(eng, paths, c: dict, log: dict) -> None:
         log["mode"] = "incremental"
         pids = changed_patients(eng.store, new)
         counts["patients_changed"] = len(pids)
-        net = load_model(model["path"])
+        net = load_model(model["path"], device=c["device"])
         tabs = eng._embedding_tables(net, version, batch_size=c["batch_size"], patients=sorted(pids))
         counts["embedded"] = sum(x.num_rows for x in tabs.values())
         bdir = gens.idx_dir / f"gen-{cur['generation']:06d}"
