@@ -2,20 +2,25 @@
 
 A reader is a function ``read(path: Path, ctx: FileContext) -> None``. It calls
 
-* ``ctx.emit(table, row)`` (a dict) or ``ctx.emit_columns(table, {col: list})`` for accepted rows,
 * ``ctx.record()`` once for every input record it reads (a resource, an image, a VCF line),
+* ``ctx.emit(table, row)`` (a dict) or ``ctx.emit_columns(table, {col: list}, records=n)`` for accepted rows
+  (a record with at least one row, or a delete, counts as accepted),
 * ``ctx.ignore(kind)`` for a valid record of a type raretarget does not store,
-* ``ctx.quarantine(record, reason, raw)`` for a bad one (then goes on with the next record).
+* ``ctx.quarantine(record, code, raw, field=...)`` for a bad one (then goes on with the next record); the
+  code is one of :data:`raretarget.ingest.reasons.REASONS`, the raw record goes to the link folder only,
+* ``ctx.conflict(record, raw)`` for a resource id met again in this ingest with other content.
 
-So for each file ``records == accepted + ignored + quarantined`` and nothing is dropped silently.
-A reader that raises is caught by the runner: the exception becomes one quarantine entry for the
-rest of the file (what was emitted before it is kept).
+So for each file ``records == accepted + ignored + quarantined + conflicts``, every term counted from
+what the reader did (nothing by subtraction; a shortfall is quarantined as ``unaccounted``) and nothing is
+dropped silently. A reader that raises is caught by the runner: the exception becomes one quarantine
+entry for the rest of the file (what was emitted before it is kept).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +36,22 @@ MAX_RAW = 65536
 class QuarantineItem:
     file: str        # real path (in memory and on the secure side only)
     file_ref: str    # pseudonymous file reference (what the store and printed summaries show)
-    record: str      # locator inside the file
-    reason: str
+    record: str      # locator inside the file ("line 12", "entry 3", "file"; never a value)
+    reason: str      # ``code: fixed message [field] (detail)``: never the offending value
     kind: str
+    code: str = ""   # one of raretarget.ingest.reasons.REASONS
+    field: str | None = None   # where in the record (e.g. Observation.valueQuantity.value)
 
     def __str__(self) -> str:
         return f"{self.file_ref} [{self.record}]: {self.reason}"
+
+
+_FIELD_OK = re.compile(r"[^A-Za-z0-9_.\[\]#:-]")
+
+
+def _safe_field(field: str | None) -> str | None:
+    """Field paths are built by the readers; still, keep only path characters (never free text)."""
+    return _FIELD_OK.sub("", str(field))[:80] or None if field else None
 
 
 class BatchState:
@@ -57,6 +72,9 @@ class BatchState:
         self._known_phi = known_phi
         self.options: dict[str, Any] = {}
         self.deletions: list[tuple[str, str]] = []          # (resource type, pseudonymous resource id)
+        #: content hash per pseudonymous resource id met in this ingest (shared by its batches): same id +
+        #: other content is a conflict; None turns the check off
+        self.seen_resources: dict[str, bytes] | None = None
 
     def add_alias(self, value: str, patient_id: str) -> None:
         """Register a secondary identifier (MRN, DICOM PatientID, VCF sample name) of a patient."""
@@ -98,6 +116,9 @@ class FileContext:
         self.records = 0
         self.ignored: Counter = Counter()
         self.quarantined = 0
+        self.conflicts = 0
+        self.accepted = 0                 # records with at least one row emitted (or a delete applied)
+        self._out_at = -1                 # the record number that last produced output
         self.accepted_rows: Counter = Counter()
 
     # provenance ---------------------------------------------------------------------------------
@@ -112,19 +133,59 @@ class FileContext:
     def ignore(self, what: str, n: int = 1) -> None:
         self.ignored[what] += n
 
-    def quarantine(self, record: str, reason: str, raw: str | bytes | None = None) -> None:
-        from .deid import scrub_text
+    def _output(self) -> None:
+        if self._out_at != self.records:
+            self.accepted += 1
+            self._out_at = self.records
 
-        self.quarantined += 1
-        reason = scrub_text(reason)   # reasons may quote values; the raw record goes to the secure side only
+    def quarantine(self, record: str, code: str, raw: str | bytes | None = None, *, field: str | None = None,
+                   detail=None, n: int = 1) -> None:
+        """Quarantine a record: ``code`` (:mod:`raretarget.ingest.reasons`) + ``field`` path + ``detail``
+        (an exception, shown by type, or a number). ``raw`` goes to the link folder only. ``n``: how many
+        records this one entry stands for (e.g. the unread rest of a file)."""
+        from .reasons import reason_text
+
+        field = _safe_field(field)
+        reason = reason_text(code, field, detail)
+        self.quarantined += n
+        self._add_item(record, code, field, reason, raw)
+
+    def conflict(self, record: str, raw: str | bytes | None = None, field: str | None = None) -> None:
+        """A resource id met again in this ingest with different content: listed in the quarantine
+        (code ``conflicting_duplicate``), counted apart from the quarantined records."""
+        from .reasons import reason_text
+
+        self.conflicts += 1
+        self._add_item(record, "conflicting_duplicate", field, reason_text("conflicting_duplicate", field), raw)
+
+    def _add_item(self, record, code, field, reason, raw) -> None:
         if isinstance(raw, bytes):
             raw = raw[:MAX_RAW].decode("utf-8", "replace")
-        self.batch.quarantine.append(QuarantineItem(str(self.path), self.file_ref, record, reason, self.kind))
+        self.batch.quarantine.append(QuarantineItem(str(self.path), self.file_ref, str(record)[:80], reason,
+                                                    self.kind, code, field))
         self.batch.raw.append((raw or "")[:MAX_RAW])
 
     def delete(self, resource_type: str, original_id: str) -> None:
         """A FHIR delete of ``resource_type/original_id``: its rows are hidden when the batch commits."""
         self.batch.deletions.append((resource_type, self.pseudo.resource(resource_type, original_id)))
+        self._output()
+
+    # per-record transactions ----------------------------------------------------------------------
+    def savepoint(self) -> tuple:
+        """State to :meth:`rollback` to when a record fails half-way (its rows must not stay)."""
+        b = self.batch
+        return (dict(b.nrows), self.accepted, self._out_at, Counter(self.accepted_rows), len(b.deletions))
+
+    def rollback(self, sp: tuple) -> None:
+        nrows, self.accepted, self._out_at, self.accepted_rows, ndel = sp
+        b = self.batch
+        for table, cols in b.rows.items():
+            n = nrows.get(table, 0)
+            if b.nrows[table] != n:
+                for col in cols.values():
+                    del col[n:]
+                b.nrows[table] = n
+        del b.deletions[ndel:]
 
     def emit(self, table: str, row: dict) -> None:
         b = self.batch
@@ -141,8 +202,11 @@ class FileContext:
                 if len(col) == n:
                     col.append(None)
         self.accepted_rows[table] += 1
+        self._output()
 
-    def emit_columns(self, table: str, columns: dict[str, list]) -> None:
+    def emit_columns(self, table: str, columns: dict[str, list], records: int = 0) -> None:
+        """Rows in columns; ``records``: how many input records (already counted) they come from."""
+        self.accepted += records
         b = self.batch
         cols = b.rows[table]
         n0 = b.nrows[table]

@@ -60,15 +60,15 @@ def _read(path: Path, ctx) -> None:
         ds = _open(path)
     except _NotDicom as e:
         ctx.record()
-        ctx.quarantine("file", f"not a DICOM file: {e}")
+        ctx.quarantine("file", "not_dicom")
         return
     except _Truncated as e:
         ctx.record()
-        ctx.quarantine("file", f"truncated DICOM file: {e}")
+        ctx.quarantine("file", "truncated_dicom")
         return
     except Exception as e:  # noqa: BLE001 - any parser failure is a bad file, never fatal
         ctx.record()
-        ctx.quarantine("file", f"unreadable DICOM file: {_short(e)}")
+        ctx.quarantine("file", "unreadable_dicom", detail=e)
         return
 
     if _is_dicomdir(ds):
@@ -180,11 +180,11 @@ def _read_dicomdir(path: Path, ds, ctx) -> None:
         parts = [str(fid)] if isinstance(fid, str) else [str(p) for p in fid]
         raw = "/".join(parts)
         if not parts or any(p in ("", ".", "..") or "/" in p or "\\" in p for p in parts):
-            ctx.quarantine(loc, "DICOMDIR record has an invalid ReferencedFileID", raw)
+            ctx.quarantine(loc, "dicomdir_invalid_reference", raw, field="ReferencedFileID")
             continue
         target = _resolve(root, parts)
         if target is None:
-            ctx.quarantine(loc, "DICOMDIR references a file that does not exist", raw)
+            ctx.quarantine(loc, "dicomdir_missing_file", raw, field="ReferencedFileID")
             continue
         if target in seen:          # listed twice in the same directory
             ctx.ignore("DICOMDIR duplicate reference")
@@ -201,13 +201,13 @@ def _read_dicomdir(path: Path, ds, ctx) -> None:
                 continue
             sub = _open(target)
         except _NotDicom as e:
-            ctx.quarantine(loc, f"DICOMDIR references a non-DICOM file: {e}", raw)
+            ctx.quarantine(loc, "dicomdir_non_dicom", raw, field="ReferencedFileID")
             continue
         except _Truncated as e:
-            ctx.quarantine(loc, f"DICOMDIR references a truncated DICOM file: {e}", raw)
+            ctx.quarantine(loc, "dicomdir_truncated", raw, field="ReferencedFileID")
             continue
         except Exception as e:  # noqa: BLE001
-            ctx.quarantine(loc, f"DICOMDIR references an unreadable file: {_short(e)}", raw)
+            ctx.quarantine(loc, "dicomdir_unreadable", raw, field="ReferencedFileID", detail=e)
             continue
         if _is_dicomdir(sub):
             ctx.ignore("DICOMDIR nested")
@@ -290,10 +290,10 @@ def _emit_image(ds, ctx, file_ref: str, loc: str) -> None:
     try:
         ex = _extract(ds, ctx.pseudo)
     except _NoSop:
-        ctx.quarantine(loc, "DICOM object has no SOP Instance UID")
+        ctx.quarantine(loc, "no_sop_instance_uid", field="SOPInstanceUID")
         return
     except _Truncated as e:
-        ctx.quarantine(loc, f"truncated DICOM file: {e}")
+        ctx.quarantine(loc, "truncated_dicom")
         return
     _cache_put(ctx, file_ref, ex)
     _emit(ex, ctx, file_ref)

@@ -5,7 +5,8 @@ Fast path: orjson + direct dict access (full pydantic validation of every resour
 resource with the fhir.resources R4B models and quarantines what fails.
 
 Stored: Patient, Condition, Observation (components split into rows), DocumentReference (notes from
-base64 or local-file attachments), DiagnosticReport (plus presentedForm notes), ImagingStudy (one row
+inline base64 ``attachment.data`` only: an attachment given by ``url`` (file://, relative path, http) is never
+opened; a document with no inline text is quarantined ``attachment_url_refused``), DiagnosticReport (plus presentedForm notes), ImagingStudy (one row
 per series), MedicationRequest, Procedure. Other valid resource types are counted as ignored.
 References: ``urn:uuid:`` (resolved through the Bundle's fullUrls), ``Patient/<id>``, absolute
 ``.../Patient/<id>[/_history/n]`` and conditional ``Patient?identifier=system|value``.
@@ -16,13 +17,17 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import html
+import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import orjson
+
+from raretarget.pseudo import DateOutOfRange
 
 from .core import FileContext, open_text
 from .deid import patient_phi_terms, scrub_text
@@ -64,7 +69,13 @@ _MAX_AGE = 89          # HIPAA safe harbour: ages over 89 are aggregated (birth_
 
 
 class BadRecord(ValueError):
-    """A record that can't be stored; the message is the quarantine reason."""
+    """A record that can't be stored: a reason ``code`` (:mod:`raretarget.ingest.reasons`) and the ``field``
+    path where it was found. Never carries the offending value."""
+
+    def __init__(self, code: str, field: str | None = None):
+        super().__init__(code)
+        self.code = code
+        self.field = field
 
 
 def read_fhir(path: Path, ctx: FileContext) -> None:
@@ -76,18 +87,25 @@ def read_fhir(path: Path, ctx: FileContext) -> None:
         _read_ndjson(path, ctx)
         return
     raw = _read_bytes(path)
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         if _looks_like_ndjson(raw):
-            _read_ndjson_lines(raw.decode("utf-8", "strict").splitlines(), ctx)
+            try:
+                lines = raw.decode("utf-8", "strict").splitlines()
+            except UnicodeDecodeError:
+                _read_ndjson_bytes(raw, ctx)
+                return
+            _read_ndjson_lines(lines, ctx)
             return
         ctx.record()
-        ctx.quarantine("file", f"malformed JSON: {_json_reason(e, raw)}", raw)
+        ctx.quarantine("file", _json_code(e), raw)
         return
     if not isinstance(doc, dict):
         ctx.record()
-        ctx.quarantine("file", "JSON top level is not a FHIR resource object", raw)
+        ctx.quarantine("file", "not_json_object", raw)
         return
     if doc.get("resourceType") == "Bundle":
         _read_bundle(doc, ctx)
@@ -108,11 +126,14 @@ def _looks_like_ndjson(raw: bytes) -> bool:
     return len(lines) > 1 and lines[0].strip().startswith(b"{") and lines[0].strip().endswith(b"}")
 
 
-def _json_reason(e: Exception, raw: bytes) -> str:
-    msg = str(e)
-    if "utf-8" in msg.lower() or "unicode" in msg.lower() or "surrogate" in msg.lower():
-        return "not valid UTF-8 text"
-    return msg.split(":")[0][:200]
+_BOM = b"\xef\xbb\xbf"
+
+
+def _json_code(e: Exception) -> str:
+    msg = str(e).lower()
+    if "utf-8" in msg or "unicode" in msg or "surrogate" in msg:
+        return "not_utf8"
+    return "malformed_json"
 
 
 def _read_ndjson(path: Path, ctx: FileContext) -> None:
@@ -123,26 +144,33 @@ def _read_ndjson(path: Path, ctx: FileContext) -> None:
                 lines.append(line)
     except UnicodeDecodeError:
         # decode line by line so only the bad lines are quarantined
-        raw = _read_bytes(path)
-        r = _Reader(ctx, {})
-        for n, bline in enumerate(raw.split(b"\n"), 1):
-            if not bline.strip():
-                continue
-            try:
-                bline.decode("utf-8")
-            except UnicodeDecodeError:
-                ctx.record()
-                ctx.quarantine(f"line {n}", "not valid UTF-8 text", bline)
-                continue
-            r.handle_line(bline, n)
+        _read_ndjson_bytes(_read_bytes(path), ctx)
         return
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         # truncated/unreadable gzip: keep what was read, quarantine the rest
         _read_ndjson_lines(lines, ctx)
         ctx.record()
-        ctx.quarantine(f"after line {len(lines)}", f"unreadable gzip stream: {type(e).__name__}: {str(e)[:120]}")
+        ctx.quarantine(f"after line {len(lines)}", "unreadable_gzip", detail=e)
         return
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
     _read_ndjson_lines(lines, ctx)
+
+
+def _read_ndjson_bytes(raw: bytes, ctx: FileContext) -> None:
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    r = _Reader(ctx, {})
+    for n, bline in enumerate(raw.split(b"\n"), 1):
+        if not bline.strip():
+            continue
+        try:
+            bline.decode("utf-8")
+        except UnicodeDecodeError:
+            ctx.record()
+            ctx.quarantine(f"line {n}", "not_utf8", bline)
+            continue
+        r.handle_line(bline, n)
 
 
 def _read_ndjson_lines(lines, ctx: FileContext) -> None:
@@ -156,7 +184,7 @@ def _read_bundle(doc: dict, ctx: FileContext) -> None:
     entries = doc.get("entry") or []
     if not isinstance(entries, list):
         ctx.record()
-        ctx.quarantine("Bundle.entry", "Bundle.entry is not a list")
+        ctx.quarantine("Bundle.entry", "bundle_entry_not_list", field="Bundle.entry")
         return
     fullurls: dict[str, tuple[str, str]] = {}
     for e in entries:
@@ -173,7 +201,8 @@ def _read_bundle(doc: dict, ctx: FileContext) -> None:
         e = entries[i]
         if not isinstance(e, dict) or not isinstance(e.get("resource"), dict):
             ctx.record()
-            ctx.quarantine(f"entry {i}", "Bundle entry has no resource", orjson.dumps(e) if e is not None else None)
+            ctx.quarantine(f"entry {i}", "bundle_entry_without_resource", orjson.dumps(e) if e is not None else None,
+                           field=f"Bundle.entry[{i}].resource")
             continue
         res = e["resource"]
         if not res.get("id") and e.get("fullUrl"):
@@ -189,7 +218,7 @@ def _delete_entry(e, ctx: FileContext) -> bool:
     ctx.record()
     url = str(req.get("url") or "").split("?")[0].split("/_history/")[0].rstrip("/").split("/")
     if len(url) < 2 or url[-2] not in R4_RESOURCE_TYPES or not url[-1]:
-        ctx.quarantine("entry", "DELETE request without a Type/id url")
+        ctx.quarantine("entry", "delete_without_target", orjson.dumps(e), field="Bundle.entry.request.url")
         return True
     ctx.delete(url[-2], url[-1])
     return True
@@ -236,7 +265,7 @@ class _Reader:
         except orjson.JSONDecodeError as e:
             self.ctx.record()
             raw = line if isinstance(line, (bytes, str)) else None
-            self.ctx.quarantine(f"line {n}", f"malformed JSON: {_json_reason(e, b'')}", raw)
+            self.ctx.quarantine(f"line {n}", _json_code(e), raw)
             return
         self.handle(res, f"line {n}", raw=line)
 
@@ -244,73 +273,97 @@ class _Reader:
         ctx = self.ctx
         ctx.record()
         if not isinstance(res, dict):
-            ctx.quarantine(locator, "record is not a JSON object", raw)
+            ctx.quarantine(locator, "not_json_object", raw)
             return
         rt = res.get("resourceType")
         if not isinstance(rt, str) or not rt:
-            ctx.quarantine(locator, "missing resourceType", raw or orjson.dumps(res))
+            ctx.quarantine(locator, "missing_resource_type", raw or orjson.dumps(res), field="resourceType")
             return
         if getattr(ctx, "deleted_listing", False):
             rid = res.get("id")
             if rt not in R4_RESOURCE_TYPES or not isinstance(rid, str) or not rid:
-                ctx.quarantine(locator, "deleted-resource entry without a known resourceType and id", raw or orjson.dumps(res))
+                ctx.quarantine(locator, "deleted_entry_invalid", raw or orjson.dumps(res), field="id")
             else:
                 ctx.delete(rt, rid)
             return
         if rt == "Bundle" and isinstance(res.get("entry"), list):     # NDJSON line holding a (delete) Bundle
             rest = [e for e in res["entry"] if not _delete_entry(e, ctx)]
             if not rest:
+                ctx._output()                 # the line itself: its deletes were applied
                 return
         h = self.handlers.get(rt)
         if h is None:
             if rt in R4_RESOURCE_TYPES:
                 ctx.ignore(rt)
             else:
-                ctx.quarantine(locator, f"unknown resourceType {rt[:60]!r} (not a FHIR R4/R4B resource)",
-                               raw or orjson.dumps(res))
+                ctx.quarantine(locator, "unknown_resource_type", raw or orjson.dumps(res), field="resourceType")
             return
+        sp = ctx.savepoint()
         try:
             if self.validate == "full":
                 _validate(res)
             rid = res.get("id")
             if not isinstance(rid, str) or not rid:
-                raise BadRecord(f"{rt} without id")
+                raise BadRecord("missing_id", f"{rt}.id")
+            if self._conflicting(rt, rid, res):
+                ctx.conflict(locator, raw or orjson.dumps(res), field=f"{rt}.id")
+                return
             h(res, self.pseudo.resource(rt, rid))
         except BadRecord as e:
-            ctx.quarantine(locator, f"{rt}: {e}", raw or orjson.dumps(res))
-        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
-            ctx.quarantine(locator, f"{rt}: malformed ({type(e).__name__}: {str(e)[:120]})", raw or orjson.dumps(res))
+            ctx.rollback(sp)
+            ctx.quarantine(locator, e.code, raw or orjson.dumps(res), field=e.field)
+        except DateOutOfRange:
+            ctx.rollback(sp)
+            ctx.quarantine(locator, "date_out_of_range", raw or orjson.dumps(res), field=rt)
+        except Exception as e:  # noqa: BLE001 - one bad record never stops the file
+            ctx.rollback(sp)
+            ctx.quarantine(locator, "malformed_record", raw or orjson.dumps(res), field=rt, detail=e)
+
+    def _conflicting(self, rt: str, rid: str, res: dict) -> bool:
+        """True when ``rt/rid`` was met earlier in this ingest with other content (``meta`` aside).
+        The same content again is a plain duplicate (stored once, counted as duplicate rows)."""
+        seen = self.ctx.batch.seen_resources
+        if seen is None:
+            return False
+        body = {k: v for k, v in res.items() if k != "meta"}
+        h = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        key = self.pseudo.resource(rt, rid)
+        prev = seen.get(key)
+        if prev is None:
+            seen[key] = h
+            return False
+        return prev != h
 
     # ---- references ------------------------------------------------------------------------------
     def patient_of(self, res: dict, field: str = "subject") -> str:
         ref = res.get(field) or (res.get("patient") if field == "subject" else None)
         if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
-            raise BadRecord(f"no {field} reference to a Patient")
+            raise BadRecord("missing_patient_reference", f"{field}.reference")
         r = ref["reference"].strip()
         if r.startswith("urn:uuid:") or r.startswith("urn:oid:"):
             hit = self.fullurls.get(r)
             if hit is None:
-                raise BadRecord(f"broken reference {_short(r)}: not resolvable in this Bundle")
+                raise BadRecord("broken_reference", f"{field}.reference")
             rtype, rid = hit
         elif r.startswith("Patient?"):
             value = r.split("identifier=", 1)[-1].split("|")[-1]
             pid = self.ctx.batch.patient_for_identifier(value)
             if pid is None:
-                raise BadRecord("conditional Patient reference without identifier value")
+                raise BadRecord("broken_reference", f"{field}.reference")
             return pid
         else:
             parts = r.split("/_history/")[0].rstrip("/").split("/")
             if len(parts) < 2:
                 hit = self.fullurls.get(r)
                 if hit is None:
-                    raise BadRecord(f"broken reference {_short(r)}: not Type/id")
+                    raise BadRecord("broken_reference", f"{field}.reference")
                 rtype, rid = hit
             else:
                 rtype, rid = parts[-2], parts[-1]
         if rtype != "Patient":
-            raise BadRecord(f"{field} references a {rtype}, not a Patient")
+            raise BadRecord("reference_not_patient", f"{field}.reference")
         if not rid:
-            raise BadRecord(f"broken reference {_short(r)}")
+            raise BadRecord("broken_reference", f"{field}.reference")
         return self.pseudo.patient(rid)
 
     # ---- handlers --------------------------------------------------------------------------------
@@ -376,7 +429,7 @@ class _Reader:
             self._obs_row(comp, comp.get("code"), pid, eff, cat, f"Observation/{prid}#{i}")
             emitted = True
         if not emitted:
-            raise BadRecord("no value")
+            raise BadRecord("no_value", "Observation.value[x]")
 
     def _obs_row(self, holder: dict, code: dict | None, pid: str, eff, cat, loc: str) -> None:
         system, c, display = _first_coding(code, prefer=LOINC)
@@ -386,12 +439,13 @@ class _Reader:
         status = None
         text = None
         if isinstance(vq, dict):
-            ov = vq.get("value")
-            if ov is not None and not isinstance(ov, (int, float)):
-                raise BadRecord(f"valueQuantity.value is not a number: {str(ov)[:40]!r}")
-            ov = float(ov) if ov is not None else None
+            ov = _plausible(vq.get("value"), f"{loc.split('/')[0]}.valueQuantity.value")
             ou = vq.get("code") or vq.get("unit")
+            if ou is not None and not isinstance(ou, str):
+                raise BadRecord("malformed_record", f"{loc.split('/')[0]}.valueQuantity.unit")
             value, unit, status = self.ctx.res.units.normalize(loinc or c, ov, ou)
+            if value is not None:
+                value = _plausible(value, f"{loc.split('/')[0]}.valueQuantity.value")
         elif "valueString" in holder:
             text = str(holder["valueString"])
             text = scrub_text(text, self.ctx.batch.phi_for(pid))
@@ -402,30 +456,32 @@ class _Reader:
             "category": cat, "value": value, "unit": unit, "original_value": ov, "original_unit": ou,
             "unit_status": status, "value_text": text, "effective": eff, "source_ref": self.ctx.ref(loc)})
 
-    def _attachment_text(self, att: dict) -> str | None:
-        ctype = (att.get("contentType") or "text/plain").split(";")[0].strip().lower()
+    def _attachment_text(self, att, field: str) -> str | None:
+        """Text of an inline (base64 ``data``) attachment. An attachment given only by ``url`` is never opened
+        (a local file, a relative path or a remote url alike): None."""
+        if not isinstance(att, dict):
+            raise BadRecord("malformed_record", field)
+        ctype = att.get("contentType") or "text/plain"
+        if not isinstance(ctype, str):
+            raise BadRecord("malformed_record", f"{field}.contentType")
+        ctype = ctype.split(";")[0].strip().lower()
         data = att.get("data")
-        if data is not None:
-            raw = base64.b64decode(data, validate=True)
-        elif att.get("url"):
-            url = att["url"]
-            if url.startswith("file://"):
-                p = Path(url[7:])
-            elif "://" in url:
-                raise BadRecord("attachment is a remote url; raretarget never fetches over the network")
-            else:
-                p = (self.ctx.path.parent / url)
-            if not p.is_file():
-                raise BadRecord("attachment url points to a missing local file")
-            raw = p.read_bytes()
-        else:
+        if data is None:
             return None
+        if not isinstance(data, str):
+            raise BadRecord("attachment_bad_base64", f"{field}.data")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRecord("attachment_bad_base64", f"{field}.data") from None
         if not ctype.startswith("text/") and ctype not in ("application/xhtml+xml",):
-            raise BadRecord(f"attachment content type {ctype!r} is not text")
+            raise BadRecord("attachment_not_text", f"{field}.contentType")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRecord("attachment text is not valid UTF-8") from None
+            raise BadRecord("attachment_not_utf8", f"{field}.data") from None
+        if text.startswith("\ufeff"):
+            text = text[1:]
         if "html" in ctype:
             text = html.unescape(_TAGS.sub(" ", text))
         return text
@@ -442,12 +498,16 @@ class _Reader:
         n = 0
         for i, content in enumerate(res.get("content") or []):
             att = content.get("attachment") or {}
-            text = self._attachment_text(att)
+            text = self._attachment_text(att, f"DocumentReference.content[{i}].attachment")
             if text:
                 self._note(text, pid, kind, date, f"DocumentReference/{prid}#{i}")
                 n += 1
         if n == 0:
-            raise BadRecord("no text attachment")
+            refused = any(isinstance(c, dict) and isinstance(c.get("attachment"), dict)
+                          and c["attachment"].get("url") and c["attachment"].get("data") is None
+                          for c in res.get("content") or [])
+            raise BadRecord("attachment_url_refused" if refused else "no_text_attachment",
+                            "DocumentReference.content.attachment")
 
     def _report(self, res: dict, prid: str) -> None:
         pid = self.patient_of(res)
@@ -460,7 +520,7 @@ class _Reader:
                                   "display": display, "conclusion": concl, "n_results": len(res.get("result") or []),
                                   "effective": self.shift(eff, pid), "source_ref": self.ctx.ref(f"DiagnosticReport/{prid}")})
         for i, att in enumerate(res.get("presentedForm") or []):
-            text = self._attachment_text(att)
+            text = self._attachment_text(att, f"DiagnosticReport.presentedForm[{i}]")
             if text:
                 self._note(text, pid, display, eff, f"DiagnosticReport/{prid}#{i}")
 
@@ -473,7 +533,7 @@ class _Reader:
                 study = v[8:]
                 break
         if study is None:
-            raise BadRecord("no DICOM Study Instance UID identifier (urn:oid:)")
+            raise BadRecord("no_study_uid", "ImagingStudy.identifier")
         uid = self.pseudo.uid
         study_p = uid(study)
         self.ctx.batch.study_patient[study_p] = pid
@@ -508,20 +568,34 @@ class _Reader:
                                      "source_ref": self.ctx.ref(f"Procedure/{prid}")})
 
 
+#: no lab value in any unit comes near this magnitude; beyond it a number is garbage, not a measurement
+MAX_ABS_VALUE = 1e15
+
+
+def _plausible(v, field: str) -> float | None:
+    """A numeric value as float, or BadRecord: booleans and strings are never numbers, non-finite and
+    absurd magnitudes are quarantined (``value_not_number`` / ``value_not_finite`` / ``value_implausible``)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BadRecord("value_not_number", field)
+    try:
+        f = float(v)
+    except OverflowError:
+        raise BadRecord("value_implausible", field) from None
+    if not math.isfinite(f):
+        raise BadRecord("value_not_finite", field)
+    if abs(f) > MAX_ABS_VALUE:
+        raise BadRecord("value_implausible", field)
+    return f
+
+
 def _rid(table: str, key: str) -> int:
     """record_id from the pseudonymous resource identity (not the file), so a resource re-exported in
     another file is the same record."""
     from raretarget.schema import record_ids
 
     return int(record_ids(table, ["fhir:" + key])[0])
-
-
-def _short(ref: str) -> str:
-    # a reference may itself be an identifier: show its shape, not its value
-    head = ref.split(":", 2)
-    if ref.startswith("urn:"):
-        return ":".join(head[:2]) + ":…"
-    return ref.split("/")[0] + "/…"
 
 
 def _validate(res: dict) -> None:
@@ -533,4 +607,5 @@ def _validate(res: dict) -> None:
         cls.model_validate(res)
     except Exception as e:
         first = str(e).splitlines()
-        raise BadRecord(f"fails FHIR R4B validation: {first[1] if len(first) > 1 else first[0]}"[:300]) from None
+        loc = first[1].strip() if len(first) > 1 else None
+        raise BadRecord("fhir_validation_failed", loc if loc and " " not in loc else None) from None

@@ -150,7 +150,7 @@ def read_vcf(path: Path, ctx) -> None:
         return
     if kind == "unreadable":
         ctx.record()
-        ctx.quarantine("file", "unreadable gzip: not a valid gzip/BGZF stream")
+        ctx.quarantine("file", "unreadable_gzip")
         return
     scan = _prescan(path, ctx)
     if scan is None:
@@ -228,8 +228,7 @@ def _prescan(path: Path, ctx) -> _Scan | None:
                     continue
                 ctx.record()
                 where = f"line {n + 1}" if n else "file"
-                ctx.quarantine(where, f"unreadable gzip: stream truncated or corrupt after line {n} "
-                                      f"({type(e).__name__}); earlier lines kept")
+                ctx.quarantine(where, "unreadable_gzip", detail=e)
                 scan.problems = True
                 if ncols == 0:
                     return None
@@ -243,7 +242,7 @@ def _prescan(path: Path, ctx) -> _Scan | None:
                     if not line.strip():
                         continue
                     ctx.record()
-                    ctx.quarantine("file", "not a VCF: data before the #CHROM header line", raw)
+                    ctx.quarantine("file", "not_vcf", raw)
                     return None
                 scan.header.append(line)
                 if line.startswith(b"##contig=<"):
@@ -254,7 +253,7 @@ def _prescan(path: Path, ctx) -> _Scan | None:
                     ncols = line.count(b"\t") + 1
                     if ncols < 8:
                         ctx.record()
-                        ctx.quarantine("file", f"not a VCF: #CHROM line has {ncols} columns (< 8)", raw)
+                        ctx.quarantine("file", "not_vcf", raw, field="#CHROM", detail=ncols)
                         return None
                     scan.samples = max(0, ncols - 9)
                 continue
@@ -266,25 +265,27 @@ def _prescan(path: Path, ctx) -> _Scan | None:
                 scan.good.append(n)
             else:
                 ctx.record()
-                ctx.quarantine(f"line {n}", bad, raw)
+                ctx.quarantine(f"line {n}", bad[0], raw, field=bad[1])
                 scan.problems = True
     if retried is not None:
         retried.close()
     if ncols == 0:
         ctx.record()
-        ctx.quarantine("file", "not a VCF: no #CHROM header line")
+        ctx.quarantine("file", "not_vcf")
         return None
     return scan
 
 
-def _check_line(line: bytes, ncols: int, contigs: set, chrom_ok: dict, fmt_cache: dict, nsamples: int) -> str | None:
+def _check_line(line: bytes, ncols: int, contigs: set, chrom_ok: dict, fmt_cache: dict,
+                nsamples: int) -> tuple[str, str | None] | None:
+    """None for a good line, else (reason code, field)."""
     try:
         line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return f"not valid UTF-8 (byte offset {e.start})"
+    except UnicodeDecodeError:
+        return "not_utf8", None
     nt = line.count(b"\t") + 1
     if nt != ncols:
-        return f"expected {ncols} tab-separated columns, found {nt}"
+        return "vcf_column_count", None
     p = line.split(b"\t", 9)
     chrom = p[0]
     ok = chrom_ok.get(chrom)
@@ -292,15 +293,15 @@ def _check_line(line: bytes, ncols: int, contigs: set, chrom_ok: dict, fmt_cache
         c = chrom.decode("utf-8", "replace")
         ok = chrom_ok[chrom] = bool(chrom) and (chrom in contigs or normalize_chrom(c) in STANDARD_CONTIGS)
     if not ok:
-        return "unknown contig: not in the header's ##contig lines and not a standard human contig"
+        return "vcf_unknown_contig", "CHROM"
     if not p[1].isdigit() or int(p[1]) == 0:
-        return "POS is not a positive integer"
+        return "vcf_bad_pos", "POS"
     if not _REF_RE.fullmatch(p[3]):
-        return "REF is not a DNA sequence"
+        return "vcf_bad_ref", "REF"
     if not _ALT_RE.fullmatch(p[4]):
-        return "ALT is not a valid allele list"
+        return "vcf_bad_alt", "ALT"
     if not _QUAL_RE.fullmatch(p[5]):
-        return "QUAL is not a number"
+        return "vcf_bad_qual", "QUAL"
     if nsamples:
         fmt = p[8]
         gi = fmt_cache.get(fmt)
@@ -309,12 +310,12 @@ def _check_line(line: bytes, ncols: int, contigs: set, chrom_ok: dict, fmt_cache
             gi = fmt_cache[fmt] = keys.index(b"GT") if b"GT" in keys else -1
         if gi == 0:
             if not _SAMPLES_GT_FIRST.fullmatch(p[9]):
-                return "bad genotype (GT) in a sample column"
+                return "vcf_bad_gt", "FORMAT/GT"
         elif gi > 0:
             for s in p[9].split(b"\t"):
                 parts = s.split(b":")
                 if len(parts) > gi and not _GT_ONE.fullmatch(parts[gi]):
-                    return "bad genotype (GT) in a sample column"
+                    return "vcf_bad_gt", "FORMAT/GT"
     return None
 
 
@@ -384,6 +385,7 @@ class _Reader:
         self.path = path
         self.genes = ctx.res.genes
         self.cols: dict[str, list] = {c: [] for c in _VARIANT_COLS}
+        self.n_acc = 0                # records read whose rows are in self.cols
         self._chrom: dict[str, str] = {}
         self._ann_cache: dict = {}
 
@@ -437,7 +439,7 @@ class _Reader:
                     vcf = cyvcf2.VCF(str(src), gts012=False, lazy=True)
                 except Exception as e:
                     self.ctx.record()
-                    self.ctx.quarantine("file", f"htslib could not read the VCF header: {_msg(e)}")
+                    self.ctx.quarantine("file", "vcf_htslib_header", detail=e)
                     # the data lines were not read: count them as covered by this one entry
                     return
                 try:
@@ -447,13 +449,13 @@ class _Reader:
                 except _IterError as e:
                     ln = good[start + e.done]
                     self.ctx.record()
-                    self.ctx.quarantine(f"line {ln}", f"htslib could not parse the line: {_msg(e.cause)}")
+                    self.ctx.quarantine(f"line {ln}", "vcf_htslib_record", detail=e.cause)
                     start += e.done + 1
                     restarts += 1
                     if restarts > 1000:
                         for ln in good[start:]:
                             self.ctx.record()
-                            self.ctx.quarantine(f"line {ln}", "not read: too many htslib errors in this file")
+                            self.ctx.quarantine(f"line {ln}", "vcf_too_many_errors")
                         start = len(good)
                 finally:
                     vcf.close()
@@ -469,15 +471,14 @@ class _Reader:
             vcf = cyvcf2.VCF(str(self.path), lazy=True)
         except Exception as e:
             self.ctx.record()
-            self.ctx.quarantine("file", f"htslib could not open the BCF: {_msg(e)}")
+            self.ctx.quarantine("file", "vcf_htslib_header", detail=e)
             return
         try:
             self._setup(vcf)
             self._iterate(vcf)
         except _IterError as e:
             self.ctx.record()
-            self.ctx.quarantine(f"record {e.done + 1}", f"htslib could not read the BCF record; rest of file "
-                                                         f"not read: {_msg(e.cause)}")
+            self.ctx.quarantine(f"record {e.done + 1}", "vcf_htslib_record", detail=e.cause)
         finally:
             vcf.close()
             self._flush()
@@ -485,7 +486,8 @@ class _Reader:
     def _flush(self) -> None:
         cols = self.cols
         if cols["pos"]:
-            self.ctx.emit_columns("variants", cols)
+            self.ctx.emit_columns("variants", cols, records=self.n_acc)
+        self.n_acc = 0
         self.cols = {c: [] for c in _VARIANT_COLS}
 
     # -- hot loop -------------------------------------------------------------------------------
@@ -588,6 +590,7 @@ class _Reader:
                 if not rows:
                     ignored_carrier += 1
         finally:
+            self.n_acc += done - ignored_carrier - ignored_alt
             if ignored_carrier:
                 ctx.ignore("vcf_site_without_carrier", ignored_carrier)
             if ignored_alt:

@@ -28,8 +28,11 @@ class IngestReport:
     ``accepted``: rows added per table (after de-duplication against the store).
     ``quarantined``: number of rejected records/files; ``quarantine`` has (file, record, reason) each.
     ``records``: input records read, ``ignored``: valid records of resource types raretarget does not
-    store (by type), ``duplicates``: rows already in the store. For every file
-    ``records == accepted records + ignored + quarantined``.
+    store (by type), ``duplicates``: rows already in the store or met earlier with the same content,
+    ``conflicts``: resources met again in the same ``ingest`` call with the same id and other content (the
+    first version is kept, each later one is listed in ``quarantine`` with code ``conflicting_duplicate``).
+    For every file ``records == accepted records + ignored + quarantined + conflicts``, each term counted
+    from what was written (the ``ingested`` table holds them per file).
     ``updated``: accepted rows that replace an older version of the same record (same record_id,
     other content; included in ``accepted``); ``deleted``: rows removed by FHIR deletes (Bundle
     entries with ``request.method = DELETE`` or Bulk Data ``deleted/`` listings).
@@ -46,10 +49,11 @@ class IngestReport:
     batches: int = 0
     updated: int = 0
     deleted: int = 0
+    conflicts: int = 0
 
     @property
     def quarantined(self) -> int:
-        return len(self.quarantine)
+        return len(self.quarantine) - self.conflicts
 
     def summary(self) -> str:
         acc = ", ".join(f"{k}={v}" for k, v in sorted(self.accepted.items()) if v) or "none"
@@ -57,6 +61,7 @@ class IngestReport:
         return (f"{self.files} file(s) read ({self.files_already_ingested} already ingested), "
                 f"{self.records} record(s): rows accepted {acc}; {ign} ignored (unsupported types); "
                 f"{self.duplicates} duplicate row(s) skipped; {self.quarantined} quarantined"
+                + (f"; {self.conflicts} conflicting duplicate(s)" if self.conflicts else "")
                 + (f"; {self.updated} updated, {self.deleted} deleted" if self.updated or self.deleted else ""))
 
 
@@ -109,6 +114,7 @@ class Engine:
             paths = [paths]
         inputs, skipped = discover(paths)
         report = IngestReport(skipped_files=skipped)
+        self._seen_resources: dict[str, bytes] = {}       # conflicts are found across the batches of this call
         pseudo = self.pseudo
         bar = _progress(progress, len(inputs))
         with self.store.writer():
@@ -142,6 +148,7 @@ class Engine:
         batch.study_patient.update(self._known_studies())
         batch.known_alias = self._known_alias()
         batch.options = dict(getattr(self, "_options", {}))
+        batch.seen_resources = getattr(self, "_seen_resources", None)
         batch_id = "b" + hashlib.blake2b("|".join(f for _, _, f in files).encode(), digest_size=8).hexdigest()
         ledger = []
         for inp, digest, fref in files:
@@ -151,15 +158,22 @@ class Engine:
             try:
                 if reader is None:
                     ctx.record()
-                    ctx.quarantine("file", "unrecognised file type: not FHIR JSON/NDJSON, DICOM or VCF")
+                    ctx.quarantine("file", "unrecognised_file_type")
                 else:
                     reader(inp.path, ctx)
             except Exception as e:  # one bad file never stops the batch
                 ctx.record()
-                ctx.quarantine("file" if ctx.records <= 1 else f"after record {ctx.records - 1}",
-                               f"{type(e).__name__}: {_clean_reason(e)}")
-            accepted = ctx.records - sum(ctx.ignored.values()) - ctx.quarantined
-            ledger.append((fref, inp.kind, ctx.records, accepted, sum(ctx.ignored.values()), ctx.quarantined))
+                ctx.quarantine("file" if ctx.records <= 1 else f"after record {ctx.records - 1}", "reader_error",
+                               detail=e)
+            ignored = sum(ctx.ignored.values())
+            gap = ctx.records - ctx.accepted - ignored - ctx.quarantined - ctx.conflicts
+            if gap > 0:                     # a record with no outcome is never dropped silently
+                ctx.quarantine("file", "unaccounted", detail=gap, n=gap)
+            elif gap < 0:
+                log.warning("%s: reader counted %d outcome(s) more than records", fref, -gap)
+                ctx.record(-gap)
+            ledger.append((fref, inp.kind, ctx.records, ctx.accepted, ignored, ctx.quarantined, ctx.conflicts))
+            report.conflicts += ctx.conflicts
             report.records += ctx.records
             for k, v in ctx.ignored.items():
                 report.ignored[k] = report.ignored.get(k, 0) + v
@@ -193,12 +207,14 @@ class Engine:
         tables["quarantine"] = S.conform("quarantine", {
             "record_id": S.record_ids("quarantine", [f"{batch_id}/{i}" for i in range(len(q))]),
             "batch_id": [batch_id] * len(q), "file_ref": [x.file_ref for x in q], "kind": [x.kind for x in q],
-            "record": [x.record for x in q], "reason": [x.reason for x in q]})
+            "record": [x.record for x in q], "reason": [x.reason for x in q], "code": [x.code for x in q],
+            "field": [x.field for x in q]})
         tables["ingested"] = S.conform("ingested", {
             "record_id": S.record_ids("ingested", [x[0] for x in ledger]),
             "file_ref": [x[0] for x in ledger], "kind": [x[1] for x in ledger], "batch_id": [batch_id] * len(ledger),
             "records": [x[2] for x in ledger], "accepted": [x[3] for x in ledger],
-            "ignored": [x[4] for x in ledger], "quarantined": [x[5] for x in ledger]})
+            "ignored": [x[4] for x in ledger], "quarantined": [x[5] for x in ledger],
+            "conflicts": [x[6] for x in ledger]})
         report.quarantine.extend(q)
 
         ids = pseudo.drain() + [(pid, value, "alias") for value, pid in batch.alias.items()]
@@ -747,11 +763,6 @@ def _resource_key(source_ref: str | None) -> str | None:
         return None
     loc = source_ref.split("/", 1)[1] if "/" in source_ref else ""
     return loc.split("#", 1)[0]
-
-
-def _clean_reason(e: Exception) -> str:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return msg[:300]
 
 
 def _progress(progress, total: int):

@@ -17,6 +17,10 @@ MAX_SHIFT_DAYS = 365
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+class DateOutOfRange(ValueError):
+    """A date that can't be shifted (the shifted date falls outside years 1..9999)."""
+
+
 class Pseudonymizer:
     """Deterministic keyed pseudonyms; remembers each mapping it made so the caller can persist links.
 
@@ -88,7 +92,10 @@ class Pseudonymizer:
         dt = parse_datetime(value)
         if dt is None:
             return None
-        return dt + timedelta(days=self.shift_days(patient_id))
+        try:
+            return dt + timedelta(days=self.shift_days(patient_id))
+        except OverflowError:
+            raise DateOutOfRange("date outside the representable range after the shift") from None
 
     def drain(self) -> list[tuple[str, str, str]]:
         out, self.new_links = self.new_links, []
@@ -114,4 +121,7 @@ def parse_datetime(value: str) -> datetime | None:
         dt = datetime(dt.year, dt.month, dt.day)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+    try:
+        return dt.astimezone(timezone.utc)
+    except OverflowError:
+        raise DateOutOfRange("date outside the representable range in UTC") from None

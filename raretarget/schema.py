@@ -139,7 +139,9 @@ TABLES: dict[str, pa.Schema] = {
         pa.field("file_ref", pa.string()),
         pa.field("kind", pa.string()),            # input kind (fhir|dicom|vcf|unknown)
         pa.field("record", pa.string()),          # locator inside the file: "line 12", "entry 3", "file"
-        pa.field("reason", pa.string()),
+        pa.field("reason", pa.string()),          # "code: fixed message [field] (detail)": never the bad value
+        pa.field("code", pa.string()),            # reason code (raretarget.ingest.reasons.REASONS)
+        pa.field("field", pa.string()),           # field path in the record, e.g. Observation.valueQuantity.value
     ]),
     "ingested": pa.schema([
         pa.field("record_id", pa.int64(), nullable=False),
@@ -150,6 +152,7 @@ TABLES: dict[str, pa.Schema] = {
         pa.field("accepted", pa.int64()),
         pa.field("ignored", pa.int64()),          # valid records of types raretarget does not store
         pa.field("quarantined", pa.int64()),
+        pa.field("conflicts", pa.int64()),        # same resource id met earlier in the ingest, other content
     ]),
     # rows hidden from every read: superseded by a newer version of the same record (``reason``
     # "update") or removed by a FHIR delete ("delete"). A row is identified by its table, its

@@ -51,9 +51,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def private_dir(path: Path, top: Path) -> None:
+    """Make ``path`` (and every folder between ``top`` and it) with mode 700 whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True)
+    p = Path(path)
+    while True:
+        os.chmod(p, 0o700)
+        if p == top or p.parent == p or not p.is_relative_to(top):
+            break
+        p = p.parent
+
+
+def _tighten(links: Path) -> None:
+    """Link folders written by older versions: every folder 700, every file 600 (owner's only)."""
+    if not links.is_dir() or not os.access(links, os.W_OK):
+        return
+    for dirpath, dirnames, filenames in os.walk(links):
+        try:
+            os.chmod(dirpath, 0o700)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o600)
+        except PermissionError:
+            return
+
+
+def atomic_write_bytes(path: Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` atomically; ``private``: the file is created 600 (the link folder's files)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+    with os.fdopen(fd, "wb") as f:
+        if private:
+            os.fchmod(f.fileno(), 0o600)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -61,9 +89,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+def atomic_write_parquet(path: Path, table: pa.Table, private: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if private:                                  # created 600 before any byte is written
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.chmod(tmp, 0o600)
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -96,14 +127,14 @@ class Store:
             os.chmod(links, 0o700)
             keyfile = links / "secret.key"
             if not keyfile.exists():
-                atomic_write_bytes(keyfile, secrets.token_bytes(32))
-                os.chmod(keyfile, 0o600)
+                atomic_write_bytes(keyfile, secrets.token_bytes(32), private=True)
             atomic_write_bytes(root / "_manifest.json", json.dumps({"version": 0, "tables": {}}).encode())
             atomic_write_bytes(meta, json.dumps({"format": FORMAT_VERSION, "kind": "raretarget-store"}).encode())
         else:
             info = json.loads(meta.read_text())
             if info.get("format") != FORMAT_VERSION:
                 raise StoreError(f"{root}: store format {info.get('format')} is not supported (expected {FORMAT_VERSION})")
+            _tighten(links)
         return cls(root, links)
 
     def key(self) -> bytes:
@@ -220,8 +251,9 @@ class Store:
         man = self.manifest(refresh=True)
         new_tables = {t: list(ps) for t, ps in man.get("tables", {}).items()}
         for name, table in links.items():
-            if table.num_rows:
-                atomic_write_parquet(self.links / name / f"{batch_id}.parquet", table)
+            if table.num_rows:            # link folder: every folder 700, every file 600
+                private_dir(self.links / name, self.links)
+                atomic_write_parquet(self.links / name / f"{batch_id}.parquet", table, private=True)
         for name, table in tables.items():
             if table.num_rows == 0:
                 continue

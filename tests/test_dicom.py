@@ -324,7 +324,7 @@ def test_dicomdir_missing_referenced_file(tmp_path):
     eng, rep = ingest(tmp_path, media / "DICOMDIR")
     assert rep.records == 3                                 # DICOMDIR + two references
     assert rep.accepted["images"] == 1
-    assert [q.reason for q in rep.quarantine] == ["DICOMDIR references a file that does not exist"]
+    assert [q.code for q in rep.quarantine] == ["dicomdir_missing_file"]
     assert rep.quarantine[0].record.startswith("record ")
 
 
