@@ -10,6 +10,7 @@ plus ``summary.json`` with status, top genes and the reason for every skipped hy
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import time
@@ -25,7 +26,12 @@ def load_hypotheses(path: str | Path) -> list[dict]:
     if p.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        items = yaml.safe_load(text) or []
+        try:
+            items = yaml.safe_load(text) or []
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{p.name}: malformed YAML{where}") from None
         items = items.get("hypotheses", items) if isinstance(items, dict) else items
     elif p.suffix.lower() in (".jsonl", ".ndjson"):
         items = []
@@ -52,10 +58,40 @@ def load_hypotheses(path: str | Path) -> list[dict]:
     for i, it in enumerate(items):
         it = dict(it) if isinstance(it, dict) else {"_error": "hypothesis is not a mapping"}
         it.setdefault("id", f"h{i + 1}")
-        if it.get("phenopacket") and not Path(it["phenopacket"]).is_absolute():
+        if isinstance(it.get("phenopacket"), str) and it["phenopacket"] and not Path(it["phenopacket"]).is_absolute():
             it["phenopacket"] = str(p.parent / it["phenopacket"])
         out.append(it)
     return out
+
+
+def output_name(hid, used: set[str]) -> str:
+    """A safe, unique file stem for hypothesis id ``hid``: only ``[A-Za-z0-9._-]``, never hidden or a path
+    (``../../etc/evil`` → ``etc_evil-<hash>``); an id that had to change gets a short hash of itself, so two
+    ids never share a file."""
+    raw = str(hid)
+    stem = _SAFE.sub("_", raw).strip("._-")[:80] or "hypothesis"
+    if stem != raw or stem in used:
+        stem = f"{stem}-{hashlib.blake2b(raw.encode(), digest_size=4).hexdigest()}"
+    used.add(stem)
+    return stem
+
+
+def _check_hypothesis(h: dict, k_default) -> int:
+    """Validate one hypothesis; its k. Raises ValueError with a clear reason."""
+    for key in ("phenotypes", "excluded"):
+        v = h.get(key)
+        if v is not None and (not isinstance(v, list) or not all(isinstance(t, str) for t in v)):
+            raise ValueError(f"{key} must be a list of HPO ids (got a {type(v).__name__})")
+    for key in ("text", "phenopacket", "patients"):
+        v = h.get(key)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"{key} must be a string (got a {type(v).__name__})")
+    k = h.get("k", k_default)
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, str)) or not str(k).strip().isdigit() or int(k) <= 0:
+            raise ValueError("k must be a positive integer")
+        k = int(k)
+    return k
 
 
 def run_batch(engine, hypotheses: Iterable[dict], out_dir: str | Path, k: int = 50, weights: Any = None,
@@ -64,6 +100,9 @@ def run_batch(engine, hypotheses: Iterable[dict], out_dir: str | Path, k: int = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hyps = list(hypotheses)
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+        raise ValueError("k must be a positive integer")
+    used: set[str] = set()
     summary = {"n": len(hyps), "ok": 0, "skipped": 0, "hypotheses": []}
     it = hyps
     if progress:
@@ -71,12 +110,13 @@ def run_batch(engine, hypotheses: Iterable[dict], out_dir: str | Path, k: int = 
 
         it = tqdm(hyps, desc="hypotheses", unit="hyp")
     for h in it:
-        hid = _SAFE.sub("_", str(h["id"]))[:80] or "hypothesis"
+        hid = output_name(h["id"], used)
         rec = {"id": h["id"], "file": None}
         t0 = time.perf_counter()
         try:
             if "_error" in h:
                 raise ValueError(h["_error"])
+            hk = _check_hypothesis(h, k)
             forms = [f for f in ("text", "phenotypes", "phenopacket") if h.get(f)]
             if not forms:
                 raise ValueError("no query: give text, phenotypes or phenopacket")
@@ -87,7 +127,7 @@ def run_batch(engine, hypotheses: Iterable[dict], out_dir: str | Path, k: int = 
                 patients = sorted(allowed_patients(engine.sql, where=h["patients"]) or [])
             table = engine.rank_targets(h.get("text"), phenotypes=h.get("phenotypes"),
                                         excluded=h.get("excluded") or (), phenopacket=h.get("phenopacket"),
-                                        patients=patients, k=int(h.get("k", k)), weights=weights)
+                                        patients=patients, k=hk, weights=weights)
             import pyarrow.csv as pacsv
             import pyarrow.parquet as pq
 

@@ -20,12 +20,23 @@ def main(cfg: DictConfig) -> int:
 
     eng = Engine.open(cfg.store)
     weights = OmegaConf.to_container(cfg.weights, resolve=True) if cfg.get("weights") else None
-    summary = run_batch(eng, load_hypotheses(cfg.hypotheses), cfg.out, k=int(cfg.k), weights=weights)
+    try:
+        hyps = load_hypotheses(cfg.hypotheses)
+        summary = run_batch(eng, hyps, cfg.out, k=_positive_k(cfg.k), weights=weights)
+    except (ValueError, FileNotFoundError) as e:       # bad input: a clear message, no traceback
+        print(f"rank_candidates: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"ranked {summary['ok']} of {summary['n']} hypotheses ({summary['skipped']} skipped) -> {cfg.out}")
     for h in summary["hypotheses"]:
         if h["status"] != "ok":
             print(f"  skipped {h['id']}: {h['reason']}")
     return 0
+
+
+def _positive_k(k) -> int:
+    if isinstance(k, bool) or not str(k).strip().isdigit() or int(k) <= 0:
+        raise ValueError("k must be a positive integer")
+    return int(k)
 
 
 if __name__ == "__main__":
