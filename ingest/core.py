@@ -46,7 +46,7 @@ class QuarantineItem:
         return f"{self.file_ref} [{self.record}]: {self.reason}"
 
 
-_FIELD_OK = re.compile(r"[^A-Za-z0-9_.\[\]#:-]")
+_FIELD_OK = re.compile(r"[^A-Za-z0-9_.\[\]#:/-]")
 
 
 def _safe_field(field: str | None) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from raretarget.pseudo import DateOutOfRange
 from raretarget.schema import THUMB_SIZE
 
 #: Media Storage Directory Storage (DICOMDIR)
@@ -276,11 +277,19 @@ def _emit(ex: dict, ctx, file_ref: str) -> None:
     """Link the patient (ImagingStudy first, then PatientID), shift the date, emit the row."""
     study_p = ex["study_uid"]
     patient_id = ctx.batch.study_patient.get(study_p) if study_p else None
+    link = "imaging_study" if patient_id is not None else None
     if patient_id is None:
         patient_id = ctx.batch.patient_for_identifier(ex["_patient_raw"])
+        link = "patient_id" if patient_id is not None else "none"     # flagged, never a silent NULL patient
     row: dict[str, Any] = {k: v for k, v in ex.items() if not k.startswith("_")}
     row["patient_id"] = patient_id
-    row["acquired"] = ctx.pseudo.shift(ex["_acquired_raw"], patient_id)
+    row["patient_link"] = link
+    try:
+        row["acquired"] = ctx.pseudo.shift(ex["_acquired_raw"], patient_id)
+    except DateOutOfRange:
+        ctx.quarantine("file" if file_ref == ctx.file_ref else f"referenced file {file_ref}", "date_out_of_range",
+                       field="AcquisitionDateTime")
+        return
     row["thumbnail"] = list(ex["_thumb"]) if ex["_thumb"] is not None else None
     row["source_ref"] = f"{ctx.kind}:{file_ref}/{ex['instance_uid']}"
     ctx.emit("images", row)

@@ -444,6 +444,7 @@ class _Reader:
                     return
                 try:
                     self._setup(vcf)
+                    self._where = lambda d, s=start: f"line {good[s + d - 1]}"
                     done = self._iterate(vcf)
                     start = len(good)
                 except _IterError as e:
@@ -475,6 +476,7 @@ class _Reader:
             return
         try:
             self._setup(vcf)
+            self._where = lambda d: f"record {d}"
             self._iterate(vcf)
         except _IterError as e:
             self.ctx.record()
@@ -504,7 +506,7 @@ class _Reader:
         zyg_names = np.array(["het", "hom_alt", "hemi"], dtype=object)
         annotate = self._annotate
         ref_fn = ctx.ref
-        ignored_carrier = ignored_alt = 0
+        ignored_carrier = ignored_alt = bad_ann = 0
         done = 0
         it = iter(vcf)
         try:
@@ -533,7 +535,12 @@ class _Reader:
                 filt = ";".join(filt) if filt else None
                 if sites_only:
                     rows = 0
-                    anns = annotate(v, ref, alts)
+                    try:
+                        anns = annotate(v, ref, alts)
+                    except _BadAnnotation:
+                        bad_ann += 1
+                        ctx.quarantine(self._where(done), "vcf_bad_annotation", field="INFO/CSQ")
+                        continue
                     for k, alt in enumerate(alts):
                         if alt == "*":
                             continue
@@ -568,7 +575,11 @@ class _Reader:
                     if alt == "*":
                         continue
                     if anns is None:
-                        anns = annotate(v, ref, alts)
+                        try:
+                            anns = annotate(v, ref, alts)
+                        except _BadAnnotation:
+                            rows = -1
+                            break
                     a = anns[k - 1]
                     if ploidy is None:
                         zyg = ["hemi"] * m
@@ -587,10 +598,14 @@ class _Reader:
                     c_cons.extend([a[3]] * m); c_imp.extend([a[4]] * m); c_hc.extend([a[5]] * m); c_hp.extend([a[6]] * m)
                     c_cv.extend([a[7]] * m); c_af.extend([a[8]] * m); c_q.extend([qual] * m); c_f.extend([filt] * m)
                     rows += m
+                if rows < 0:
+                    bad_ann += 1
+                    ctx.quarantine(self._where(done), "vcf_bad_annotation", field="INFO/CSQ")
+                    continue
                 if not rows:
                     ignored_carrier += 1
         finally:
-            self.n_acc += done - ignored_carrier - ignored_alt
+            self.n_acc += done - ignored_carrier - ignored_alt - bad_ann
             if ignored_carrier:
                 ctx.ignore("vcf_site_without_carrier", ignored_carrier)
             if ignored_alt:
@@ -670,9 +685,12 @@ class _Reader:
         nalt = len(alts)
         best: list = [None] * nalt          # (key, fields, term)
         best_sym: list = [None] * nalt      # most severe entry with a gene symbol
+        nfmt = len(fmt)
         for entry in text.split(","):
             f = entry.split("|")
             nf = len(f)
+            if vep and nf > nfmt:                       # more fields than the header names: misaligned
+                raise _BadAnnotation()
             k = None
             if inum is not None and inum < nf and f[inum].isdigit():
                 k = int(f[inum]) - 1
@@ -692,6 +710,8 @@ class _Reader:
                 r = SEVERITY.get(t, _UNRANKED)
                 if r < rank and t:
                     rank, term = r, t
+            if vep and (rank >= _UNRANKED or (ii is not None and ii < nf and f[ii] not in _IMPACTS)):
+                raise _BadAnnotation()              # not an SO term / not a VEP impact: fields misaligned
             mane = imane is not None and imane < nf and f[imane] != ""
             canon = ican is not None and ican < nf and f[ican] == "YES"
             key = (rank, not mane, not canon)
@@ -755,6 +775,13 @@ def _most_severe_mc(mc) -> tuple[str, str] | None:
     if best is None:
         return None
     return best[1], TERM_IMPACT.get(best[1])
+
+
+_IMPACTS = frozenset(("HIGH", "MODERATE", "LOW", "MODIFIER", ""))
+
+
+class _BadAnnotation(Exception):
+    """A CSQ entry whose field count differs from the header's Format: the fields can't be trusted."""
 
 
 class _IterError(Exception):

@@ -90,6 +90,7 @@ TABLES: dict[str, pa.Schema] = {
         pa.field("thumbnail", pa.list_(pa.uint8(), THUMB_SIZE * THUMB_SIZE)),  # windowed, resized middle frame
         pa.field("acquired", TS),
         pa.field("source_ref", pa.string()),
+        pa.field("patient_link", pa.string()),    # how patient_id was found: imaging_study|patient_id|none (flag)
     ]),
     "imaging_studies": pa.schema(_COMMON + [
         pa.field("study_uid", pa.string()),

@@ -111,3 +111,23 @@ def test_link_folder_is_private(tmp_path):
     for p in entries:
         mode = stat.S_IMODE(os.stat(p).st_mode)
         assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+
+
+def test_vep_csq_with_wrong_field_count_is_quarantined(tmp_path):
+    eng = Engine.open(tmp_path / "S", create=True)
+    rep = eng.ingest([DATA / "bad" / "vcf" / "csq_wrong_fields.vcf"])
+    assert sorted((q.code, q.field, q.record) for q in rep.quarantine) == [
+        ("vcf_bad_annotation", "INFO/CSQ", "line 6"), ("vcf_bad_annotation", "INFO/CSQ", "line 8")]
+    rows = eng.sql("select pos, gene, consequence, impact from variants").to_pylist()
+    assert rows == [{"pos": 200, "gene": "FBN1", "consequence": "missense_variant", "impact": "MODERATE"}]
+    (led,) = _ledger_ok(eng)
+    assert led["records"] == 3 and led["accepted"] == 1 and led["quarantined"] == 2
+
+
+def test_dicom_without_patient_id_is_flagged(tmp_path):
+    eng = Engine.open(tmp_path / "S", create=True)
+    eng.ingest([DATA / "dicom" / "SC_rgb_jpeg.dcm", DATA / "dicom" / "CT_small.dcm"])
+    rows = {r["modality"]: r for r in eng.sql("select modality, patient_id, patient_link from images").to_pylist()}
+    links = sorted((r["patient_id"] is None, r["patient_link"]) for r in rows.values())
+    assert links == [(False, "patient_id"), (True, "none")]
+    _ledger_ok(eng)
