@@ -30,6 +30,9 @@ from raretarget.pseudo import Pseudonymizer
 
 #: cap on raw bytes kept per quarantined record (on the secure side)
 MAX_RAW = 65536
+#: cap on raw bytes kept per file: a file of junk is not copied into the link folder (later entries keep
+#: their code, locator and field, with an empty raw)
+MAX_RAW_PER_FILE = 4 << 20
 
 
 @dataclass
@@ -117,6 +120,7 @@ class FileContext:
         self.ignored: Counter = Counter()
         self.quarantined = 0
         self.conflicts = 0
+        self.raw_kept = 0                 # raw bytes of this file's quarantined records kept so far
         self.accepted = 0                 # records with at least one row emitted (or a delete applied)
         self._out_at = -1                 # the record number that last produced output
         self.accepted_rows: Counter = Counter()
@@ -159,8 +163,11 @@ class FileContext:
         self._add_item(record, "conflicting_duplicate", field, reason_text("conflicting_duplicate", field), raw)
 
     def _add_item(self, record, code, field, reason, raw) -> None:
+        room = min(MAX_RAW, MAX_RAW_PER_FILE - self.raw_kept)
+        raw = raw[:max(room, 0)] if raw else None
         if isinstance(raw, bytes):
-            raw = raw[:MAX_RAW].decode("utf-8", "replace")
+            raw = raw.decode("utf-8", "replace")
+        self.raw_kept += len(raw or "")
         self.batch.quarantine.append(QuarantineItem(str(self.path), self.file_ref, str(record)[:80], reason,
                                                     self.kind, code, field))
         self.batch.raw.append((raw or "")[:MAX_RAW])

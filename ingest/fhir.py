@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import html
 import math
+import zlib
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +30,7 @@ import orjson
 
 from raretarget.pseudo import DateOutOfRange
 
-from .core import FileContext, open_text
+from .core import FileContext
 from .deid import patient_phi_terms, scrub_text
 
 R4_RESOURCE_TYPES = frozenset("""
@@ -136,25 +137,52 @@ def _json_code(e: Exception) -> str:
     return "malformed_json"
 
 
+#: a single NDJSON line longer than this is quarantined unread (``record_too_large``), never held in memory
+MAX_LINE = 64 << 20
+
+
 def _read_ndjson(path: Path, ctx: FileContext) -> None:
-    lines = []
+    """Stream the file line by line (gzip or not): memory is bounded by one line, not by the file."""
+    r = _Reader(ctx, {})
+    n = 0
     try:
-        with open_text(path) as f:
-            for line in f:
-                lines.append(line)
-    except UnicodeDecodeError:
-        # decode line by line so only the bad lines are quarantined
-        _read_ndjson_bytes(_read_bytes(path), ctx)
-        return
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        # truncated/unreadable gzip: keep what was read, quarantine the rest
-        _read_ndjson_lines(lines, ctx)
+        with _open_binary(path) as f:
+            while True:
+                bline = f.readline(MAX_LINE + 1)
+                if not bline:
+                    break
+                n += 1
+                if len(bline) > MAX_LINE and not bline.endswith(b"\n"):
+                    while True:                       # skip the rest of the over-long line, chunk by chunk
+                        chunk = f.readline(1 << 20)
+                        if not chunk or chunk.endswith(b"\n"):
+                            break
+                    ctx.record()
+                    ctx.quarantine(f"line {n}", "record_too_large", bline[:4096])
+                    continue
+                if n == 1 and bline.startswith(_BOM):
+                    bline = bline[len(_BOM):]
+                if not bline.strip():
+                    continue
+                try:
+                    bline.decode("utf-8")
+                except UnicodeDecodeError:
+                    ctx.record()
+                    ctx.quarantine(f"line {n}", "not_utf8", bline)
+                    continue
+                r.handle_line(bline, n)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        # truncated/unreadable gzip: what was read is kept, the rest is one quarantine entry
         ctx.record()
-        ctx.quarantine(f"after line {len(lines)}", "unreadable_gzip", detail=e)
-        return
-    if lines and lines[0].startswith("\ufeff"):
-        lines[0] = lines[0][1:]
-    _read_ndjson_lines(lines, ctx)
+        ctx.quarantine(f"after line {n}", "unreadable_gzip", detail=e)
+
+
+def _open_binary(path: Path):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _read_ndjson_bytes(raw: bytes, ctx: FileContext) -> None:

@@ -13,6 +13,7 @@ REASONS: dict[str, str] = {
     "unrecognised_file_type": "not FHIR JSON/NDJSON, DICOM or VCF",
     "not_utf8": "not valid UTF-8 text",
     "unreadable_gzip": "unreadable gzip stream (truncated or corrupt); earlier records kept",
+    "record_too_large": "record longer than the reader's limit; not read",
     "reader_error": "the reader failed on this record; the rest of the file was read",
     "unaccounted": "the reader neither stored, ignored nor quarantined this record",
     # JSON / FHIR structure
