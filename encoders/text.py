@@ -130,7 +130,9 @@ class TextEncoder(Encoder):
             ``train()``, else 0; 0 = labels only).
         forward_tokens: token budget (rows × padded length) of one backbone call; the distinct clauses
             of a batch are sorted by length and cut into calls of at most this many tokens, so short
-            clauses are not padded to the longest one. Not part of the architecture (not saved).
+            clauses are not padded to the longest one. ``"auto"``: 65536 on CUDA (few large calls keep
+            it busy), 2048 on CPU (measured: 1.5x less backbone time than one padded call on 2 cores).
+            Not part of the architecture (not saved).
     """
 
     modality = "text"
@@ -139,7 +141,7 @@ class TextEncoder(Encoder):
                  train_last_layers: int = 0, max_length: int = 128, tiny_hidden: int = 32, tiny_layers: int = 2,
                  dropout: float = 0.0, pooling: str = "segments", segment_length: int = 64, max_segments: int = 48,
                  cache_size: int = 200_000, terms: int | str = 0, term_aliases: int | str = 0,
-                 forward_tokens: int = 32768):
+                 forward_tokens: int | str = "auto"):
         super().__init__(embed_dim)
         if pooling not in ("segments", "mean"):
             raise ValueError("pooling must be 'segments' or 'mean'")
@@ -158,7 +160,7 @@ class TextEncoder(Encoder):
         self.cache_size = int(cache_size)
         self._cache: dict[bytes, torch.Tensor] = {}
         self._cache_key: tuple | None = None
-        self.forward_tokens = max(1, int(forward_tokens))
+        self.forward_tokens = forward_tokens if forward_tokens == "auto" else max(1, int(forward_tokens))
         self._fast: dict[int, object] = {}     # max_length -> own copy of the Rust tokenizer (see tokenize)
         _offline()
         tok_path = minilm_path() if backbone in ("minilm", "tiny") else Path(backbone)
@@ -293,13 +295,14 @@ class TextEncoder(Encoder):
         most ``forward_tokens`` tokens, each cut to its own longest row (padding is masked, so a row's
         features do not depend on its neighbours)."""
         rows = np.asarray(rows, dtype=np.int64)
+        budget = self.call_tokens(ids.device)
         if not len(rows):
             return torch.zeros(0, self.backbone.config.hidden_size, device=ids.device)
         order = rows[np.argsort(lens[rows], kind="stable")]
         parts, s = [], 0
         while s < len(order):
             e = s + 1
-            while e < len(order) and (e + 1 - s) * max(int(lens[order[e]]), 1) <= self.forward_tokens:
+            while e < len(order) and (e + 1 - s) * max(int(lens[order[e]]), 1) <= budget:
                 e += 1
             T = max(int(lens[order[e - 1]]), 1)
             t = torch.from_numpy(order[s:e]).to(ids.device)
@@ -310,6 +313,12 @@ class TextEncoder(Encoder):
         back = np.empty(len(rows), dtype=np.int64)
         back[np.argsort(lens[rows], kind="stable")] = np.arange(len(rows))
         return feats[torch.from_numpy(back).to(feats.device)]
+
+    def call_tokens(self, device: torch.device | str) -> int:
+        """Token budget of one backbone call on ``device`` (``forward_tokens``, resolved)."""
+        if self.forward_tokens != "auto":
+            return int(self.forward_tokens)
+        return 65536 if torch.device(device).type == "cuda" else 2048
 
     def _encode_rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean-pooled backbone features of each row ``(S, hidden)`` float32; with the backbone in eval mode
