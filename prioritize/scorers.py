@@ -65,12 +65,18 @@ class Component:
     scores: np.ndarray
     evidence: Callable[[int], dict]
     present: bool = True                      # False: no input for this component (excluded from the mix)
+    role: str = "relevance"                   # relevance | tractability | display (see raretarget.prioritize.rank)
+    logit: np.ndarray | None = None           # a relevance component's own log-odds contribution, when it has one
 
 
 class Scorer:
     """Base class. Subclasses set ``name`` via :func:`register_scorer` and implement :meth:`score`."""
 
     name = "?"
+    #: how :class:`~raretarget.prioritize.rank.Prioritizer` uses the component: ``relevance`` (evidence that the
+    #: gene explains the query), ``tractability`` (druggability, knowledge: re-orders genes of similar relevance
+    #: only) or ``display`` (a column and its evidence, not part of either)
+    role = "relevance"
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, **params: Any):
         self.kb = kb
@@ -198,7 +204,12 @@ class PhenotypeIC(Scorer):
     ``penalty`` (λ, default 0 = off; the packaged config uses the value chosen on a tune split): each excluded term ``e`` the gene carries (or a descendant of it), weighted by
     how strongly (fraction of its diseases with it), removes ``λ·IC(e)/Σ_q IC(q)``. Final score
     ``max(0, positive − penalty)`` ∈ [0, 1]; absent (not in the mix) when the query has no observed terms.
+
+    Role ``display``: the column and its term-by-term evidence are shown; its two scores enter the relevance
+    through the fitted ``phenotype`` component (features ``res_gene`` / ``res_dis``).
     """
+
+    role = "display"
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, method: str = "query", penalty: float = 0.0,
                  unannotated: float = 0.0, **params: Any):
@@ -254,7 +265,7 @@ class PhenotypeIC(Scorer):
     def score(self, q: Query) -> Component:
         kb = self.kb
         if not q.observed:
-            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False)
+            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
         s, best, mica, strengths, best_dis = self.raw(q.observed, q.excluded)
 
         def evidence(i: int) -> dict:
@@ -292,7 +303,89 @@ class PhenotypeIC(Scorer):
             r = q.kb_rows
             no_terms = (r >= 0) & (kb.n_gene_terms[np.maximum(r, 0)] == 0)
             out[no_terms] = u
-        return Component(self.name, out, evidence)
+        return Component(self.name, out, evidence, role=self.role)
+
+
+@register_scorer("phenotype")
+class Phenotype(PhenotypeIC):
+    """Phenotype relevance from the fitted log-linear model of :mod:`raretarget.prioritize.phenomodel`.
+
+    ``logit[g] = Σ_k coef_k · feature_k[g]`` over the features of :class:`PhenotypeModel` (disease-level
+    likelihood ratios with annotation frequencies, exact-match coverage, hypergeometric enrichment, Resnik);
+    genes the KB does not annotate (e.g. genes only seen in a VCF) get the features of a gene without
+    annotations plus ``unannotated`` (a logit offset). The column shows the phenotype-only posterior
+    ``softmax(logit)`` over the ranked genes (sums to 1), the evidence the matched terms (as ``phenotype_ic``),
+    the best-matching disease and the feature values.
+    """
+
+    role = "relevance"
+
+    def __init__(self, kb: KnowledgeBase, weight: float = 1.0, coef: Mapping[str, float] | None = None,
+                 unannotated: float = 0.0, **params: Any):
+        super().__init__(kb, weight, method="blend", **params)
+        from .phenomodel import FEATURES
+
+        self.coef = {k: float(v) for k, v in (coef or {"res_gene": 1.0}).items()}
+        unknown = set(self.coef) - set(FEATURES)
+        if unknown:
+            raise KeyError(f"unknown phenotype features {sorted(unknown)}; known: {list(FEATURES)}")
+        self.unannotated_offset = float(unannotated)
+
+    def features(self, observed: list[int], excluded: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+        """(features ``{name: [G]}`` over KB genes, best disease per gene ``[G]`` (−1 none), Resnik parts)."""
+        p = self.parts(observed, excluded, methods=["query", "disease"], with_penalty=False)
+        feats, best = self.kb.phenotype_model().features(observed, excluded, p)
+        return feats, best, p
+
+    def kb_logit(self, feats: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """(logit ``[G]`` per KB gene, the logit of a gene without annotations)."""
+        from .phenomodel import PhenotypeModel
+
+        z = PhenotypeModel.logit(feats, self.coef)
+        blank = {k: np.array([0.0]) for k in feats}
+        blank["lrf_obs"] = blank["lrf_all"] = blank["lrb_obs"] = blank["lrb_all"] = blank["pseudo"] = np.array(
+            [feats["pseudo"].min() if len(feats["pseudo"]) else 0.0])
+        z0 = float(PhenotypeModel.logit(blank, self.coef)[0]) + self.unannotated_offset
+        none = self.kb.n_gene_terms == 0
+        z = np.where(none, z0, z)
+        return z, z0
+
+    def score(self, q: Query) -> Component:
+        kb = self.kb
+        if not q.observed:
+            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
+        feats, best_dis, parts = self.features(q.observed, q.excluded)
+        z_kb, z0 = self.kb_logit(feats)
+        z = self._kb_scores(q, z_kb, default=z0)
+        post = np.exp(z - z.max())
+        post /= post.sum()
+        model = kb.phenotype_model()
+        best, mica = parts["best"], parts["mica"]
+
+        def evidence(i: int) -> dict:
+            r = int(q.kb_rows[i])
+            if r < 0 or not len(kb.gene_terms[r]):
+                return {"note": "gene has no HPO phenotype annotations", "logit": round(float(z[i]), 3)}
+            gterms = kb.gene_terms[r]
+            pairs = []
+            for k, qi in enumerate(q.observed):
+                a = int(mica[k, r])
+                if a < 0 or kb.ic[a] <= 0:
+                    continue
+                sub = gterms[np.asarray(kb.anc[gterms, a].todense()).ravel().astype(bool)]
+                t = int(sub[np.argmax(kb.ic[sub])]) if len(sub) else a
+                pairs.append({"query": kb.term_ids[qi], "gene_term": kb.term_ids[t], "common": kb.term_ids[a],
+                              "common_name": kb.name(a), "ic": round(float(kb.ic[a]), 3),
+                              "exact": bool(a == qi)})
+            pairs.sort(key=lambda p: -p["ic"])
+            ev: dict = {"matches": pairs, "logit": round(float(z[i]), 3)}
+            if best_dis[r] >= 0:
+                d = model.diseases[int(best_dis[r])]
+                ev["best_disease"] = {"id": d.id, "name": d.name}
+            ev["features"] = {k: round(float(v[r]), 3) for k, v in feats.items() if k in self.coef}
+            return ev
+
+        return Component(self.name, post, evidence, role=self.role, logit=self.weight * z)
 
 
 # ---------------------------------------------------------------------------------------------- knowledge
@@ -300,7 +393,9 @@ class PhenotypeIC(Scorer):
 class Knowledge(Scorer):
     """Known disease associations: ``1 − exp(−a / scale)`` with ``a = n_OMIM + 0.5·n_Orphanet`` (a gene with
     HPO annotations but no mapped disease counts as ``a = 0.5``); 0 for genes with no known disease.
-    Range [0, 1); ``scale`` default 2 (1 OMIM disease → 0.39, 3 → 0.78)."""
+    Range [0, 1); ``scale`` default 2 (1 OMIM disease → 0.39, 3 → 0.78). Role ``tractability``."""
+
+    role = "tractability"
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, scale: float = 2.0, **params: Any):
         super().__init__(kb, weight, **params)
@@ -325,7 +420,7 @@ class Knowledge(Scorer):
                     "diseases": [f"{d.id} {d.name}" for d in ds[:5]],
                     "inheritance": sorted(kb.inheritance.get(q.genes[i], ()))}
 
-        return Component(self.name, self._kb_scores(q, self._s), evidence)
+        return Component(self.name, self._kb_scores(q, self._s), evidence, role=self.role)
 
 
 # ---------------------------------------------------------------------------------------------- druggability
@@ -346,7 +441,10 @@ def druggability_score(row: Mapping | None) -> float:
 
 @register_scorer("druggability")
 class Druggability(Scorer):
-    """Druggability of the gene product (see :func:`druggability_score`), [0, 1]; 0 for unknown genes."""
+    """Druggability of the gene product (see :func:`druggability_score`), [0, 1]; 0 for unknown genes.
+    Role ``tractability``."""
+
+    role = "tractability"
 
     def score(self, q: Query) -> Component:
         kb = self.kb
@@ -359,7 +457,7 @@ class Druggability(Scorer):
             return {k: r.get(k) for k in ("finan_tier", "pharos_tdl", "n_drugs", "max_phase", "mechanisms",
                                           "example_drugs") if r.get(k) not in (None, "")}
 
-        return Component(self.name, s, evidence)
+        return Component(self.name, s, evidence, role=self.role)
 
 
 # ---------------------------------------------------------------------------------------------- variant
@@ -436,13 +534,18 @@ class Variant(Scorer):
     * unknown mode: ``unknown_mode × v`` (default 0.7); unknown zygosity counts as het.
 
     The gene's score is the best fit over its modes. Absent from the mix when no variant table is given.
+    Relevance logit: ``weight · s + log_weight · log(s + floor)``: the log term makes a gene without any
+    qualifying variant (s = 0) pay ``log_weight · log(floor)`` (−4.6 · log_weight at the default floor), so
+    phenotype evidence alone rarely lifts a gene the VCF gives no reason for.
     """
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, carrier: float = 0.2, unknown_mode: float = 0.7,
-                 **params: Any):
+                 log_weight: float = 0.0, floor: float = 0.01, **params: Any):
         super().__init__(kb, weight, **params)
         self.carrier = float(carrier)
         self.unknown_mode = float(unknown_mode)
+        self.log_weight = float(log_weight)
+        self.floor = float(floor)
 
     def gene_fit(self, gene: str, alleles: list[tuple[float, str]]) -> tuple[float, str]:
         """Best (score, mode) for the gene given ``[(v, zygosity)]``."""
@@ -470,7 +573,7 @@ class Variant(Scorer):
     def score(self, q: Query) -> Component:
         t = q.variants
         if t is None:
-            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False)
+            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
         cols = set(t.column_names)
 
         def col(n: str) -> list:
@@ -505,7 +608,8 @@ class Variant(Scorer):
             return {"variants": vs, "fit": modes.get(i, ""),
                     "inheritance": sorted(self.kb.inheritance.get(q.genes[i], ()))}
 
-        return Component(self.name, s, evidence)
+        logit = self.weight * s + (self.log_weight * np.log(s + self.floor) if self.log_weight else 0.0)
+        return Component(self.name, s, evidence, role=self.role, logit=logit)
 
 
 # ---------------------------------------------------------------------------------------------- placeholders
@@ -516,7 +620,7 @@ class _Precomputed(Scorer):
     def score(self, q: Query) -> Component:
         d = q.extra.get(self.name)
         if d is None:
-            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False)
+            return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
         s = np.zeros(len(q.genes))
         for g, v in d.items():
             i = q.gene_pos.get(g)

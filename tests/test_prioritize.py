@@ -109,7 +109,7 @@ def test_disease_level_phenotype_scores_the_best_disease_not_the_union():
     dis = by(Prioritizer(kb, {"phenotype_ic": {"method": "disease"}, "knowledge": 0, "druggability": 0}).rank([A1, B1]))
     assert union["G1"]["phenotype_ic"] == pytest.approx(union["G6"]["phenotype_ic"]) == pytest.approx(1.0)
     assert dis["G1"]["phenotype_ic"] == pytest.approx(1.0)
-    assert dis["G6"]["phenotype_ic"] < 0.75 and dis["G1"]["rank"] < dis["G6"]["rank"]
+    assert dis["G6"]["phenotype_ic"] < 0.75 < dis["G1"]["phenotype_ic"]
     assert dis["G3"]["phenotype_ic"] == pytest.approx(union["G3"]["phenotype_ic"])     # no diseases: gene level
     assert json.loads(dis["G1"]["evidence"])["phenotype_ic"]["best_disease"]["id"] == "OMIM:1"
     with pytest.raises(ValueError):
@@ -117,22 +117,24 @@ def test_disease_level_phenotype_scores_the_best_disease_not_the_union():
 
 
 def test_unannotated_genes_get_the_configured_phenotype_score(tiny):
-    """A gene known only from the variant table has no phenotype annotations: its phenotype score is
-    ``unannotated`` (unknown), so a strong variant there can outrank a weak variant in a poorly matching gene."""
+    """A gene known only from the variant table has no phenotype annotations: its phenotype logit is that of a
+    gene without annotations plus ``phenotype.unannotated`` (unknown, not "no match"), so the offset decides
+    whether a strong variant there outranks a weak variant in a poorly matching annotated gene."""
     vt = _variants([{"gene": "NOVEL1", "consequence": "stop_gained", "impact": "HIGH", "clinvar": "pathogenic",
                      "zygosity": "het"},
                     {"gene": "G4", "consequence": "missense_variant", "impact": "MODERATE", "zygosity": "het"}])
-    cfg = {"knowledge": 0, "druggability": 0, "variant": 1.0}
-    rows0 = {r["gene"]: r for r in Prioritizer(tiny, {**cfg, "phenotype_ic": {"unannotated": 0.0}}).rank(
+    cfg = {"knowledge": 0, "druggability": 0, "variant": {"weight": 1.0, "log_weight": 1.0}}
+    low = {r["gene"]: r for r in Prioritizer(tiny, {**cfg, "phenotype": {"unannotated": -20.0}}).rank(
         [A1], variants=vt).to_pylist()}
-    rows3 = {r["gene"]: r for r in Prioritizer(tiny, {**cfg, "phenotype_ic": {"unannotated": 0.5}}).rank(
+    high = {r["gene"]: r for r in Prioritizer(tiny, {**cfg, "phenotype": {"unannotated": 20.0}}).rank(
         [A1], variants=vt).to_pylist()}
-    assert rows0["NOVEL1"]["phenotype_ic"] == 0.0 and rows3["NOVEL1"]["phenotype_ic"] == pytest.approx(0.5)
-    for g in GENES:                                    # annotated genes keep their similarity
-        assert rows3[g]["phenotype_ic"] == pytest.approx(rows0[g]["phenotype_ic"])
-    assert rows3["NOVEL1"]["rank"] == 1 < rows0["NOVEL1"]["rank"]
-    ev = json.loads(rows3["NOVEL1"]["evidence"])["phenotype_ic"]
-    assert ev["score_used"] == pytest.approx(0.5) and "no HPO" in ev["note"]
+    assert high["NOVEL1"]["rank"] == 1 < low["NOVEL1"]["rank"]
+    for g in GENES:                                    # annotated genes keep their phenotype logit
+        assert json.loads(high[g]["evidence"])["phenotype"]["logit"] == pytest.approx(
+            json.loads(low[g]["evidence"])["phenotype"]["logit"], abs=1e-3)
+    ev = json.loads(high["NOVEL1"]["evidence"])["phenotype"]
+    assert "no HPO" in ev["note"]
+    assert json.loads(high["NOVEL1"]["evidence"])["phenotype_ic"]["score_used"] == pytest.approx(0.0)
 
 
 def test_tiny_obsolete_and_unknown_terms(tiny):
@@ -175,29 +177,62 @@ def test_variant_zygosity_vs_inheritance(tiny):
 
 
 def test_rank_table_schema_and_combination(tiny):
+    """relevance = softmax of the summed relevance logits; priority = relevance·(1 + β·tractability), with
+    tractability the weighted mean of druggability and knowledge; the table is ordered by priority."""
     extra = {"cohort": {"G4": 1.0, "G_NEW": 0.5}}
     t = rank_genes([A1], excluded=[C], kb=tiny, extra_components=extra,
-                   weights={"knowledge": 0.3, "druggability": 0.2, "cohort": 0.5})
+                   weights={"knowledge": 0.3, "druggability": 0.2, "cohort": 0.5, "tractability": {"weight": 0.2}})
     names = t.column_names
-    assert names[:3] == ["rank", "gene", "score"] and names[-1] == "evidence"
-    for comp in ("phenotype_ic", "knowledge", "druggability", "variant", "cohort", "embedding"):
+    assert names[:6] == ["rank", "gene", "score", "relevance", "priority", "tractability"]
+    assert names[-1] == "evidence"
+    for comp in ("phenotype", "phenotype_ic", "knowledge", "druggability", "variant", "cohort", "embedding"):
         assert comp in names
     assert t.schema.field("rank").type == pa.int32() and t.schema.field("score").type == pa.float64()
     rows = t.to_pylist()
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     assert "G_NEW" in t.column("gene").to_pylist()                    # genes from extra components join the universe
-    scores = [r["score"] for r in rows]
-    assert scores == sorted(scores, reverse=True)
-    w = json.loads(t.schema.metadata[b"weights"])
+    prio = [r["priority"] for r in rows]
+    assert prio == sorted(prio, reverse=True) and [r["score"] for r in rows] == prio
+    assert sum(r["relevance"] for r in rows) == pytest.approx(1.0)
     present = json.loads(t.schema.metadata[b"present"])
+    roles = json.loads(t.schema.metadata[b"roles"])
     assert "variant" not in present and "embedding" not in present      # no input → not in the mix
+    assert roles["knowledge"] == roles["druggability"] == "tractability" and roles["phenotype_ic"] == "display"
+    z = {r["gene"]: json.loads(r["evidence"]).get("phenotype", {}).get("logit") for r in rows}
+    # relevance from the logits: phenotype logit + 0.5·cohort
+    zz = np.array([z[r["gene"]] + 0.5 * (r["cohort"] or 0.0) for r in rows])
+    soft = np.exp(zz - zz.max()) / np.exp(zz - zz.max()).sum()
+    assert np.allclose([r["relevance"] for r in rows], soft, atol=1e-3)
     for r in rows:
         assert math.isnan(r["variant"]) and math.isnan(r["embedding"])
-        expect = sum(w[c] * r[c] for c in present) / sum(w[c] for c in present)
-        assert r["score"] == pytest.approx(expect)
-        assert 0.0 <= r["score"] <= 1.0
+        tract = (0.3 * r["knowledge"] + 0.2 * r["druggability"]) / 0.5
+        assert r["tractability"] == pytest.approx(tract)
+        assert r["priority"] == pytest.approx(r["relevance"] * (1 + 0.2 * tract))
         json.loads(r["evidence"])
     assert rank_genes([A1], kb=tiny, top=2).num_rows == 2
+
+
+def test_tractability_never_lifts_a_clearly_less_relevant_gene(tiny):
+    """The priority rule: tractability re-orders genes whose relevance is within a factor 1 + β; a fully
+    druggable gene with clearly lower relevance stays below a relevant undruggable one, however much
+    druggability weighs inside the tractability mean."""
+    drug = {"G2": {"gene": "G2", "finan_tier": "1", "pharos_tdl": "Tclin", "n_drugs": 9, "max_phase": 4}}
+    kb = KnowledgeBase(TERMS, GENES, phenotype_root="HP:0000118", druggability=drug)
+    P = Prioritizer(kb, {"druggability": 100.0, "knowledge": 0})
+    for query in ([A1], [A1, B1], [B1], [A2]):
+        t = P.rank(query).to_pylist()
+        rel = {r["gene"]: r["relevance"] for r in t}
+        pos = {r["gene"]: r["rank"] for r in t}
+        beta = P.beta
+        for g, rg in rel.items():
+            for h, rh in rel.items():
+                if rg > (1 + beta) * rh:                 # g clearly more relevant than h
+                    assert pos[g] < pos[h], (query, g, h)
+    # within the factor, tractability decides: two genes of equal relevance, the druggable one first
+    P2 = Prioritizer(kb, {"phenotype": {"coef": {"has_dis": 1.0}}, "druggability": 1.0, "knowledge": 0})
+    t = P2.rank([A1]).to_pylist()
+    assert len({round(r["relevance"], 12) for r in t if r["gene"] in GENES}) == 1
+    assert t[0]["gene"] == "G2"
 
 
 def test_config_registry_and_yaml():
@@ -215,7 +250,7 @@ def test_custom_scorer_registers(tiny):
             return Component(self.name, s, lambda i: {"why": "test"})
 
     try:
-        t = Prioritizer(tiny, {"test_constant_g5": 5.0}).rank([B1])
+        t = Prioritizer(tiny, {"test_constant_g5": 50.0}).rank([B1])
         assert t.column("gene")[0].as_py() == "G5"
         assert Prioritizer(tiny, {"test_constant_g5": 0.0}).rank([B1]).column("gene")[0].as_py() != "G5"
     finally:
@@ -338,3 +373,9 @@ def test_real_knowledge_counts_diseases(kb):
     n = {g: len(kb.diseases.get(g, [])) for g in ("FBN1", "AAGAB")}
     assert n["FBN1"] > n["AAGAB"] > 0
     assert rows["FBN1"]["knowledge"] > rows["AAGAB"]["knowledge"] > 0
+
+
+def test_packaged_config_is_the_conf_yaml():
+    """conf/prioritize/default.yaml is the one source of defaults; the package ships it byte for byte."""
+    conf = (ROOT / "conf" / "prioritize" / "default.yaml").read_bytes()
+    assert (ROOT / "raretarget" / "data" / "prioritize_default.yaml").read_bytes() == conf

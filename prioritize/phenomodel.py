@@ -1,0 +1,298 @@
+"""Phenotype relevance of every gene for one HPO query: disease-level likelihood ratios, exact-match coverage,
+hypergeometric enrichment and Resnik similarity, combined by a log-linear model fitted on solved cases.
+
+What the field does and what is taken from it:
+
+* **LIRICAL** (Robinson et al., AJHG 2020) scores each *disease* by a product of per-term likelihood ratios
+  ``LR(q, d) = P(q | d) / P(q | ¬d)`` with the annotation frequencies of ``phenotype.hpoa``; a gene scores as its
+  best disease. Here ``P(q | d)`` is read at the most informative ancestor-or-self ``a`` of ``q`` that ``d``
+  carries: ``log LR(q, d) = max_a log(f(a | d) / bg(a))`` with ``f(a | d)`` the highest frequency of a ``d`` term
+  under ``a`` and ``bg(a)`` the mean of ``f(a | ·)`` over all diseases (a term no disease term falls under gives the
+  floor ``log ε``). Excluded terms add ``log((1 − f(q | d)) / (1 − bg(q)))`` (LIRICAL's negated LR).
+  ``lrf_*`` use the frequencies, ``lrb_*`` the same with every annotation at frequency 1.
+* **Exomiser's / hpo3's hypergeometric enrichment** (``hyper``: ``−log10 p`` of the query terms' overlap with
+  the gene's annotations, computed as hpo3's ``gene_enrichment``: population = gene-term pairs of the
+  ontology) and its **coverage** ``hyper_frac`` (fraction of the query terms the gene carries, i.e. a query term
+  that is the gene's annotation or an ancestor of one). ``exact_frac`` is that coverage at the disease level
+  (best disease).
+* **Phenomizer's Resnik** best-match (``res_gene``: query → gene annotations; ``res_dis``: query → best disease),
+  from :class:`raretarget.prioritize.scorers.PhenotypeIC`.
+* ``log_nterms`` (log(1 + number of the gene's annotations), a specificity correction) and ``has_dis`` (the
+  gene has a linked OMIM disease).
+
+Genes are linked to OMIM diseases through NCBI gene2omim (the KB's ``diseases``) and, because that table is from
+2022, also where all of a disease's phenotype annotations are among the gene's (hpo3's gene annotations are the
+union of the gene's diseases') and at most ``max_subset_genes`` genes qualify.
+
+The relevance logit is ``z = Σ_k coef_k · feature_k`` (coefficients in ``conf/prioritize/default.yaml``,
+fitted by ``scripts/bench_phenopackets.py --fit`` on one half of the dev cohorts and reported on the other).
+All arrays are per KB gene ``[G]`` unless stated.
+"""
+
+from __future__ import annotations
+
+import gzip
+from importlib import resources
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+#: HPO frequency terms (HP:0040279 subtree) → the midpoint of the range HPO defines for each
+FREQUENCY_TERMS: dict[str, float] = {
+    "HP:0040280": 1.0,      # obligate (100%)
+    "HP:0040281": 0.9,      # very frequent (80-99%)
+    "HP:0040282": 0.55,     # frequent (30-79%)
+    "HP:0040283": 0.17,     # occasional (5-29%)
+    "HP:0040284": 0.025,    # very rare (1-4%)
+    "HP:0040285": 0.0,      # excluded (0%)
+}
+
+#: the feature names, in the order of :meth:`PhenotypeModel.features`
+FEATURES: tuple[str, ...] = ("res_gene", "res_dis", "lrf_obs", "lrf_all", "lrb_obs", "lrb_all", "exact_frac",
+                             "pseudo", "hyper", "hyper_frac", "log_nterms", "has_dis")
+
+
+def default_annotations() -> Path:
+    """The packaged ``phenotype.hpoa.gz`` (HPO annotations release 2025-01-16, unmodified)."""
+    return Path(str(resources.files("raretarget") / "data" / "phenotype.hpoa.gz"))
+
+
+def parse_frequency(s: str | None) -> float | None:
+    """A ``phenotype.hpoa`` frequency cell → probability: an HPO frequency term, ``n/m`` or ``p%``; ``None`` when
+    empty or unreadable."""
+    s = (s or "").strip()
+    if not s:
+        return None
+    if s in FREQUENCY_TERMS:
+        return FREQUENCY_TERMS[s]
+    try:
+        if "/" in s:
+            a, b = s.split("/", 1)
+            return min(int(a) / max(int(b), 1), 1.0)
+        if s.endswith("%"):
+            return min(float(s[:-1]) / 100.0, 1.0)
+    except ValueError:
+        return None
+    return None
+
+
+def load_frequencies(path: str | Path | None = None) -> dict[tuple[str, str], float]:
+    """``{(disease id, HPO id): frequency}`` from a ``phenotype.hpoa`` (gzip or plain; default: the packaged one).
+    Phenotypic-abnormality rows (aspect ``P``) only; ``NOT`` rows are left out; a pair listed twice keeps the
+    higher frequency."""
+    p = Path(path) if path is not None else default_annotations()
+    opener = gzip.open if p.suffix == ".gz" else open
+    out: dict[tuple[str, str], float] = {}
+    with opener(p, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or line.startswith("database_id"):
+                continue
+            c = line.rstrip("\n").split("\t")
+            if len(c) < 11 or c[10] != "P" or c[2] == "NOT":
+                continue
+            v = parse_frequency(c[7])
+            if v is not None and v > out.get((c[0], c[3]), -1.0):
+                out[(c[0], c[3])] = v
+    return out
+
+
+def _expand_to_ancestors(kb, rows: np.ndarray, terms: np.ndarray, vals: np.ndarray, n_rows: int) -> sp.csc_matrix:
+    """``M[r, a] = max vals`` over the ``(r, t, v)`` triples with ``a`` an ancestor-or-self of ``t`` → CSC
+    ``[n_rows, T]`` (the frequency-weighted closure)."""
+    T = len(kb.term_ids)
+    if not len(rows):
+        return sp.csc_matrix((n_rows, T))
+    sub = kb.anc[terms]                               # one CSR row per triple: its ancestors-or-self
+    counts = np.diff(sub.indptr)
+    r = np.repeat(rows, counts)
+    v = np.repeat(vals, counts)
+    a = sub.indices
+    key = r.astype(np.int64) * T + a
+    order = np.lexsort((-v, key))                     # per (row, ancestor) the highest value first
+    key, v = key[order], v[order]
+    first = np.ones(len(key), bool)
+    first[1:] = key[1:] != key[:-1]
+    key, v = key[first], v[first]
+    return sp.csc_matrix((v, (key // T, key % T)), shape=(n_rows, T))
+
+
+class PhenotypeModel:
+    """Disease and gene arrays for the phenotype features of one :class:`KnowledgeBase` (built once, ~1 s).
+
+    kb: the knowledge base; its ``omim_diseases`` (all OMIM diseases with their HPO terms, set by
+        ``KnowledgeBase.from_hpo3``) or else its linked ``disease_list`` are the disease universe.
+    frequencies: ``{(disease id, HPO id): f}``; missing pairs count as frequency 1 (as LIRICAL does without
+        data); ``min_freq`` floors a stated frequency (a very rare feature is still evidence).
+    eps: the floor of a term's likelihood ratio when none of a disease's terms falls under any of its ancestors.
+    """
+
+    def __init__(self, kb, frequencies: Mapping[tuple[str, str], float] | None = None, *, eps: float = 0.01,
+                 min_freq: float = 0.02, max_subset_genes: int = 10):
+        self.kb = kb
+        self.eps = float(eps)
+        T, G = len(kb.term_ids), len(kb.genes)
+        dis = list(getattr(kb, "omim_diseases", None) or [d for d in kb.disease_list if d.id.startswith("OMIM")])
+        self.diseases = dis
+        self.disease_index = {d.id: i for i, d in enumerate(dis)}
+        D = len(dis)
+        rows, terms, fvals = [], [], []
+        for i, d in enumerate(dis):
+            for t in dict.fromkeys(d.terms):
+                j = kb.term_index.get(t)
+                if j is None or not kb.in_scope[j]:
+                    continue
+                f = (frequencies or {}).get((d.id, t))
+                rows.append(i)
+                terms.append(j)
+                fvals.append(1.0 if f is None else max(f, min_freq))
+        rows_a, terms_a = np.array(rows, np.int64), np.array(terms, np.int64)
+        self.freq = _expand_to_ancestors(kb, rows_a, terms_a, np.array(fvals, float), D)      # [D, T] f(a | d)
+        self.binary = self.freq.copy()
+        self.binary.data[:] = 1.0                                                           # [D, T] 0/1
+        self.bg_freq = np.maximum(np.asarray(self.freq.sum(axis=0)).ravel() / max(D, 1), 1e-6)   # [T]
+        self.bg_binary = np.maximum(np.asarray(self.binary.sum(axis=0)).ravel() / max(D, 1), 1e-6)
+        n_dis_terms = np.bincount(rows_a, minlength=D).astype(float)
+
+        # gene -> disease links: gene2omim (the KB's diseases) + the subset rule
+        links: set[tuple[int, int]] = set()
+        for g, ds in kb.diseases.items():
+            gi = kb.gene_index.get(g)
+            for d in ds:
+                di = self.disease_index.get(d.id)
+                if gi is not None and di is not None:
+                    links.add((gi, di))
+        if D and G and len(rows_a):
+            A = sp.csr_matrix((np.ones(len(rows_a)), (rows_a, terms_a)), shape=(D, T))
+            A.data[:] = 1.0
+            gt = kb.gene_terms
+            GA = sp.csr_matrix((np.ones(int(sum(len(x) for x in gt))),
+                                (np.repeat(np.arange(G), [len(x) for x in gt]),
+                                 np.concatenate(gt).astype(np.int64) if gt else np.zeros(0, np.int64))), shape=(G, T))
+            GA.data[:] = 1.0
+            ov = (A @ GA.T).tocoo()
+            ok = ov.data >= n_dis_terms[ov.row]
+            r, c = ov.row[ok], ov.col[ok]
+            per_d = np.bincount(r, minlength=D)
+            for d, g in zip(r.tolist(), c.tolist()):
+                if n_dis_terms[d] > 0 and per_d[d] <= max_subset_genes:
+                    links.add((g, d))
+        lk = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
+        self.gene_dis = sp.csr_matrix((np.ones(len(lk)), (lk[:, 0], lk[:, 1])), shape=(G, D))   # [G, D] 0/1
+        self.has_dis = np.diff(self.gene_dis.indptr) > 0                                     # [G]
+        # gene level: the annotation closure as one pseudo-disease per gene, and hpo3's enrichment background
+        self.gene_closure = kb.closure.tocsc().astype(float)                                 # [G, T]
+        self.bg_gene = np.maximum(np.asarray(self.gene_closure.sum(axis=0)).ravel() / max(G, 1), 1e-6)
+        self.terms_per_gene = np.asarray(self.gene_closure.sum(axis=1)).ravel()             # K_g
+        self.population = float(self.terms_per_gene.sum())                                  # N
+        self.log_nterms = np.log1p(kb.n_gene_terms)
+
+    # ------------------------------------------------------------------ per query
+    def disease_lr(self, observed: Sequence[int], excluded: Sequence[int], use_freq: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per disease ``[D]``: (Σ over observed terms of log LR, Σ over excluded terms of log LR, number of
+        observed terms the disease carries exactly, i.e. the term or a descendant)."""
+        M = self.freq if use_freq else self.binary
+        bg = self.bg_freq if use_freq else self.bg_binary
+        D = M.shape[0]
+        obs, exc, n_exact = np.zeros(D), np.zeros(D), np.zeros(D)
+        floor = np.log(self.eps)
+        for q in observed:
+            best = np.full(D, floor)
+            for a in self.kb.anc_list[q]:
+                s, e = M.indptr[a], M.indptr[a + 1]
+                np.maximum.at(best, M.indices[s:e], np.log(M.data[s:e]) - np.log(bg[a]))
+            obs += best
+            n_exact[M.indices[M.indptr[q]:M.indptr[q + 1]]] += 1
+        for q in excluded:
+            f = np.zeros(D)
+            s, e = M.indptr[q], M.indptr[q + 1]
+            f[M.indices[s:e]] = M.data[s:e]
+            exc += np.log(np.maximum(1.0 - f, 0.05)) - np.log(max(1.0 - bg[q], 0.05))
+        return obs, exc, n_exact
+
+    def gene_best(self, per_disease: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Max over each gene's linked diseases → (``[G]`` value, −inf without a disease; ``[G]`` disease index or −1)."""
+        M = self.gene_dis
+        G = M.shape[0]
+        out, arg = np.full(G, -np.inf), np.full(G, -1, dtype=np.int64)
+        if not M.nnz:
+            return out, arg
+        vals = per_disease[M.indices]
+        row = np.repeat(np.arange(G), np.diff(M.indptr))
+        order = np.lexsort((-vals, row))
+        ne = np.diff(M.indptr) > 0
+        top = order[M.indptr[:-1][ne]]
+        out[ne], arg[ne] = vals[top], M.indices[top]
+        return out, arg
+
+    def gene_lr(self, observed: Sequence[int]) -> np.ndarray:
+        """Σ log LR of the observed terms against each gene's annotation union (binary), ``[G]``."""
+        C, G = self.gene_closure, self.gene_closure.shape[0]
+        tot = np.zeros(G)
+        for q in observed:
+            best = np.full(G, np.log(self.eps))
+            for a in self.kb.anc_list[q]:
+                s, e = C.indptr[a], C.indptr[a + 1]
+                np.maximum.at(best, C.indices[s:e], -np.log(self.bg_gene[a]))
+            tot += best
+        return tot
+
+    def hypergeom(self, observed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """hpo3's gene enrichment: ``−log10 P(X ≥ k_g)``, X ~ Hypergeom(N gene-term pairs, K_g pairs of gene g,
+        n pairs of the query terms); and ``k_g`` (query terms the gene carries), both ``[G]``."""
+        from scipy.stats import hypergeom
+
+        C = self.gene_closure
+        k = np.zeros(C.shape[0])
+        n = 0
+        for q in observed:
+            s, e = C.indptr[q], C.indptr[q + 1]
+            k[C.indices[s:e]] += 1
+            n += e - s
+        p = hypergeom.sf(k - 1, self.population, self.terms_per_gene, n)
+        return -np.log10(np.clip(np.nan_to_num(p, nan=1.0), 1e-300, 1.0)), k
+
+    def features(self, observed: Sequence[int], excluded: Sequence[int], resnik: Mapping[str, np.ndarray]
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """All of :data:`FEATURES` for one query (KB term indices, in scope) → ({name: ``[G]``}, best disease
+        per gene ``[G]`` by the frequency LR, −1 = none). ``resnik``: ``{"query": [G], "disease": [G]}`` from
+        :meth:`PhenotypeIC.parts`. Genes without a linked disease take their gene-level value where a
+        disease-level feature is undefined."""
+        n_q = max(len(observed), 1)
+        lo_f, le_f, n_exact = self.disease_lr(observed, excluded, True)
+        lo_b, le_b, _ = self.disease_lr(observed, excluded, False)
+        pseudo = self.gene_lr(observed)
+        hyper, k = self.hypergeom(observed)
+        hyper_frac = k / n_q
+
+        def fill(x: np.ndarray, alt: np.ndarray) -> np.ndarray:
+            return np.where(np.isfinite(x), x, alt)
+
+        lrf_obs, best = self.gene_best(lo_f)
+        feats = {
+            "res_gene": np.asarray(resnik["query"], float),
+            "res_dis": np.asarray(resnik["disease"], float),
+            "lrf_obs": fill(lrf_obs, pseudo),
+            "lrf_all": fill(self.gene_best(lo_f + le_f)[0], pseudo),
+            "lrb_obs": fill(self.gene_best(lo_b)[0], pseudo),
+            "lrb_all": fill(self.gene_best(lo_b + le_b)[0], pseudo),
+            "exact_frac": fill(self.gene_best(n_exact / n_q)[0], hyper_frac),
+            "pseudo": pseudo,
+            "hyper": hyper,
+            "hyper_frac": hyper_frac,
+            "log_nterms": self.log_nterms,
+            "has_dis": self.has_dis.astype(float),
+        }
+        return feats, best
+
+    @staticmethod
+    def logit(feats: Mapping[str, np.ndarray], coef: Mapping[str, float]) -> np.ndarray:
+        """``z = Σ coef_k · feature_k`` ``[G]`` (features a coefficient does not name are ignored; a named
+        feature that does not exist raises ``KeyError``)."""
+        z = None
+        for k, w in coef.items():
+            v = float(w) * feats[k]
+            z = v if z is None else z + v
+        return z if z is not None else np.zeros(len(next(iter(feats.values()))))
