@@ -77,7 +77,7 @@ def test_bulk_ndjson_notes_scrubbed(tmp_path):
     eng = Engine.open(tmp_path / "store", create=True)
     rep = eng.ingest([src])
     assert eng.status()["tables"]["notes"] == 1215
-    assert all(q.reason == "missing resourceType" for q in rep.quarantine)   # only the export's log.ndjson
+    assert all(q.code == "missing_resource_type" for q in rep.quarantine)   # only the export's log.ndjson
     import gzip
 
     resources = [orjson.loads(line) for line in gzip.open(src / "Patient.000.ndjson.gz")]
