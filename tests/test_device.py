@@ -317,3 +317,50 @@ def test_default_embedding_on_gpu_matches_cpu(gpu_world):
         a, b = vectors_of(t), vectors_of(cpu[m])
         cos = (a * b).sum(1)
         assert cos.min() > 0.98, (m, float(cos.min()))
+
+
+# ---- variant collation (vectorised) ---------------------------------------------------------------
+def _reference_variant_collate(enc, values):
+    """The per-element collation the vectorised one replaced."""
+    from raretarget.encoders.variants import variant_priority
+
+    lists = [sorted(v or [], key=variant_priority)[: enc.max_variants] for v in values]
+    V, B = max([len(x) for x in lists] + [1]), len(lists)
+    out = {k: torch.zeros(B, V, dtype=torch.long) for k in ("gene", *enc.vocab)}
+    af, mask = torch.zeros(B, V, 2), torch.zeros(B, V, dtype=torch.bool)
+    for i, vs in enumerate(lists):
+        for j, v in enumerate(vs):
+            out["gene"][i, j] = int(enc.gene_ids([v.get("gene")])[0])
+            for k in enc.vocab:
+                out[k][i, j] = enc._attr(k, v.get(k))
+            a = v.get("af")
+            if a is None or not (a == a):
+                af[i, j, 1] = 1.0
+            else:
+                af[i, j, 0] = -math.log10(max(float(a), 1e-6)) / 6.0
+            mask[i, j] = True
+    return {**out, "af": af, "mask": mask}
+
+
+def test_vectorised_variant_collate_matches_the_per_element_one():
+    import random
+
+    from raretarget.encoders.variants import VariantEncoder
+
+    rng = random.Random(1)
+    genes = [f"G{i}" for i in range(50)]
+    enc = VariantEncoder(embed_dim=8, genes=genes, dim=8, max_variants=12)
+    choices = {"gene": genes[:5] + ["UNKNOWN1", None, ""], "consequence": ["missense_variant", "Stop_Gained", "odd", None],
+               "impact": ["high", "LOW", None, "x"], "clinvar": ["Pathogenic", None, "benign", "odd"],
+               "zygosity": ["het", "HOM_ALT", None], "af": [None, float("nan"), 0.0, 1e-9, 0.3, 1]}
+
+    def variant():
+        return {k: rng.choice(v) for k, v in choices.items() if rng.random() < 0.9}
+
+    batches = [[None if rng.random() < 0.1 else [variant() for _ in range(rng.randint(0, 20))] for _ in range(9)]
+               for _ in range(10)] + [[None, []], []]
+    for b in batches:
+        got, ref = enc.collate(b), _reference_variant_collate(enc, b)
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), k
