@@ -102,13 +102,13 @@ def cmd_embed(args) -> int:
     if args.shard is not None:
         if not args.shards:
             raise ValueError("--shard needs --shards")
-        counts = eng.embed_shard(args.shard, args.shards, batch_size=args.batch_size)
+        counts = eng.embed_shard(args.shard, args.shards, batch_size=args.batch_size, device=args.device)
         what = f"shard {args.shard} of {args.shards}"
     elif args.merge:
         counts = eng.merge_shards(args.merge)
         what = f"merged {args.merge} shards"
     else:
-        counts = eng.embed(batch_size=args.batch_size, workers=args.workers)
+        counts = eng.embed(batch_size=args.batch_size, workers=args.workers, device=args.device)
         what = f"{args.workers} worker(s)"
     print(f"embed ({what}): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + f" in {time.perf_counter() - t0:.1f}s")
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--shards", type=int, default=None)
     sp.add_argument("--merge", type=int, default=None, metavar="N", help="merge the N finished shards")
     sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present, bf16) | cpu | cuda:N")
     sp.add_argument("--index", action="store_true", help="build a new index generation afterwards")
     sp.set_defaults(func=cmd_embed)
 
