@@ -152,6 +152,19 @@ class Prioritizer:
         q, notes = self.query(phenotypes, excluded, variants, extra_components)
         comps = self.components(q)
         weights = {s.name: s.weight for s in self.scorers}
+        if not any(c.present and c.role == "relevance" for c in comps):
+            # never a silent ranking: say that nothing in the query could rank the genes by relevance
+            notes = {**notes, "no_evidence": "no usable phenotype term, variant or cohort evidence: every gene "
+                                             "is equally relevant; the order is by tractability only"}
+        if variants is not None:
+            vg = {g for g in (variants.column("gene").to_pylist() if "gene" in variants.column_names else []) if g}
+            if not vg:
+                notes = {**notes, "variants": "the variant table names no gene: no variant evidence"}
+            else:
+                unann = sorted(g for g in vg if g not in self.kb.gene_index)
+                if unann:
+                    notes = {**notes, "variants_unannotated_genes":
+                             f"{len(unann)} of {len(vg)} variant genes have no HPO annotation (phenotype unknown)"}
         mix = self.combine(comps)
         # order: priority, then relevance, then gene name (deterministic ties)
         order = np.lexsort((np.array(q.genes, dtype=object).astype(str), -mix["relevance"], -mix["priority"]))

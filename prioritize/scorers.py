@@ -465,7 +465,9 @@ CLINVAR_SCORE = {"pathogenic": 1.0, "pathogenic/likely_pathogenic": 0.95, "likel
                  "conflicting_interpretations_of_pathogenicity": 0.5, "conflicting_classifications_of_pathogenicity": 0.5,
                  "uncertain_significance": None, "likely_benign": 0.05, "benign/likely_benign": 0.03,
                  "benign": 0.0}
-IMPACT_SCORE = {"HIGH": 0.9, "MODERATE": 0.6, "LOW": 0.15, "MODIFIER": 0.05}
+#: per allele before ClinVar; ``UNKNOWN``: no consequence at all (a VCF without CSQ/ANN, genes by position), scored
+#: between LOW and MODERATE so such a variant neither vanishes nor passes for a protein-altering one
+IMPACT_SCORE = {"HIGH": 0.9, "MODERATE": 0.6, "UNKNOWN": 0.3, "LOW": 0.15, "MODIFIER": 0.05}
 HIGH_CSQ = {"transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained",
             "frameshift_variant", "stop_lost", "start_lost", "transcript_amplification"}
 MODERATE_CSQ = {"inframe_insertion", "inframe_deletion", "missense_variant", "protein_altering_variant"}
@@ -481,6 +483,8 @@ def _norm_clinvar(v: str | None) -> str:
 def impact_of(impact: str | None, consequence: str | None) -> str:
     if impact and impact.upper() in IMPACT_SCORE:
         return impact.upper()
+    if not (impact or consequence):
+        return "UNKNOWN"
     c = (consequence or "").split("&")
     if any(x in HIGH_CSQ for x in c):
         return "HIGH"
@@ -494,7 +498,7 @@ def impact_of(impact: str | None, consequence: str | None) -> str:
 def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: str | None) -> float:
     """Pathogenicity of one allele in [0, 1]: ClinVar P/LP → max(ClinVar, impact); benign/likely benign →
     the ClinVar value (≤ 0.05); otherwise (VUS, conflicting, absent) the consequence impact
-    (HIGH 0.9, MODERATE 0.6, LOW 0.15, MODIFIER 0.05) × 0.8, or 0.5 for conflicting when higher."""
+    (HIGH 0.9, MODERATE 0.6, UNKNOWN 0.3 when neither impact nor consequence is given, LOW 0.15, MODIFIER 0.05) × 0.8, or 0.5 for conflicting when higher."""
     imp = IMPACT_SCORE[impact_of(impact, consequence)]
     cv = _norm_clinvar(clinvar)
     parts = [p for p in cv.replace("|", "/").split("/") if p] if cv else []

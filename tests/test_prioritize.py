@@ -379,3 +379,15 @@ def test_packaged_config_is_the_conf_yaml():
     """conf/prioritize/default.yaml is the one source of defaults; the package ships it byte for byte."""
     conf = (ROOT / "conf" / "prioritize" / "default.yaml").read_bytes()
     assert (ROOT / "raretarget" / "data" / "prioritize_default.yaml").read_bytes() == conf
+
+
+def test_variant_without_consequence_is_unknown_not_modifier():
+    """A variant with neither IMPACT nor consequence (a VCF without CSQ/ANN, gene by position) scores between a
+    LOW and a MODERATE one: unknown, not benign-looking MODIFIER."""
+    from raretarget.prioritize.scorers import impact_of, variant_pathogenicity
+
+    assert impact_of(None, None) == "UNKNOWN" and impact_of(None, "intron_variant") == "MODIFIER"
+    low = variant_pathogenicity(None, "LOW", None)
+    unk = variant_pathogenicity(None, None, None)
+    mod = variant_pathogenicity(None, "MODERATE", None)
+    assert low < unk < mod
