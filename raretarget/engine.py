@@ -395,19 +395,64 @@ class Engine:
         Components: phenotype_ic, knowledge, druggability, variant, cohort, embedding (see
         :mod:`raretarget.prioritize`); weights from ``conf/prioritize/default.yaml`` or ``weights``.
         Works on a store with no patients (knowledge evidence only). Columns: rank, gene, score,
-        one per component (NaN = no input), evidence (JSON).
+        one per component (NaN = no input), evidence (JSON), verdict (the experts' latest verdict for this
+        hypothesis, :meth:`review`; rejected genes are moved last). The table's schema metadata holds
+        ``hypothesis_id`` (:func:`raretarget.review.hypothesis_id`). Audited (:mod:`raretarget.audit`).
         """
         from raretarget.prioritize.targets import rank_targets
+        from . import audit, review
 
-        return rank_targets(self, query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
-                            patients=patients, patient=patient, vcf=vcf, k=k, weights=weights)
+        audit.record(self, "rank", query=query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
+                     patient=patient, vcf=vcf, k=k)
+
+        def run(q, k, **kw):
+            return rank_targets(self, q, k=k, **kw)
+        with audit.quiet():                 # its internal searches are part of this one audited ranking
+            return review.rank(self, run, query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
+                               patients=patients, patient=patient, vcf=vcf, k=k, weights=weights)
 
     def explain(self, gene: str, **query) -> dict:
         """Evidence behind ``gene``'s row for a query (same keywords as :meth:`rank_targets`), with the
-        source records: matching conditions (HPO), variants in the gene, images of carriers."""
+        source records: matching conditions (HPO), variants in the gene, images of carriers; plus
+        ``hypothesis_id`` and the gene's latest ``verdict`` (or None)."""
         from raretarget.prioritize.targets import explain
+        from . import audit, review
 
-        return explain(self, gene, **query)
+        audit.record(self, "explain", gene=gene, **{k: v for k, v in query.items() if k != "patients"})
+        with audit.quiet():
+            row = explain(self, gene, **query)
+        q = {k: query.get(k) for k in ("phenotypes", "excluded", "phenopacket", "patient", "vcf")}
+        row["hypothesis_id"] = hid = review.hypothesis_id(query.get("query"), **q)
+        row["verdict"] = review.latest_verdicts(self, hid).get(row["gene"], {}).get("verdict")
+        return row
+
+    # ---- expert review + audit (raretarget.review, raretarget.audit) -------------------------------
+    def hypothesis_id(self, query: str | None = None, **kw) -> str:
+        """Deterministic id of a query (keywords as :meth:`rank_targets`); shown by ``raretarget rank``."""
+        from .review import hypothesis_id
+
+        return hypothesis_id(query, **{k: v for k, v in kw.items() if k not in ("patients", "k", "weights")})
+
+    def review(self, hypothesis_id: str, gene: str, verdict: str, note: str = "", reviewer: str | None = None) -> dict:
+        """Record an expert's verdict (confirmed | rejected | unsure) on ``gene`` for a ranked hypothesis:
+        append-only, timestamped, note de-identified. Later rankings of the hypothesis mark the gene and
+        move a rejected one last. Audited."""
+        from . import audit, review
+
+        audit.record(self, "review", hypothesis_id=hypothesis_id, gene=gene, verdict=verdict, reviewer=reviewer)
+        return review.review(self, hypothesis_id, gene, verdict, note=note, reviewer=reviewer)
+
+    def reviews(self, hypothesis_id: str | None = None) -> pa.Table:
+        """Every stored verdict (history, oldest first), optionally of one hypothesis."""
+        from .review import verdicts
+
+        return verdicts(self, hypothesis_id)
+
+    def audit_log(self, **filters) -> list[dict]:
+        """Audit events in time order (filters: action, user, since)."""
+        from .audit import read_audit
+
+        return read_audit(self.store.root, **filters)
 
     # ---- train / embed / index / search -----------------------------------------------------------
     def _generations(self):
@@ -703,7 +748,10 @@ class Engine:
         """
         from raretarget.query.filters import allowed_patients
         from raretarget.query.search import phenotype_text
+        from .audit import record
 
+        record(self, "search", query=query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
+               patient=patient, image=image, k=k, modalities=modalities, where=where, genes=genes)
         forms = [x is not None for x in (query, phenotypes, phenopacket, patient, image)]
         if sum(forms) != 1:
             raise ValueError("give exactly one of: query text, phenotypes, phenopacket, patient, image")
@@ -743,6 +791,9 @@ class Engine:
         q = self.store.read("quarantine")
         if not reveal:
             return q
+        from .audit import record
+
+        record(self, "reveal_links", what="quarantine paths")
         files = self.store.read_links("files")
         paths = dict(zip(files.column("file_ref").to_pylist(), files.column("path").to_pylist()))
         return q.append_column("path", pa.array([paths.get(f) for f in q.column("file_ref").to_pylist()], pa.string()))

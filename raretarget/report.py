@@ -28,7 +28,8 @@ from typing import Iterable, Sequence
 
 from . import schema as S
 
-__all__ = ["write_report", "png_gray", "svg_bars", "svg_hist", "add_parser", "cmd_report"]
+__all__ = ["write_report", "png_gray", "svg_bars", "svg_hist", "svg_scores", "gene_evidence_html", "evidence_summary",
+           "explain_text", "add_parser", "cmd_report"]
 
 LAB_CHARTS = 6          # lab LOINCs shown as histograms (most frequent first)
 TOP_N = 15
@@ -42,8 +43,8 @@ def _fmt(v) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
+        if not math.isfinite(v):        # a reader never sees NaN: an empty cell means "no value"
+            return ""
         return f"{v:.4g}"
     if hasattr(v, "strftime"):
         return v.strftime("%Y-%m-%d")
@@ -202,6 +203,10 @@ pre.note{white-space:pre-wrap;background:#f8f8f4;border:1px solid #e5e5dc;paddin
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;font-size:.8em}
 figure img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #999}
 .empty{color:#888;font-style:italic}.muted{color:#777;font-size:.85em}nav a{margin-right:1em}
+section.gene{border-top:1px solid #ddd;margin-top:1em}.evgrid{display:flex;flex-wrap:wrap;gap:16px}
+.evgrid>div{flex:1 1 420px}.scores .n{fill:#999;font-style:italic}h4{margin:.6em 0 .2em}
+.verdict{font-size:.8em;padding:1px 6px;border-radius:8px;background:#eee}.v-confirmed{background:#cdebd3}
+.v-rejected{background:#f3c9c9;text-decoration:line-through}.v-unsure{background:#f5e6b8}
 """
 
 
@@ -490,22 +495,313 @@ def _patient_page(pid: str, info: dict, d: dict, neighbours, neigh_msg: str, lin
     return _page(f"Patient {pid}", "".join(parts), root="../", hyp=hyp)
 
 
+# ---- evidence, for a reader ------------------------------------------------------------------------
+#: component → (label, role); role colours the bar (relevance: explains the phenotype, tractability: a target)
+COMPONENTS = [("phenotype", "phenotype model", "relevance"), ("phenotype_ic", "phenotype similarity (IC)", "display"),
+              ("variant", "variants", "relevance"), ("cohort", "cohort enrichment", "relevance"),
+              ("embedding", "shared-space embedding", "relevance"), ("knowledge", "gene knowledge", "tractability"),
+              ("druggability", "druggability", "tractability")]
+_ROLE_COLOR = {"relevance": "#4a7ab5", "tractability": "#d08c2c", "display": "#8aa6c8"}
+
+
+def _ev(e) -> dict:
+    if isinstance(e, dict):
+        return e
+    if not e:
+        return {}
+    try:
+        d = json.loads(e)
+    except (TypeError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _finite(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _rnum(v, digits: int = 3) -> str:
+    """A number as a reader sees it: empty when missing or not finite (never 'NaN')."""
+    f = _finite(v)
+    if f is None:
+        return ""
+    if f == 0:
+        return "0"
+    if abs(f) < 1e-3 or abs(f) >= 1e5:
+        return f"{f:.{digits}g}"
+    return f"{f:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def _drugs(example: str | None) -> list[dict]:
+    """``"NAME:type:mechanism:phase 4|..."`` (the packaged druggability table) → rows."""
+    out = []
+    for item in (example or "").split("|"):
+        parts = [x.strip() for x in item.split(":")]
+        if not parts or not parts[0]:
+            continue
+        phase = next((x for x in parts[1:] if x.lower().startswith("phase")), "")
+        rest = [x for x in parts[1:] if x != phase]
+        out.append({"drug": parts[0], "type": rest[0] if rest else "", "mechanism": rest[1] if len(rest) > 1 else "",
+                    "phase": phase.replace("phase", "").strip()})
+    return out
+
+
+def variant_label(v: dict) -> str:
+    bits = [x for x in (v.get("hgvsc"), v.get("hgvsp")) if x]
+    if not bits and v.get("chrom") and v.get("pos"):
+        bits = [f"{v['chrom']}:{v['pos']} {v.get('ref', '')}>{v.get('alt', '')}"]
+    return " ".join(bits) or "variant"
+
+
+def evidence_summary(evidence) -> dict[str, str]:
+    """One-line strings per evidence kind (for tables, TSV and the terminal): disease, terms, variants, drug."""
+    ev = _ev(evidence)
+    ph = ev.get("phenotype") or ev.get("phenotype_ic") or {}
+    dis = (ph.get("best_disease") or {})
+    matches = ph.get("matches") or []
+    n_exact = sum(1 for m in matches if m.get("exact"))
+    terms = (f"{len(matches)}" + (f" ({n_exact} exact)" if "exact" in (matches[0] if matches else {}) else "")
+             if matches else "")
+    var = ev.get("variant") or {}
+    vs = var.get("variants") or []
+    vtxt = ""
+    if vs:
+        v = vs[0]
+        vtxt = " ".join(x for x in (variant_label(v), v.get("consequence"),
+                                    f"({', '.join(y for y in (v.get('clinvar'), v.get('zygosity')) if y)})"
+                                    if v.get("clinvar") or v.get("zygosity") else "") if x)
+        if len(vs) > 1:
+            vtxt += f" +{len(vs) - 1}"
+        if var.get("fit"):
+            vtxt += f" [{var['fit']}]"
+    dr = ev.get("druggability") or {}
+    drug = " ".join(x for x in (dr.get("pharos_tdl"), f"tier {dr['finan_tier']}" if dr.get("finan_tier") else "",
+                                f"phase {dr['max_phase']}" if _finite(dr.get("max_phase")) else "") if x)
+    return {"disease": " ".join(x for x in (dis.get("name"), f"({dis['id']})" if dis.get("id") else "") if x),
+            "terms": terms, "variants": vtxt, "drug": drug}
+
+
+def svg_scores(row: dict, roles: dict | None = None, width: int = 420) -> str:
+    """The score decomposition of one gene: relevance, priority and each component on a fixed 0..1 scale
+    (inline SVG); a component without input is drawn as 'no input', never as NaN."""
+    roles = roles or {}
+    items = [("relevance", "relevance", row.get("relevance"), "relevance"),
+             ("priority", "priority", row.get("priority"), "priority")]
+    items += [(c, lab, row.get(c), roles.get(c, role)) for c, lab, role in COMPONENTS if c in row]
+    bar_h, label_w, top = 14, 170, 4
+    plot_w = width - label_w - 50
+    h = top + len(items) * (bar_h + 4) + 4
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" '
+           f'aria-label="score decomposition" class="chart scores">']
+    for i, (key, lab, v, role) in enumerate(items):
+        y = top + i * (bar_h + 4)
+        f = _finite(v)
+        out.append(f'<text x="{label_w - 4}" y="{y + bar_h - 3}" text-anchor="end">{esc(lab)}</text>')
+        out.append(f'<rect x="{label_w}" y="{y}" width="{plot_w}" height="{bar_h}" fill="#eee"/>')
+        if f is None:
+            out.append(f'<text x="{label_w + 4}" y="{y + bar_h - 3}" class="n">no input</text>')
+            continue
+        w = plot_w * min(max(f, 0.0), 1.0)
+        color = {"priority": "#2e7d4f"}.get(key, _ROLE_COLOR.get(role, "#4a7ab5"))
+        out.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}" '
+                   f'data-component="{esc(key)}"><title>{esc(lab)}: {esc(_rnum(f))}</title></rect>')
+        out.append(f'<text x="{label_w + plot_w + 4}" y="{y + bar_h - 3}">{esc(_rnum(f))}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _label_fn(engine):
+    if engine is None:
+        return lambda t: ""
+    try:
+        terms = engine.resources.phenotypes.terms
+    except Exception:
+        return lambda t: ""
+    return lambda t: getattr(terms.get(t), "name", "") or ""
+
+
+def gene_evidence_html(row: dict, *, label=None, roles: dict | None = None, patient_pages: dict | None = None,
+                       anchor: bool = True) -> str:
+    """One gene's evidence as HTML: matched query terms, variants, cohort carriers (linked to their
+    pseudonymous pages when given), druggability, known diseases and the score decomposition chart."""
+    label = label or (lambda t: "")
+    ev = _ev(row.get("evidence"))
+    gene = row.get("gene") or ""
+    verdict = row.get("verdict")
+    parts = [f'<section class="gene" id="gene-{esc(gene)}" data-gene="{esc(gene)}">' if anchor
+             else f'<section class="gene" data-gene="{esc(gene)}">']
+    parts.append(f"<h3>{esc(row.get('rank'))}. {esc(gene)}"
+                 + (f' <span class="verdict v-{esc(verdict)}">{esc(verdict)}</span>' if verdict else "") + "</h3>")
+    parts.append(f'<p class="scores">relevance <b>{esc(_rnum(row.get("relevance")))}</b> · priority '
+                 f'<b>{esc(_rnum(row.get("priority")))}</b>'
+                 + (f" · tractability {esc(_rnum(row.get('tractability')))}" if _finite(row.get("tractability")) is not None
+                    else "") + "</p>")
+    parts.append('<div class="evgrid"><div>' + svg_scores(row, roles) + "</div><div>")
+    ph = ev.get("phenotype") or ev.get("phenotype_ic") or {}
+    dis = ph.get("best_disease") or {}
+    matches = ph.get("matches") or []
+    if matches:
+        rows = []
+        for m in matches:
+            q = m.get("query") or ""
+            g = m.get("gene_term") or ""
+            if m.get("exact") or g == q:
+                ann = f"{g} {label(g)}".strip() + " (same term)"
+            else:
+                ann = f"{g} {label(g)}".strip()
+                if m.get("common") and m.get("common") not in (g, q):
+                    ann += f" — shared ancestor {m['common']} {m.get('common_name') or label(m['common'])}".rstrip()
+                elif m.get("common") == q:
+                    ann += " (more specific than the query)"
+                elif m.get("common") == g:
+                    ann += " (more general than the query)"
+            rows.append([f"{q} {label(q)}".strip(), ann, _rnum(m.get("ic"), 3),
+                         " ".join(x for x in (dis.get("name"), f"({dis['id']})" if dis.get("id") else "") if x)])
+        parts.append("<h4>Matched query terms</h4>" + _table(["query term", "matched annotation", "IC", "disease"], rows,
+                                                              num=(2,), cls="matches"))
+    elif dis:
+        parts.append(f"<p>Best disease match: {esc(dis.get('name'))} ({esc(dis.get('id'))})</p>")
+    var = ev.get("variant") or {}
+    vs = var.get("variants") or []
+    if vs:
+        vrows = [[variant_label(v), v.get("consequence") or "", v.get("impact") or "", v.get("clinvar") or "",
+                  v.get("zygosity") or "", _rnum(v.get("af"), 2), _rnum(v.get("allele_score"), 2)] for v in vs]
+        inh = ", ".join(var.get("inheritance") or []) or "unknown"
+        parts.append("<h4>Variants</h4>" + _table(["HGVS / position", "consequence", "impact", "ClinVar", "zygosity",
+                                                   "allele frequency", "allele score"], vrows, num=(5, 6), cls="variants")
+                     + f'<p class="muted">inheritance fit: {esc(var.get("fit") or "none")} '
+                       f"(gene's known modes: {esc(inh)})</p>")
+    coh = ev.get("cohort") or {}
+    if coh.get("n_cases"):
+        carriers = coh.get("case_carriers") or []
+        links = ", ".join(
+            f'<a href="{esc(patient_pages[c])}">{esc(c)}</a>' if patient_pages and c in patient_pages else esc(c)
+            for c in carriers[:20])
+        parts.append("<h4>Cohort</h4>"
+                     f"<p>{esc(coh.get('n_case_carriers'))} of {esc(coh.get('n_cases'))} matching patients carry a rare "
+                     f"damaging variant vs {esc(coh.get('n_control_carriers'))} of {esc(coh.get('n_controls'))} others "
+                     f"(odds ratio {esc(_rnum(coh.get('odds_ratio')))}, p {esc(_rnum(coh.get('p_value')))})"
+                     + (f"; carriers: {links}" if links else "") + "</p>")
+    dr = ev.get("druggability") or {}
+    if dr:
+        drugs = _drugs(dr.get("example_drugs"))
+        parts.append("<h4>Druggability</h4>"
+                     f"<p>tier {esc(dr.get('finan_tier') or '–')} · TDL {esc(dr.get('pharos_tdl') or '–')} · "
+                     f"{esc(_rnum(dr.get('n_drugs')) or '0')} drug(s), max phase {esc(_rnum(dr.get('max_phase')) or '–')}"
+                     + (f" · {esc(dr.get('mechanisms'))}" if dr.get("mechanisms") else "") + "</p>"
+                     + (_table(["drug", "type", "mechanism", "max phase"],
+                               [[d["drug"], d["type"], d["mechanism"], d["phase"]] for d in drugs], cls="drugs")
+                        if drugs else ""))
+    kn = ev.get("knowledge") or {}
+    if kn.get("diseases"):
+        parts.append("<h4>Known diseases</h4><p>" + esc("; ".join(kn["diseases"][:8]))
+                     + (f" (inheritance: {esc(', '.join(kn.get('inheritance') or []))})" if kn.get("inheritance") else "")
+                     + "</p>")
+    parts.append("</div></div></section>")
+    return "".join(parts)
+
+
+def explain_text(row: dict, con, label=None) -> None:
+    """``raretarget explain``: the same evidence as the hypothesis page, for a terminal (rich)."""
+    from rich.table import Table
+
+    label = label or (lambda t: "")
+    ev = _ev(row.get("evidence"))
+    v = row.get("verdict")
+    con.rule(f"[bold]{row.get('gene')}[/bold] — rank {row.get('rank')} for hypothesis {row.get('hypothesis_id', '')}"
+             + (f" — {v}" if v else ""))
+    con.print(f"relevance {_rnum(row.get('relevance'))} · priority {_rnum(row.get('priority'))}"
+              + (f" · tractability {_rnum(row.get('tractability'))}" if _finite(row.get("tractability")) is not None
+                 else ""))
+    t = Table(title="score decomposition (0..1)", show_header=False, box=None)
+    for c, lab, _role in [("relevance", "relevance", ""), ("priority", "priority", "")] + COMPONENTS:
+        if c not in row:
+            continue
+        f = _finite(row.get(c))
+        t.add_row(lab, "no input" if f is None else "█" * int(round(20 * min(max(f, 0), 1))) + f" {_rnum(f)}")
+    con.print(t)
+    ph = ev.get("phenotype") or ev.get("phenotype_ic") or {}
+    dis = ph.get("best_disease") or {}
+    if ph.get("matches"):
+        t = Table(title="matched query terms" + (f" — best disease {dis.get('name')} ({dis.get('id')})" if dis else ""))
+        for c in ("query term", "matched annotation", "IC"):
+            t.add_column(c)
+        for m in ph["matches"]:
+            q, g = m.get("query") or "", m.get("gene_term") or ""
+            ann = "same term" if m.get("exact") or q == g else f"{g} {label(g)}".strip()
+            if not m.get("exact") and m.get("common") not in (None, g, q):
+                ann += f" (via {m['common']} {m.get('common_name') or ''})".rstrip()
+            t.add_row(f"{q} {label(q)}".strip(), ann, _rnum(m.get("ic")))
+        con.print(t)
+    var = ev.get("variant") or {}
+    if var.get("variants"):
+        t = Table(title=f"variants — inheritance fit {var.get('fit') or 'none'} "
+                        f"(known: {', '.join(var.get('inheritance') or []) or 'unknown'})")
+        for c in ("HGVS", "consequence", "ClinVar", "zygosity", "AF"):
+            t.add_column(c)
+        for x in var["variants"]:
+            t.add_row(variant_label(x), x.get("consequence") or "", x.get("clinvar") or "", x.get("zygosity") or "",
+                      _rnum(x.get("af"), 2))
+        con.print(t)
+    coh = ev.get("cohort") or {}
+    if coh.get("n_cases"):
+        con.print(f"cohort: {coh.get('n_case_carriers')} of {coh.get('n_cases')} matching patients carry a rare "
+                  f"damaging variant vs {coh.get('n_control_carriers')} of {coh.get('n_controls')} others; carriers: "
+                  + ", ".join((coh.get("case_carriers") or [])[:10]))
+    dr = ev.get("druggability") or {}
+    if dr:
+        con.print(f"druggability: tier {dr.get('finan_tier') or '–'} · TDL {dr.get('pharos_tdl') or '–'} · "
+                  f"{_rnum(dr.get('n_drugs')) or '0'} drug(s), max phase {_rnum(dr.get('max_phase')) or '–'}")
+        for d in _drugs(dr.get("example_drugs")):
+            con.print(f"  {d['drug']} ({d['type']}, {d['mechanism']}, phase {d['phase']})")
+    kn = ev.get("knowledge") or {}
+    if kn.get("diseases"):
+        con.print("known diseases: " + "; ".join(kn["diseases"][:6]))
+    recs = row.get("source_records") or {}
+    if recs:
+        con.print("source records: " + ", ".join(f"{k} {len(v)}" for k, v in recs.items()))
+
+
 # ---- hypothesis -----------------------------------------------------------------------------------
-def _hypothesis(ranked, top: int = 5) -> str:
-    cols = [c for c in ranked.column_names if c != "evidence"]
+def _hypothesis(ranked, top: int = 10, engine=None, patient_pages: dict | None = None) -> str:
+    """The hypothesis page: the ranking (relevance, priority, evidence in one line, verdict) and, for the
+    top genes, the readable evidence (:func:`gene_evidence_html`)."""
+    meta = ranked.schema.metadata or {}
+    hid = (meta.get(b"hypothesis_id") or b"").decode()
+    try:
+        roles = json.loads(meta.get(b"roles", b"{}"))
+    except ValueError:
+        roles = {}
     rows = ranked.to_pylist()
-    num = tuple(i for i, c in enumerate(cols) if c not in ("gene", "target", "name"))
-    parts = [f"<h2>Ranked candidate genes/targets ({len(rows)})</h2>",
-             _table(cols, [[r.get(c) for c in cols] for r in rows], num=num, cls="ranked")]
-    if "evidence" in ranked.column_names:
+    label = _label_fn(engine)
+    comps = [c for c, _, _ in COMPONENTS if c in ranked.column_names]
+    head = ["rank", "gene", "relevance", "priority", "best disease", "matched terms", "variants", "druggability",
+            "verdict"]
+    body = []
+    for i, r in enumerate(rows):
+        es = evidence_summary(r.get("evidence"))
+        gene = esc(r.get("gene"))
+        link = f'<a href="#gene-{gene}">{gene}</a>' if i < top else gene
+        cells = [esc(r.get("rank")), link, esc(_rnum(r.get("relevance"))), esc(_rnum(r.get("priority"))),
+                 esc(es["disease"]), esc(es["terms"]), esc(es["variants"]), esc(es["drug"]),
+                 f'<span class="verdict v-{esc(r.get("verdict"))}">{esc(r.get("verdict"))}</span>'
+                 if r.get("verdict") else ""]
+        body.append("<tr>" + "".join(f'<td class="num">{c}</td>' if i in (0, 2, 3) else f"<td>{c}</td>"
+                                     for i, c in enumerate(cells)) + "</tr>")
+    parts = [f'<p>Hypothesis id <code id="hypothesis-id">{esc(hid)}</code>. <b>Relevance</b>: how well the gene '
+             "explains the query (sums to 1 over genes); <b>priority</b>: the order, relevance with tractability "
+             "(never lifting a clearly less relevant gene). Components: " + esc(", ".join(comps)) + ".</p>",
+             f"<h2>Ranked candidate genes/targets ({len(rows)})</h2>",
+             '<table class="ranked"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head)
+             + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>"]
+    if "evidence" in ranked.column_names and rows:
         parts.append(f"<h2>Evidence for the top {min(top, len(rows))}</h2>")
         for r in rows[:top]:
-            ev = r.get("evidence")
-            try:
-                pretty = json.dumps(json.loads(ev) if isinstance(ev, str) else ev, indent=2, sort_keys=True, default=str)
-            except (TypeError, ValueError):
-                pretty = str(ev)
-            parts.append(f"<h3>{esc(r.get('rank'))}. {esc(r.get('gene'))}</h3><pre class=\"note\">{esc(pretty)}</pre>")
+            parts.append(gene_evidence_html(r, label=label, roles=roles, patient_pages=patient_pages))
     return _page("Hypothesis: ranked candidate targets", "".join(parts), hyp=True)
 
 
@@ -565,7 +861,8 @@ def write_report(engine, out_dir, *, ranked=None, max_patients: int = 50,
                                                         hyp=ranked is not None), encoding="utf-8")
 
     if ranked is not None:
-        (out / "hypothesis.html").write_text(_hypothesis(ranked), encoding="utf-8")
+        (out / "hypothesis.html").write_text(_hypothesis(ranked, engine=engine, patient_pages=links),
+                                             encoding="utf-8")
     body = _population(engine, links, len(pts), ranked is not None)
     if outcomes:
         body += _outcomes(outcomes)

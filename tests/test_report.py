@@ -170,15 +170,34 @@ def test_patient_pages_thumbnails_and_content(built):
 
 
 def test_hypothesis_page(built):
+    """Readable evidence: relevance and priority, matched query terms with labels, IC and disease, druggability
+    with drugs, a score chart per top gene; no raw JSON, no NaN."""
     tmp, eng, _, ranked = built
+    src = (tmp / "r" / "hypothesis.html").read_text(encoding="utf-8")
     p = parse(tmp / "r" / "hypothesis.html")
     text = "".join(p.text)
     for c in ("phenotype_ic", "knowledge", "druggability", "variant", "cohort", "embedding"):
         assert c in text
     genes = ranked.column("gene").to_pylist()
     assert all(g in text for g in genes)
-    ev = json.loads(ranked.column("evidence")[0].as_py())
-    assert json.dumps(ev, indent=2, sort_keys=True, default=str).splitlines()[1].strip() in text
+    assert "relevance" in text and "priority" in text
+    assert "NaN" not in text and "nan" not in text.split() and '{"' not in text and "matches" not in text
+    rows = ranked.to_pylist()
+    ev = json.loads(rows[0]["evidence"])
+    m = ev["phenotype"]["matches"][0]
+    label = eng.resources.phenotypes.terms[m["query"]].name
+    top = src.split('id="gene-' + rows[0]["gene"] + '"', 1)[1].split("</section>", 1)[0]
+    assert f"{m['query']} {label}" in top                                 # query term with its label
+    assert ev["phenotype"]["best_disease"]["name"] in top                  # the disease it points to
+    assert f"{m['ic']:.3f}".rstrip("0").rstrip(".") in top                 # its information content
+    dr = ev.get("druggability") or {}
+    if dr.get("example_drugs"):
+        assert dr["example_drugs"].split(":")[0] in top and "max phase" in top
+    assert top.count("<svg") == 1 and 'data-component="phenotype"' in top   # the score decomposition chart
+    assert "no input" in top or all(r.get("embedding") == r.get("embedding") for r in rows[:1])
+    assert src.count('<section class="gene"') == min(10, len(rows))
+    hid = ranked.schema.metadata[b"hypothesis_id"].decode()
+    assert hid in text
 
 
 def test_no_phi_in_report(built):
