@@ -315,3 +315,25 @@ def test_neighbours_with_index(built, tmp_path):
         body = src.split("<h2>Nearest neighbours</h2>", 1)[1]
         assert body.count("<tr><td class=\"num\">") == 5, f.name
         assert f.stem not in body.split("</table>", 1)[0]       # the patient itself is excluded
+
+
+def test_hypothesis_page_in_headless_browser(built, tmp_path):
+    """The evidence page as a browser renders it: the DOM has one evidence section per top gene with its
+    score chart, and the screenshot is not blank."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium not installed (/usr/bin/chromium absent): headless rendering check skipped")
+    from PIL import Image, ImageStat
+
+    tmp, _, _, ranked = built
+    page = (tmp / "r" / "hypothesis.html").resolve().as_uri()
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(base + ["--dump-dom", page], capture_output=True, text=True, timeout=60).stdout
+    n = min(10, ranked.num_rows)
+    assert dom.count('<section class="gene"') == n and dom.count('class="chart scores"') == n
+    assert "NaN" not in dom
+    shot = tmp_path / "hyp.png"
+    subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,900", page], capture_output=True, timeout=60)
+    im = Image.open(shot).convert("L")
+    assert ImageStat.Stat(im).stddev[0] > 5 and len(set(im.tobytes())) > 10
