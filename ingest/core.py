@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from raretarget.pseudo import Pseudonymizer
+
+log = logging.getLogger("raretarget")
 
 #: cap on raw bytes kept per quarantined record (on the secure side)
 MAX_RAW = 65536
@@ -78,6 +81,31 @@ class BatchState:
         #: content hash per pseudonymous resource id met in this ingest (shared by its batches): same id +
         #: other content is a conflict; None turns the check off
         self.seen_resources: dict[str, bytes] | None = None
+        #: rows already converted to Arrow (per table, in input order): files read in parallel workers arrive
+        #: as tables; :meth:`seal` turns the column lists read here into one before such a table is appended
+        self.segments: dict[str, list] = defaultdict(list)
+
+    def seal(self) -> None:
+        """Move the rows held as column lists into :attr:`segments` (keeps the input order)."""
+        from raretarget import schema as S
+
+        for name, cols in self.rows.items():
+            if self.nrows[name]:
+                self.segments[name].append(S.conform(name, cols))
+        self.rows.clear()
+        self.nrows.clear()
+
+    def add_segment(self, name: str, table) -> None:
+        self.seal()
+        if table.num_rows:
+            self.segments[name].append(table)
+
+    def tables(self) -> dict:
+        """Every row of the batch as one conformed table per data table (input order)."""
+        import pyarrow as pa
+
+        self.seal()
+        return {name: pa.concat_tables(ts).combine_chunks() for name, ts in self.segments.items() if ts}
 
     def add_alias(self, value: str, patient_id: str) -> None:
         """Register a secondary identifier (MRN, DICOM PatientID, VCF sample name) of a patient."""
@@ -102,8 +130,56 @@ class BatchState:
 
         terms = self.phi_terms.get(patient_id)
         if terms is None:
-            terms = self._known_phi(patient_id) or []
-        return compile_terms(terms)
+            terms = self._known_phi(patient_id)
+        return compile_terms(terms or [])
+
+    def study_of(self, study_uid: str) -> str | None:
+        """Patient of a pseudonymous study UID (an ImagingStudy met in this batch or an earlier one)."""
+        return self.study_patient.get(study_uid)
+
+    def check_resource(self, key: str, content: bytes) -> bool:
+        """True when the pseudonymous resource ``key`` was met earlier in this ingest with other content;
+        the first content met is remembered (the same content again is a plain duplicate)."""
+        seen = self.seen_resources
+        if seen is None:
+            return False
+        prev = seen.get(key)
+        if prev is None:
+            seen[key] = content
+            return False
+        return prev != content
+
+
+def read_file(batch: BatchState, path: Path, kind: str, digest: str, file_ref: str) -> tuple:
+    """Read one input file into ``batch`` (its rows, quarantine, link records) and account for it.
+
+    Returns the file's ledger entry ``(file_ref, kind, records, accepted, ignored, quarantined, conflicts)``
+    and its ignored counts by type. A reader that raises becomes one quarantine entry for the rest of the
+    file; a record with no outcome is quarantined as ``unaccounted`` (never dropped silently). The same
+    function runs in the ingest process and in parallel workers (:mod:`raretarget.ingest.parallel`).
+    """
+    from raretarget.ingest import readers
+
+    ctx = FileContext(batch, path, file_ref, kind)
+    batch.files.append((file_ref, str(path), digest, kind))
+    reader = readers.get(kind)
+    try:
+        if reader is None:
+            ctx.record()
+            ctx.quarantine("file", "unrecognised_file_type")
+        else:
+            reader(path, ctx)
+    except Exception as e:  # one bad file never stops the batch
+        ctx.record()
+        ctx.quarantine("file" if ctx.records <= 1 else f"after record {ctx.records - 1}", "reader_error", detail=e)
+    ignored = sum(ctx.ignored.values())
+    gap = ctx.records - ctx.accepted - ignored - ctx.quarantined - ctx.conflicts
+    if gap > 0:                     # a record with no outcome is never dropped silently
+        ctx.quarantine("file", "unaccounted", detail=gap, n=gap)
+    elif gap < 0:
+        log.warning("%s: reader counted %d outcome(s) more than records", file_ref, -gap)
+        ctx.record(-gap)
+    return (file_ref, kind, ctx.records, ctx.accepted, ignored, ctx.quarantined, ctx.conflicts), dict(ctx.ignored)
 
 
 class FileContext:

@@ -80,12 +80,12 @@ def patient_phi_terms(patient: dict) -> list[str]:
         add(f"{int(m)}/{int(d)}/{y}")
         add(f"{m}/{d}/{y}")
     # single-letter or very common short tokens would wreck the text; keep terms of >= 2 chars
-    return sorted(terms, key=len, reverse=True)
+    return sorted(terms, key=lambda t: (-len(t), t))      # ties by text: the same list in every process
 
 
 def compile_terms(terms: Iterable[str]) -> re.Pattern | None:
     """One alternation regex for a patient's identifiers (word-bounded, case-insensitive)."""
-    terms = sorted({t for t in terms if t and len(t) >= 2}, key=len, reverse=True)
+    terms = sorted({t for t in terms if t and len(t) >= 2}, key=lambda t: (-len(t), t))
     if not terms:
         return None
     return re.compile(r"(?<![\w])(?:" + "|".join(re.escape(t) for t in terms) + r")(?![\w])", re.I)

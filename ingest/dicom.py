@@ -276,7 +276,7 @@ class _NoSop(Exception):
 def _emit(ex: dict, ctx, file_ref: str) -> None:
     """Link the patient (ImagingStudy first, then PatientID), shift the date, emit the row."""
     study_p = ex["study_uid"]
-    patient_id = ctx.batch.study_patient.get(study_p) if study_p else None
+    patient_id = ctx.batch.study_of(study_p) if study_p else None
     link = "imaging_study" if patient_id is not None else None
     if patient_id is None:
         patient_id = ctx.batch.patient_for_identifier(ex["_patient_raw"])

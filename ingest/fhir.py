@@ -350,17 +350,12 @@ class _Reader:
     def _conflicting(self, rt: str, rid: str, res: dict) -> bool:
         """True when ``rt/rid`` was met earlier in this ingest with other content (``meta`` aside).
         The same content again is a plain duplicate (stored once, counted as duplicate rows)."""
-        seen = self.ctx.batch.seen_resources
-        if seen is None:
+        batch = self.ctx.batch
+        if batch.seen_resources is None:
             return False
         body = {k: v for k, v in res.items() if k != "meta"}
         h = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
-        key = self.pseudo.resource(rt, rid)
-        prev = seen.get(key)
-        if prev is None:
-            seen[key] = h
-            return False
-        return prev != h
+        return batch.check_resource(self.pseudo.resource(rt, rid), h)
 
     # ---- references ------------------------------------------------------------------------------
     def patient_of(self, res: dict, field: str = "subject") -> str:

@@ -95,7 +95,7 @@ class Engine:
 
     # ---- ingest ----------------------------------------------------------------------------------
     def ingest(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_files: int = 64,
-               batch_records: int = 200_000, fhir_validate: str = "none",
+               batch_records: int = 200_000, fhir_validate: str = "none", workers: int = 1,
                progress: bool | Callable[[int, int], None] = False) -> IngestReport:
         """Ingest files or folders (FHIR Bundles/NDJSON, DICOM, VCF/BCF, any mix; gzip ok).
 
@@ -104,9 +104,14 @@ class Engine:
         after a crash completes the store without duplicates. Bad records are quarantined, never fatal.
         ``fhir_validate="full"`` also validates each stored FHIR resource with the fhir.resources R4B
         models (about 10x slower; failures are quarantined).
+        ``workers``: files are parsed and de-identified in that many worker processes
+        (:mod:`raretarget.ingest.parallel`) while this process merges them in input order and commits;
+        the store is the same as with ``workers=1``.
         """
         if fhir_validate not in ("none", "full"):
             raise ValueError("fhir_validate must be 'none' or 'full'")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError("workers must be an integer >= 1")
         self._options = {"fhir_validate": fhir_validate}
         from raretarget.ingest.core import discover, sha256_file
 
@@ -118,30 +123,47 @@ class Engine:
         pseudo = self.pseudo
         bar = _progress(progress, len(inputs))
         with self.store.writer():
+            # Earlier batches' identifiers, loaded once and then kept current by each commit, so a lookup
+            # gives the same answer whichever process made it (and in whatever batch).
+            self._known_phi("")
+            self._known_alias()
             done = set(self.store.read("ingested", ["file_ref"]).column("file_ref").to_pylist())
-            pending: list[tuple] = []
-            size = 0
-            for inp in inputs:
-                digest = sha256_file(inp.path)
-                fref = pseudo.file(digest)
-                if fref in done:
-                    report.files_already_ingested += 1
-                    bar(1)
-                    continue
-                done.add(fref)
-                pending.append((inp, digest, fref))
-                size += inp.path.stat().st_size
-                if len(pending) >= batch_files or size >= batch_records * 500:
-                    self._ingest_batch(pending, report, bar)
-                    pending, size = [], 0
-            if pending:
-                self._ingest_batch(pending, report, bar)
+            pool = None
+            if workers > 1 and len(inputs) > 1:     # started now: they load while the inputs are hashed
+                from raretarget.ingest.parallel import ParallelReader
+
+                pool = ParallelReader(self, workers, kinds=[i.kind for i in inputs])
+            try:
+                batches: list[list[tuple]] = []
+                pending: list[tuple] = []
+                size = 0
+                for inp in inputs:
+                    digest = sha256_file(inp.path)
+                    fref = pseudo.file(digest)
+                    if fref in done:
+                        report.files_already_ingested += 1
+                        bar(1)
+                        continue
+                    done.add(fref)
+                    pending.append((inp, digest, fref))
+                    size += inp.path.stat().st_size
+                    if len(pending) >= batch_files or size >= batch_records * 500:
+                        batches.append(pending)
+                        pending, size = [], 0
+                if pending:
+                    batches.append(pending)
+                if pool is not None:
+                    pool.plan([f for b in batches for f in b])
+                for b in batches:
+                    self._ingest_batch(b, report, bar, pool)
+            finally:
+                if pool is not None:
+                    pool.close()
         bar(0, close=True)
         return report
 
-    def _ingest_batch(self, files, report: IngestReport, bar) -> None:
-        from raretarget.ingest import readers
-        from raretarget.ingest.core import BatchState, FileContext
+    def _ingest_batch(self, files, report: IngestReport, bar, pool=None) -> None:
+        from raretarget.ingest.core import BatchState, read_file
 
         pseudo = self.pseudo
         batch = BatchState(pseudo, self.resources, self._known_phi)
@@ -152,30 +174,14 @@ class Engine:
         batch_id = "b" + hashlib.blake2b("|".join(f for _, _, f in files).encode(), digest_size=8).hexdigest()
         ledger = []
         for inp, digest, fref in files:
-            ctx = FileContext(batch, inp.path, fref, inp.kind)
-            batch.files.append((fref, str(inp.path), digest, inp.kind))
-            reader = readers.get(inp.kind)
-            try:
-                if reader is None:
-                    ctx.record()
-                    ctx.quarantine("file", "unrecognised_file_type")
-                else:
-                    reader(inp.path, ctx)
-            except Exception as e:  # one bad file never stops the batch
-                ctx.record()
-                ctx.quarantine("file" if ctx.records <= 1 else f"after record {ctx.records - 1}", "reader_error",
-                               detail=e)
-            ignored = sum(ctx.ignored.values())
-            gap = ctx.records - ctx.accepted - ignored - ctx.quarantined - ctx.conflicts
-            if gap > 0:                     # a record with no outcome is never dropped silently
-                ctx.quarantine("file", "unaccounted", detail=gap, n=gap)
-            elif gap < 0:
-                log.warning("%s: reader counted %d outcome(s) more than records", fref, -gap)
-                ctx.record(-gap)
-            ledger.append((fref, inp.kind, ctx.records, ctx.accepted, ignored, ctx.quarantined, ctx.conflicts))
-            report.conflicts += ctx.conflicts
-            report.records += ctx.records
-            for k, v in ctx.ignored.items():
+            if pool is not None:            # read by a worker, checked and merged here (or read here)
+                entry, ignored = pool.merge(batch, inp, digest, fref)
+            else:
+                entry, ignored = read_file(batch, inp.path, inp.kind, digest, fref)
+            ledger.append(entry)
+            report.conflicts += entry[6]
+            report.records += entry[2]
+            for k, v in ignored.items():
                 report.ignored[k] = report.ignored.get(k, 0) + v
             report.files += 1
             bar(1)
@@ -183,8 +189,7 @@ class Engine:
         tables: dict[str, pa.Table] = {}
         hidden: list[tuple[str, int, str, str | None, str]] = []     # table, record_id, part, patient, reason
         dkeys = {f"{rt}/{rid}" for rt, rid in batch.deletions}
-        for name, cols in batch.rows.items():
-            t = S.conform(name, cols)
+        for name, t in batch.tables().items():
             if dkeys:                                   # deleted in this same batch: never stored
                 t = t.filter(pa.array([_resource_key(r) not in dkeys for r in t.column("source_ref").to_pylist()],
                                       pa.bool_()))

@@ -1,0 +1,402 @@
+"""Parallel ingest on one machine: files parsed and de-identified in worker processes, one committer.
+
+``Engine.ingest(paths, workers=n)`` starts ``n`` worker processes (``spawn``: no state inherited from the
+parent, safe under any start method and thread mix). Each worker reads whole files with the same
+readers and :func:`raretarget.ingest.core.read_file` as the single-process path and sends back what
+that file added to its batch: rows as Arrow tables (already pseudonymised, dates shifted, text scrubbed),
+quarantine entries, and the link records the parent commits to the link folder anyway (pseudonym
+links, identifiers' aliases, scrub terms, quarantined raw records). Nothing else leaves a worker.
+
+The parent merges the files strictly in input order into the batch and commits as before, so batches,
+record ids, pseudonyms and quarantine are those of ``workers=1``. What makes that exact:
+
+* A file's reading depends on other files only through a few lookups (a patient's scrub terms, an
+  identifier's patient, a study's patient, whether a resource id was met before with other content).
+  A worker answers them from a snapshot of what the parent had merged when it sent the file (plus the
+  file's own records) and records every answer that came from the snapshot. At merge time the parent
+  checks each recorded answer against its own state; if one differs, the worker's result is thrown
+  away and the parent reads the file itself. So a snapshot that is out of date costs time, never
+  correctness.
+* Files are handed out in order; before the first file of a group that follows a FHIR group (Patient
+  files, then other FHIR files, then DICOM/VCF; see :func:`raretarget.ingest.core.discover`) the parent
+  waits until the FHIR group is merged, so the snapshot then holds every patient, alias and study.
+* A worker that dies or fails on a file: the parent reads that file itself (the same errors and
+  quarantine entries as ``workers=1``; no error text crosses the process boundary).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+from pathlib import Path
+
+from .core import BatchState, Resources, read_file
+
+#: tasks handed to one worker ahead of the merge (keeps it busy while the parent commits)
+AHEAD_PER_WORKER = 3
+#: one task: up to this many consecutive files or bytes (one message and one Arrow conversion for many
+#: small files, e.g. one Bundle per patient)
+GROUP_FILES = 16
+GROUP_BYTES = 8 << 20
+
+
+class _Snapshot:
+    """A worker's copy of the parent's merged lookups (latest write wins, as in the parent)."""
+
+    def __init__(self):
+        self.phi: dict[str, list] = {}
+        self.alias: dict[str, str] = {}
+        self.study: dict[str, str] = {}
+
+    def apply(self, delta) -> None:
+        for kind, key, value in delta:
+            getattr(self, kind)[key] = value
+
+
+class _WorkerBatch(BatchState):
+    """The batch as one worker sees it: the file's own records first, then the snapshot, each answer
+    taken from the snapshot recorded for the parent to check (first answer per key: the snapshot does
+    not change while a file is read)."""
+
+    def __init__(self, pseudo, resources, ext: _Snapshot, conflicts: bool):
+        super().__init__(pseudo, resources, lambda pid: None)
+        self.ext = ext
+        self.seen_resources = {} if conflicts else None
+        self.read_phi: dict[str, list | None] = {}
+        self.read_alias: dict[str, str | None] = {}
+        self.read_study: dict[str, str | None] = {}
+        self.read_seen: list[tuple[str, bytes]] = []
+
+    def phi_for(self, patient_id: str):
+        from .deid import compile_terms
+
+        if patient_id in self.phi_terms:
+            terms = self.phi_terms[patient_id]
+        else:
+            terms = self.ext.phi.get(patient_id)
+            self.read_phi.setdefault(patient_id, terms)
+        return compile_terms(terms or [])
+
+    def patient_for_identifier(self, value: str | None) -> str | None:
+        if value is None or not str(value).strip():
+            return None
+        v = str(value).strip()
+        hit = self.alias.get(v)
+        if hit is None:
+            hit = self.ext.alias.get(v)
+            self.read_alias.setdefault(v, hit)
+        return hit or self.pseudo.patient(v)
+
+    def study_of(self, study_uid: str) -> str | None:
+        if study_uid in self.study_patient:
+            return self.study_patient[study_uid]
+        hit = self.ext.study.get(study_uid)
+        self.read_study.setdefault(study_uid, hit)
+        return hit
+
+    def check_resource(self, key: str, content: bytes) -> bool:
+        seen = self.seen_resources
+        if seen is None:
+            return False
+        prev = seen.get(key)
+        if prev is None:               # first time in this file: the parent checks the rest of the ingest
+            seen[key] = content
+            self.read_seen.append((key, content))
+            return False
+        return prev != content
+
+
+def _read_in_worker(pseudo_key: bytes, resources: Resources, ext: _Snapshot, options: dict, conflicts: bool,
+                    path: str, kind: str, digest: str, fref: str) -> tuple[dict, dict]:
+    """One file read into a batch of its own: (what it added besides rows, its rows as column lists)."""
+    from raretarget.pseudo import Pseudonymizer
+
+    # a fresh pseudonymizer per file, so its links list every pseudonym this file used that the parent may
+    # not have made yet (a cache shared across files would hide some when an earlier file is re-read there)
+    pseudo = Pseudonymizer(pseudo_key)
+    b = _WorkerBatch(pseudo, resources, ext, conflicts)
+    b.options = options
+    entry, ignored = read_file(b, Path(path), kind, digest, fref)
+    return {
+        "entry": entry, "ignored": ignored, "quarantine": b.quarantine, "raw": b.raw,
+        "files": b.files[1:], "phi": b.phi_terms, "alias": b.alias, "study": b.study_patient,
+        "deletions": b.deletions, "links": pseudo.drain(),
+        "reads": (b.read_phi, b.read_alias, b.read_study, b.read_seen),
+    }, {name: (cols, b.nrows[name]) for name, cols in b.rows.items()}
+
+
+def _read_group(key, resources, ext, options, conflicts, group) -> dict:
+    """Several consecutive files: per-file results, and their rows as ONE Arrow table per data table with
+    per-file offsets (one conversion and one message for many small files; the parent slices per file)."""
+    from raretarget import schema as S
+
+    files, rows = [], []
+    for path, kind, digest, fref in group:
+        meta, r = _read_in_worker(key, resources, ext, options, conflicts, path, kind, digest, fref)
+        files.append(meta)
+        rows.append(r)
+    tables, spans = {}, [dict() for _ in group]
+    for name in dict.fromkeys(n for r in rows for n in r):
+        cols: dict[str, list] = {}
+        total = 0
+        for k, r in enumerate(rows):
+            if name not in r:
+                continue
+            fcols, n = r[name]
+            for c, v in fcols.items():
+                col = cols.get(c)
+                if col is None:
+                    col = cols[c] = [None] * total
+                col.extend(v[:n])
+            total += n
+            for col in cols.values():
+                if len(col) < total:
+                    col.extend([None] * (total - len(col)))
+            spans[k][name] = (total - n, n)
+        if total:
+            tables[name] = S.conform(name, cols)
+    return {"files": files, "tables": tables, "spans": spans}
+
+
+def _warm(kinds, resources: Resources) -> None:
+    """Load the readers and reference tables the inputs will need, before the first file arrives."""
+    from raretarget.ingest import readers
+
+    for kind in kinds:
+        readers.get(kind)
+    if "fhir" in kinds:
+        resources.units, resources.phenotypes
+    if "vcf" in kinds:
+        resources.genes
+    if "dicom" in kinds:
+        import pydicom  # noqa: F401
+
+
+def _worker(links: str, options: dict, conflicts: bool, kinds, tasks, results) -> None:
+    """Worker process main loop: ``(task id, [(path, kind, digest, fref)], delta)`` in,
+    ``(status, task id, payload)`` out."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")       # one core per worker, the parent has its own
+    key = (Path(links) / "secret.key").read_bytes()
+    resources = Resources()
+    try:
+        _warm(kinds, resources)
+    except Exception:  # noqa: BLE001 - a reader that can't load fails on its file, as with workers=1
+        pass
+    ext = _Snapshot()
+    while True:
+        msg = tasks.get()
+        if msg is None:
+            return
+        t, group, delta = msg
+        try:
+            ext.apply(delta)
+            out = pickle.dumps(_read_group(key, resources, ext, options, conflicts, group),
+                               protocol=pickle.HIGHEST_PROTOCOL)
+            results.put(("ok", t, out))
+        except BaseException:  # noqa: BLE001 - the parent re-reads the files and reports like workers=1
+            results.put(("failed", t, None))
+
+
+class ParallelReader:
+    """Parent side: hands files to workers ahead of the merge, merges their results in input order."""
+
+    def __init__(self, engine, workers: int, kinds=(), local=None):
+        """Start the workers (they load readers and reference tables for ``kinds`` while the parent hashes
+        the inputs); :meth:`plan` then gives them the files."""
+        import multiprocessing as mp
+
+        self.engine = engine
+        self.local = local or (lambda inp: False)           # files the parent reads itself
+        self.log: list[tuple[str, str, object]] = []        # merged lookups, in order (sent as deltas)
+        ctx = mp.get_context("spawn")
+        self.results = ctx.Queue()
+        store = engine.store
+        conflicts = getattr(engine, "_seen_resources", None) is not None
+        opts = dict(getattr(engine, "_options", {}))
+        self.workers = []
+        for _ in range(workers):
+            q = ctx.Queue()
+            p = ctx.Process(target=_worker, args=(str(store.links), opts, conflicts, sorted(set(kinds)), q,
+                                                  self.results), daemon=True)
+            p.start()
+            self.workers.append({"p": p, "q": q, "sent": 0, "busy": set()})
+        self.plan([])
+
+    def plan(self, files: list[tuple]) -> None:
+        """The files to read, ``(InputFile, digest, file_ref)`` in input order."""
+        engine = self.engine
+        self.files = files
+        self.index = {f[2]: i for i, f in enumerate(files)}
+        self.tasks, self.task_of = self._plan(files)
+        self.log.clear()
+        for w in self.workers:
+            w["sent"] = 0
+        # what every worker needs first: the store's identifiers from earlier ingests
+        self.log.extend(("phi", k, v) for k, v in (engine._phi_cache or {}).items())
+        self.log.extend(("alias", k, v) for k, v in engine._known_alias().items())
+        self.log.extend(("study", k, v) for k, v in engine._known_studies().items())
+        self.next = 0             # next task to hand out
+        self.merged = 0           # files merged so far
+        self.done: dict[int, object] = {}      # task -> pickled result (None: read those files here)
+        self.open: dict[int, dict | None] = {}  # task being merged -> its result
+        self.fallbacks = 0
+
+    def _plan(self, files) -> tuple[list[tuple[int, list[int]]], dict[int, int]]:
+        """Tasks of consecutive files (a few small files per message), each with how many files must be
+        merged before it is handed out: the whole previous group when that group is FHIR."""
+        tasks: list[tuple[int, list[int]]] = []
+        task_of: dict[int, int] = {}
+        start, cur, size = 0, None, 0
+        for i, (inp, _, _) in enumerate(files):
+            if i and inp.order != files[i - 1][0].order and files[i - 1][0].kind == "fhir":
+                start, cur = i, None
+            if self.local(inp):
+                cur = None
+                continue
+            nbytes = inp.path.stat().st_size
+            if cur is None or len(cur[1]) >= GROUP_FILES or size + nbytes > GROUP_BYTES:
+                cur = (start, [])
+                tasks.append(cur)
+                size = 0
+            cur[1].append(i)
+            size += nbytes
+            task_of[i] = len(tasks) - 1
+        return tasks, task_of
+
+    # ---- dispatch -------------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        alive = [w for w in self.workers if w["p"].is_alive()]
+        while self.next < len(self.tasks) and alive:
+            t = self.next
+            barrier, idx = self.tasks[t]
+            if barrier > self.merged:
+                return
+            w = min(alive, key=lambda w: len(w["busy"]))
+            if len(w["busy"]) >= AHEAD_PER_WORKER:
+                return
+            delta = self.log[w["sent"]:]
+            w["sent"] = len(self.log)
+            group = [(str(self.files[i][0].path), self.files[i][0].kind, self.files[i][1], self.files[i][2])
+                     for i in idx]
+            w["q"].put((t, group, delta))
+            w["busy"].add(t)
+            self.next += 1
+
+    def _wait(self, t: int):
+        """The result of task ``t``, or None when the parent must read its files itself."""
+        while True:
+            self._dispatch()
+            if t in self.done:
+                payload = self.done.pop(t)
+                return pickle.loads(payload) if payload is not None else None
+            if t >= self.next or not any(t in w["busy"] for w in self.workers):
+                return None
+            try:
+                status, j, payload = self.results.get(timeout=1.0)
+            except queue.Empty:
+                for w in self.workers:            # a dead worker's files are read here
+                    if not w["p"].is_alive():
+                        for j in w["busy"]:
+                            self.done[j] = None
+                        w["busy"].clear()
+                continue
+            for w in self.workers:
+                w["busy"].discard(j)
+            self.done[j] = payload if status == "ok" else None
+
+    # ---- merge ---------------------------------------------------------------------------------------
+    def merge(self, batch: BatchState, inp, digest: str, fref: str) -> tuple:
+        """Add file ``fref`` to ``batch`` exactly as :func:`read_file` would have, return its ledger entry."""
+        i = self.index[fref]
+        t = self.task_of.get(i)
+        res = None
+        if t is not None:
+            if t not in self.open:
+                self.open[t] = self._wait(t)
+            tres = self.open[t]
+            idx = self.tasks[t][1]
+            k = idx.index(i)
+            if k == len(idx) - 1:
+                self.open.pop(t)
+            if tres is not None:
+                res = (tres["files"][k], tres["tables"], tres["spans"][k])
+        if res is None or not self._consistent(batch, res[0]["reads"]):
+            if res is not None:
+                self.fallbacks += 1
+            out = self._read_here(batch, inp, digest, fref)
+        else:
+            out = self._apply(batch, *res, inp, digest, fref)
+        self.merged = i + 1
+        self._dispatch()
+        return out
+
+    def _consistent(self, batch: BatchState, reads) -> bool:
+        phi, alias, study, seen = reads
+        eng = self.engine
+        for pid, terms in phi.items():
+            real = batch.phi_terms[pid] if pid in batch.phi_terms else eng._known_phi(pid)
+            if list(real or ()) != list(terms or ()):
+                return False
+        for v, pid in alias.items():
+            if (batch.alias.get(v) or batch.known_alias.get(v)) != pid:
+                return False
+        for s, pid in study.items():
+            if batch.study_of(s) != pid:
+                return False
+        known = batch.seen_resources
+        if known is not None:
+            for key, h in seen:
+                prev = known.get(key)
+                if prev is not None and prev != h:
+                    return False
+        return True
+
+    def _apply(self, batch: BatchState, res: dict, tables: dict, spans: dict, inp, digest: str, fref: str) -> tuple:
+        batch.files.append((fref, str(inp.path), digest, inp.kind))
+        for f in res["files"]:                 # files a DICOMDIR referenced, listed once per batch
+            if not any(x[0] == f[0] for x in batch.files):
+                batch.files.append(f)
+        for name, (off, n) in spans.items():
+            batch.add_segment(name, tables[name].slice(off, n))
+        batch.quarantine.extend(res["quarantine"])
+        batch.raw.extend(res["raw"])
+        batch.deletions.extend(res["deletions"])
+        batch.phi_terms.update(res["phi"])
+        batch.alias.update(res["alias"])
+        batch.study_patient.update(res["study"])
+        if batch.seen_resources is not None:
+            for key, h in res["reads"][3]:
+                batch.seen_resources.setdefault(key, h)
+        pseudo = batch.pseudo
+        for p, original, kind in res["links"]:       # pseudonyms first made by this file, in its order
+            if (kind, original) not in pseudo._cache:
+                pseudo._cache[(kind, original)] = p
+                pseudo.new_links.append((p, original, kind))
+        self.log.extend(("phi", k, v) for k, v in res["phi"].items())
+        self.log.extend(("alias", k, v) for k, v in res["alias"].items())
+        self.log.extend(("study", k, v) for k, v in res["study"].items())
+        return res["entry"], res["ignored"]
+
+    def _read_here(self, batch: BatchState, inp, digest: str, fref: str) -> tuple:
+        """Read a file in the parent (a big file, a worker's failure, or an out-of-date snapshot)."""
+        before = (dict(batch.phi_terms), dict(batch.alias), dict(batch.study_patient))
+        out = read_file(batch, inp.path, inp.kind, digest, fref)
+        for kind, old, new in zip(("phi", "alias", "study"), before,
+                                  (batch.phi_terms, batch.alias, batch.study_patient)):
+            self.log.extend((kind, k, v) for k, v in new.items() if k not in old or old[k] is not v)
+        return out
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                w["q"].put(None)
+            except (OSError, ValueError):
+                pass
+        for w in self.workers:
+            w["p"].join(timeout=10)
+            if w["p"].is_alive():
+                w["p"].terminate()
+                w["p"].join(timeout=5)
+        self.results.close()
+
