@@ -55,7 +55,7 @@ def cmd_ingest(args) -> int:
     con = _console()
     eng = Engine.open(args.store, create=True, links=args.links)
     t0 = time.perf_counter()
-    rep = eng.ingest(args.paths, progress=not args.quiet, fhir_validate=args.fhir_validate)
+    rep = eng.ingest(args.paths, progress=not args.quiet, fhir_validate=args.fhir_validate, workers=args.workers)
     dt = time.perf_counter() - t0
     con.print(f"[bold]ingest[/bold] {rep.summary()} in {dt:.1f}s")
     if rep.quarantine:
@@ -726,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     common(sp)
     sp.add_argument("paths", nargs="+")
     sp.add_argument("--fhir-validate", choices=["none", "full"], default="none")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="worker processes that read the files (one committer; same store as 1)")
     sp.add_argument("--show-paths", action="store_true", help="print real file paths of quarantined inputs")
     sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(func=cmd_ingest)
