@@ -1,4 +1,4 @@
-"""Command line: ``raretarget ingest|train|index|search|rank|explain|review|update|report|serve|audit|sql|status|quarantine|embed|demo``.
+"""Command line: ``raretarget ingest|train|index|search|rank|explain|review|update|drift|report|serve|audit|sql|status|quarantine|embed|demo``.
 
 Printed output never contains source file names or identifiers: quarantined records are shown by
 pseudonymous file reference (``--show-paths`` resolves them from the link folder, for the data owner).
@@ -680,6 +680,24 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_drift(args) -> int:
+    """Nightly drift history: status per run and per-modality metrics (the report's drift.html draws it)."""
+    from .drift import METRICS, history
+
+    if not (Path(args.store) / "_manifest.json").exists():
+        raise UsageError(f"not a raretarget store: {args.store}")
+    hist = history(args.store)
+    if args.format == "json":
+        print(json.dumps(hist))
+        return 0
+    for h in hist[-args.limit:]:
+        mods = "; ".join(f"{m} " + "/".join(_num(v.get(x)) for x in METRICS) for m, v in sorted(h["metrics"].items())
+                         if v and "error" not in v)
+        print(f"{h['started_at']}  {h['mode'] or '':<11} drift: {h['drift']:<8} {mods}")
+    print(f"{len(hist)} run(s); metrics per modality: centroid drop / nearest-neighbour drop / top-k replaced")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve import serve
 
@@ -698,6 +716,7 @@ EPILOG = """examples:
   raretarget update STORE new_files/            # nightly: ingest, re-embed changed patients, new index
   raretarget serve STORE                        # review web app on http://127.0.0.1:8765
   raretarget audit STORE --action rank
+  raretarget drift STORE                        # nightly embedding drift: ok | warn | alarm
 
 exit codes: 0 ok; 2 usage or input error (also: store missing or not ready, e.g. no model yet);
 1 other failure; 130 interrupted. Third-party messages are hidden unless --verbose.
@@ -828,6 +847,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--port", type=int, default=8765)
     sp.add_argument("--top", type=int, default=20)
     sp.set_defaults(func=cmd_serve)
+
+    sp = add("drift", "embedding drift of the nightly runs (ok | warn | alarm per run, metrics per modality)",
+             "raretarget drift STORE --limit 10")
+    common(sp)
+    sp.add_argument("--limit", type=int, default=30)
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.set_defaults(func=cmd_drift)
 
     sp = add("sql", "run read-only DuckDB SQL over the store", 'raretarget sql STORE "select count(*) from variants"')
     common(sp)

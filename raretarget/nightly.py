@@ -49,7 +49,8 @@ STAGES = ("ingest", "embed", "index", "publish")
 KILL_ENV = "RARETARGET_NIGHTLY_KILL_AT"
 
 DEFAULTS = {"recall_threshold": 0.95, "keep_generations": 3, "sample_queries": 200, "k": 10,
-            "batch_size": 128, "batch_files": 64, "factory": None, "seed": 0, "device": "auto"}
+            "batch_size": 128, "batch_files": 64, "factory": None, "seed": 0, "device": "auto",
+            "drift": None}      # drift thresholds (raretarget.drift.DEFAULTS when None)
 
 
 def _checkpoint(stage: str) -> None:
@@ -167,6 +168,8 @@ def _run(eng, paths, c: dict, log: dict) -> None:
     t = time.time()
     if full:
         log["mode"] = "full"
+        # a first build is the drift baseline; a new model is another space: no comparison
+        log["drift"] = "baseline" if cur is None or cur.get("model_version") == version else "n/a"
         emb = eng.embed(batch_size=c["batch_size"], device=c["device"])        # records the batches it covers
         batches = set(json.loads((gens.emb_dir / version / "_batches.json").read_text()))
         counts["embedded"] = sum(emb.values())
@@ -178,7 +181,7 @@ def _run(eng, paths, c: dict, log: dict) -> None:
     else:
         new = batches - set(cur["batches"])
         if not new:
-            log.update(mode="unchanged", ok=True, generation_after=cur["generation"])
+            log.update(mode="unchanged", ok=True, generation_after=cur["generation"], drift="ok", drift_metrics={})
             return
         log["mode"] = "incremental"
         pids = changed_patients(eng.store, new)
@@ -189,11 +192,15 @@ def _run(eng, paths, c: dict, log: dict) -> None:
         bdir = gens.idx_dir / f"gen-{cur['generation']:06d}"
         pid_arr = pa.array(sorted(pids), pa.string())
         changes = {}
+        from raretarget import drift
+
+        log["drift_metrics"] = {}
         for m in sorted(set(gens.embedding_counts(version)) | set(tabs)):
             if m == "gene":
                 continue
             old = gens.read_embeddings(version, m)
             newt = tabs.get(m)
+            log["drift_metrics"][m] = drift.table_drift(old, newt, k=c["k"], seed=c["seed"], cfg=c["drift"])
             keep = old.filter(pc.invert(pc.fill_null(pc.is_in(old.column("patient_id"), value_set=pid_arr), False)))
             if newt is not None and newt.num_rows:
                 newt = newt.select(keep.column_names).cast(keep.schema) if keep.num_rows else newt
@@ -217,6 +224,7 @@ def _run(eng, paths, c: dict, log: dict) -> None:
             add_ids = mids[add_mask]
             add_vecs = vectors_of(merged)[add_mask] if merged.num_rows else None
             changes[m] = (rm, add_ids, add_vecs)
+        log["drift"] = drift.status(log["drift_metrics"], c["drift"])
         counts["index_removed"] = int(sum(len(v[0]) for v in changes.values()))
         counts["index_added"] = int(sum(len(v[1]) for v in changes.values()))
         secs["embed"] = round(time.time() - t, 3)

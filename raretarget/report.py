@@ -864,6 +864,13 @@ def write_report(engine, out_dir, *, ranked=None, max_patients: int = 50,
         (out / "hypothesis.html").write_text(_hypothesis(ranked, engine=engine, patient_pages=links),
                                              encoding="utf-8")
     body = _population(engine, links, len(pts), ranked is not None)
+    from .drift import drift_page
+
+    drift_body = drift_page(engine.store.root)          # nightly runs with drift figures → drift.html
+    if drift_body:
+        (out / "drift.html").write_text(_page("Embedding drift of the nightly runs", drift_body, hyp=ranked is not None),
+                                        encoding="utf-8")
+        body = '<p><a href="drift.html">Embedding drift of the nightly runs</a></p>' + body
     if outcomes:
         body += _outcomes(outcomes)
     index = out / "index.html"
