@@ -36,6 +36,9 @@ MAX_RAW = 65536
 #: cap on raw bytes kept per file: a file of junk is not copied into the link folder (later entries keep
 #: their code, locator and field, with an empty raw)
 MAX_RAW_PER_FILE = 4 << 20
+#: a file at least this large is read by the committing process and committed in parts of
+#: ``chunk_records`` records (``Engine.ingest``): memory is bounded by the part, not by the file
+LARGE_FILE = 32 << 20
 
 
 @dataclass
@@ -47,6 +50,7 @@ class QuarantineItem:
     kind: str
     code: str = ""   # one of raretarget.ingest.reasons.REASONS
     field: str | None = None   # where in the record (e.g. Observation.valueQuantity.value)
+    seq: int = 0               # position among its file's entries (the entry's id comes from file + seq)
 
     def __str__(self) -> str:
         return f"{self.file_ref} [{self.record}]: {self.reason}"
@@ -84,6 +88,22 @@ class BatchState:
         #: rows already converted to Arrow (per table, in input order): files read in parallel workers arrive
         #: as tables; :meth:`seal` turns the column lists read here into one before such a table is appended
         self.segments: dict[str, list] = defaultdict(list)
+        #: set by the committer: commits what the batch holds so far (a large file's part)
+        self.partial: Callable[[], None] | None = None
+        self.chunk_records = 0
+        # link records already committed by a part of this batch (the lookups themselves stay until its end)
+        self.committed_phi: dict[str, list] = {}
+        self.committed_alias: dict[str, str] = {}
+        self.committed_files = 0
+
+    def clear_committed(self) -> None:
+        """After a commit: drop the rows, quarantine entries and deletes it wrote."""
+        self.rows.clear()
+        self.nrows.clear()
+        self.segments.clear()
+        self.quarantine.clear()
+        self.raw.clear()
+        self.deletions.clear()
 
     def seal(self) -> None:
         """Move the rows held as column lists into :attr:`segments` (keeps the input order)."""
@@ -172,6 +192,7 @@ def read_file(batch: BatchState, path: Path, kind: str, digest: str, file_ref: s
     except Exception as e:  # one bad file never stops the batch
         ctx.record()
         ctx.quarantine("file" if ctx.records <= 1 else f"after record {ctx.records - 1}", "reader_error", detail=e)
+    ctx.chunk = 0                   # the file is read: what is left goes with its ledger row
     ignored = sum(ctx.ignored.values())
     gap = ctx.records - ctx.accepted - ignored - ctx.quarantined - ctx.conflicts
     if gap > 0:                     # a record with no outcome is never dropped silently
@@ -200,6 +221,15 @@ class FileContext:
         self.accepted = 0                 # records with at least one row emitted (or a delete applied)
         self._out_at = -1                 # the record number that last produced output
         self.accepted_rows: Counter = Counter()
+        self.nq = 0                       # quarantine/conflict entries so far
+        self.chunk = 0                    # commit a part every this many records (large files only)
+        if batch.partial is not None and batch.chunk_records:
+            try:
+                if path.stat().st_size >= LARGE_FILE:
+                    self.chunk = batch.chunk_records
+            except OSError:
+                pass
+        self._chunk_at = 0
 
     # provenance ---------------------------------------------------------------------------------
     def ref(self, locator: str) -> str:
@@ -208,6 +238,11 @@ class FileContext:
 
     # accounting ---------------------------------------------------------------------------------
     def record(self, n: int = 1) -> None:
+        # a part is committed before the record just counted produces anything (readers call this first, so
+        # no record is ever half in one part and half in the next)
+        if self.chunk and self.records - self._chunk_at >= self.chunk:
+            self._chunk_at = self.records
+            self.batch.partial()
         self.records += n
 
     def ignore(self, what: str, n: int = 1) -> None:
@@ -245,7 +280,8 @@ class FileContext:
             raw = raw.decode("utf-8", "replace")
         self.raw_kept += len(raw or "")
         self.batch.quarantine.append(QuarantineItem(str(self.path), self.file_ref, str(record)[:80], reason,
-                                                    self.kind, code, field))
+                                                    self.kind, code, field, self.nq))
+        self.nq += 1
         self.batch.raw.append((raw or "")[:MAX_RAW])
 
     def delete(self, resource_type: str, original_id: str) -> None:

@@ -96,6 +96,7 @@ class Engine:
     # ---- ingest ----------------------------------------------------------------------------------
     def ingest(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_files: int = 64,
                batch_records: int = 200_000, fhir_validate: str = "none", workers: int = 1,
+               chunk_records: int = 50_000,
                progress: bool | Callable[[int, int], None] = False) -> IngestReport:
         """Ingest files or folders (FHIR Bundles/NDJSON, DICOM, VCF/BCF, any mix; gzip ok).
 
@@ -107,11 +108,15 @@ class Engine:
         ``workers``: files are parsed and de-identified in that many worker processes
         (:mod:`raretarget.ingest.parallel`) while this process merges them in input order and commits;
         the store is the same as with ``workers=1``.
+        ``chunk_records``: a large file (:data:`raretarget.ingest.core.LARGE_FILE`) is read here, streamed,
+        and committed every that many records, so memory does not grow with the file.
         """
         if fhir_validate not in ("none", "full"):
             raise ValueError("fhir_validate must be 'none' or 'full'")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError("workers must be an integer >= 1")
+        if not isinstance(chunk_records, int) or chunk_records < 1:
+            raise ValueError("chunk_records must be an integer >= 1")
         self._options = {"fhir_validate": fhir_validate}
         from raretarget.ingest.core import discover, sha256_file
 
@@ -132,7 +137,7 @@ class Engine:
             if workers > 1 and len(inputs) > 1:     # started now: they load while the inputs are hashed
                 from raretarget.ingest.parallel import ParallelReader
 
-                pool = ParallelReader(self, workers, kinds=[i.kind for i in inputs])
+                pool = ParallelReader(self, workers, kinds=[i.kind for i in inputs], local=_is_large)
             try:
                 batches: list[list[tuple]] = []
                 pending: list[tuple] = []
@@ -155,14 +160,14 @@ class Engine:
                 if pool is not None:
                     pool.plan([f for b in batches for f in b])
                 for b in batches:
-                    self._ingest_batch(b, report, bar, pool)
+                    self._ingest_batch(b, report, bar, pool, chunk_records)
             finally:
                 if pool is not None:
                     pool.close()
         bar(0, close=True)
         return report
 
-    def _ingest_batch(self, files, report: IngestReport, bar, pool=None) -> None:
+    def _ingest_batch(self, files, report: IngestReport, bar, pool=None, chunk_records: int = 50_000) -> None:
         from raretarget.ingest.core import BatchState, read_file
 
         pseudo = self.pseudo
@@ -172,7 +177,20 @@ class Engine:
         batch.options = dict(getattr(self, "_options", {}))
         batch.seen_resources = getattr(self, "_seen_resources", None)
         batch_id = "b" + hashlib.blake2b("|".join(f for _, _, f in files).encode(), digest_size=8).hexdigest()
-        ledger = []
+        ledger: list[tuple] = []
+        chunks = [0]
+
+        def partial() -> None:
+            """A large file's rows so far (and the files finished before it) committed as their own part, so
+            memory holds at most ``chunk_records`` records of it. The file's ledger row comes with its last
+            part: a killed ingest reads the file again, its committed rows are then duplicates and its
+            quarantine entries (ids from file and position) are not stored twice."""
+            chunks[0] += 1
+            self._commit_batch(batch, ledger, f"{batch_id}-{chunks[0]}", report)
+            ledger.clear()
+
+        batch.partial = partial
+        batch.chunk_records = chunk_records
         for inp, digest, fref in files:
             if pool is not None:            # read by a worker, checked and merged here (or read here)
                 entry, ignored = pool.merge(batch, inp, digest, fref)
@@ -185,7 +203,13 @@ class Engine:
                 report.ignored[k] = report.ignored.get(k, 0) + v
             report.files += 1
             bar(1)
+        self._commit_batch(batch, ledger, batch_id, report)
+        report.batches += 1
 
+    def _commit_batch(self, batch, ledger: list[tuple], batch_id: str, report: IngestReport) -> None:
+        """Commit what ``batch`` holds (rows, quarantine, link records not committed yet) and the ledger rows
+        of the files in ``ledger``, atomically; then empty the batch's buffers."""
+        pseudo = self.pseudo
         tables: dict[str, pa.Table] = {}
         hidden: list[tuple[str, int, str, str | None, str]] = []     # table, record_id, part, patient, reason
         dkeys = {f"{rt}/{rid}" for rt, rid in batch.deletions}
@@ -208,9 +232,21 @@ class Engine:
             "record_id": S.record_ids("deleted", [f"{h[0]}|{h[1]}|{h[2]}" for h in hidden]),
             "table_name": [h[0] for h in hidden], "target_id": [h[1] for h in hidden], "part": [h[2] for h in hidden],
             "patient_id": [h[3] for h in hidden], "reason": [h[4] for h in hidden], "batch_id": [batch_id] * len(hidden)})
-        q = batch.quarantine
+        q, raw = batch.quarantine, batch.raw
+        # ids from the file and the entry's position in it: the same entry read again after a crash (a large
+        # file committed in parts) has the same id and is not stored twice
+        qids = S.record_ids("quarantine", [f"{x.file_ref}/{x.seq}" for x in q])
+        if "quarantine" not in self._id_cache:
+            self._id_cache["quarantine"] = set(self.store.read("quarantine", ["record_id"])
+                                               .column("record_id").to_pylist())
+        known_q = self._id_cache["quarantine"]
+        if q and any(int(i) in known_q for i in qids):
+            keep = [int(i) not in known_q for i in qids]
+            q = [x for x, k in zip(q, keep) if k]
+            raw = [x for x, k in zip(raw, keep) if k]
+            qids = [i for i, k in zip(qids, keep) if k]
         tables["quarantine"] = S.conform("quarantine", {
-            "record_id": S.record_ids("quarantine", [f"{batch_id}/{i}" for i in range(len(q))]),
+            "record_id": qids,
             "batch_id": [batch_id] * len(q), "file_ref": [x.file_ref for x in q], "kind": [x.kind for x in q],
             "record": [x.record for x in q], "reason": [x.reason for x in q], "code": [x.code for x in q],
             "field": [x.field for x in q]})
@@ -222,31 +258,39 @@ class Engine:
             "conflicts": [x[6] for x in ledger]})
         report.quarantine.extend(q)
 
-        ids = pseudo.drain() + [(pid, value, "alias") for value, pid in batch.alias.items()]
+        # link records not committed by an earlier part of this batch (a batch keeps its lookups until its end)
+        phi = {k: v for k, v in batch.phi_terms.items() if batch.committed_phi.get(k) is not v}
+        alias = {k: v for k, v in batch.alias.items() if batch.committed_alias.get(k) != v}
+        files = batch.files[batch.committed_files:]
+        ids = pseudo.drain() + [(pid, value, "alias") for value, pid in alias.items()]
         links = {
             "ids": pa.table({"pseudo": [i[0] for i in ids], "original": [i[1] for i in ids], "kind": [i[2] for i in ids]},
                             schema=S.LINK_TABLES["ids"]),
-            "files": pa.table({"file_ref": [f[0] for f in batch.files], "path": [f[1] for f in batch.files],
-                               "sha256": [f[2] for f in batch.files], "kind": [f[3] for f in batch.files]},
+            "files": pa.table({"file_ref": [f[0] for f in files], "path": [f[1] for f in files],
+                               "sha256": [f[2] for f in files], "kind": [f[3] for f in files]},
                               schema=S.LINK_TABLES["files"]),
             "quarantine": pa.table({"file_ref": [x.file_ref for x in q], "path": [x.file for x in q],
                                     "record": [x.record for x in q], "reason": [x.reason for x in q],
-                                    "raw": batch.raw}, schema=S.LINK_TABLES["quarantine"]),
-            "phi": pa.table({"patient_id": list(batch.phi_terms), "terms": list(batch.phi_terms.values())},
+                                    "raw": raw}, schema=S.LINK_TABLES["quarantine"]),
+            "phi": pa.table({"patient_id": list(phi), "terms": list(phi.values())},
                             schema=S.LINK_TABLES["phi"]),
         }
         self.store.commit(batch_id, tables, links)
+        batch.committed_phi.update(phi)
+        batch.committed_alias.update(alias)
+        batch.committed_files = len(batch.files)
+        batch.clear_committed()
         if self._phi_cache is not None:
-            self._phi_cache.update(batch.phi_terms)
+            self._phi_cache.update(phi)
         if self._alias_cache is not None:
-            self._alias_cache.update(batch.alias)
+            self._alias_cache.update(alias)
+        known_q.update(int(i) for i in qids)
         for name, t in tables.items():
-            if name in self._id_cache:
+            if name in self._id_cache and name != "quarantine":
                 self._id_cache[name].update(t.column("record_id").to_pylist())
         for name, rid, _, _, reason in hidden:
             if reason == "delete" and name in self._id_cache:
                 self._id_cache[name].discard(rid)
-        report.batches += 1
 
     def _dedupe(self, name: str, t: pa.Table, with_updates: bool = False):
         """Drop rows whose record_id is earlier in the same batch, or already in the store with the same
@@ -811,6 +855,13 @@ def _embed_shard_job(root: str, links: str, shard: int, shards: int, batch_size:
 
     torch.set_num_threads(threads)
     return Engine.open(root, links=links).embed_shard(shard, shards, batch_size=batch_size, device=device)
+
+
+def _is_large(inp) -> bool:
+    """Large files are read (streamed, committed in parts) by the committing process, never by a worker."""
+    from raretarget.ingest.core import LARGE_FILE
+
+    return inp.path.stat().st_size >= LARGE_FILE
 
 
 def _resource_key(source_ref: str | None) -> str | None:

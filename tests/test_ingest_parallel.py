@@ -108,3 +108,91 @@ def test_workers_argument_checked(tmp_path):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="workers"):
             eng.ingest([DATA / "fhir"], workers=bad)
+
+
+# ---- large files: streamed and committed in parts (issue 17 item 8, issue 20) -------------------------
+
+def _content(eng: Engine) -> dict:
+    """Every table's rows sorted by record id, without the batch id (parts have their own)."""
+    out = {}
+    for name in list(S.DATA_TABLES) + ["quarantine", "ingested", "deleted"]:
+        t = eng.store.read(name)
+        if "batch_id" in t.column_names:
+            t = t.drop_columns(["batch_id"])
+        out[name] = sorted(t.to_pylist(), key=lambda r: r["record_id"])
+    return out
+
+
+def _big_ndjson(path, n: int) -> None:
+    """One patient, ``n`` Observations, a few bad lines and a conflicting duplicate among them."""
+    lines = [json.dumps({"resourceType": "Patient", "id": "p0", "gender": "female",
+                         "name": [{"family": "Ostrowska"}]})]
+    for i in range(n):
+        lines.append(json.dumps({"resourceType": "Observation", "id": f"o{i}", "status": "final",
+                                 "subject": {"reference": "Patient/p0"}, "effectiveDateTime": "2020-01-01",
+                                 "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                                 "valueQuantity": {"value": 90 + i % 50, "unit": "mg/dL", "code": "mg/dL"}}))
+        if i % 9 == 4:
+            lines.append("{not json")
+    lines.append(lines[3].replace('"value": 92', '"value": 1'))        # o2 again with other content
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def small_large_file(monkeypatch):
+    """Every file counts as large, so a test file is committed in parts of a few records."""
+    import raretarget.ingest.core as core
+
+    monkeypatch.setattr(core, "LARGE_FILE", 0)
+
+
+def test_large_file_committed_in_parts_gives_the_same_store(small_large_file, cohort, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _big_ndjson(src / "obs.ndjson", 60)
+    paths = [src, cohort / "ndjson", DATA / "bad" / "fhir"]
+    whole, r1 = _ingest(tmp_path, "whole", paths, 1, chunk_records=10**9)
+    parts, r2 = _ingest(tmp_path, "parts", paths, 1, chunk_records=7)
+    assert whole.store.manifest()["version"] == 1                    # one batch, one commit
+    assert parts.store.manifest()["version"] > 10                    # rows not held to the end of the file
+    assert r1.records == r2.records and r1.accepted == r2.accepted and r1.conflicts == r2.conflicts > 0
+    assert r1.quarantined == r2.quarantined > 7
+    assert _content(whole) == _content(parts)
+    # per-file accounting still holds for the file committed in parts
+    led = parts.store.read("ingested").to_pylist()
+    assert max(r["records"] for r in led) > 60
+    assert all(r["records"] == r["accepted"] + r["ignored"] + r["quarantined"] + r["conflicts"] for r in led)
+    # two workers: large files are read (and committed in parts) by the committer, the store is the same
+    two, r3 = _ingest(tmp_path, "two", paths, 2, chunk_records=7)
+    _same_store(parts, two)
+
+
+def test_killed_in_the_middle_of_a_large_file_rerun_gives_the_same_store(small_large_file, tmp_path):
+    from raretarget import store as store_mod
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _big_ndjson(src / "obs.ndjson", 60)
+    clean, _ = _ingest(tmp_path, "clean", [src], 1, chunk_records=7)
+    eng = Engine.open(tmp_path / "killed", create=True)
+    (eng.store.links / "secret.key").write_bytes(KEY)
+    eng = Engine.open(tmp_path / "killed")
+    orig, n = store_mod.Store.commit, {"commits": 0}
+
+    def commit(self, *a, **k):
+        n["commits"] += 1
+        if n["commits"] == 4:                    # dies before its fourth part is written
+            raise KeyboardInterrupt
+        return orig(self, *a, **k)
+
+    store_mod.Store.commit = commit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            eng.ingest([src], chunk_records=7)
+    finally:
+        store_mod.Store.commit = orig
+    killed = Engine.open(tmp_path / "killed")
+    assert 0 < killed.store.read("observations").num_rows < 60 and killed.store.read("ingested").num_rows == 0
+    rep = killed.ingest([src], chunk_records=7)                     # re-run: reads the whole file again
+    assert rep.duplicates > 0
+    assert _content(killed) == _content(clean)                      # no row or quarantine entry twice
