@@ -67,6 +67,7 @@ class Component:
     present: bool = True                      # False: no input for this component (excluded from the mix)
     role: str = "relevance"                   # relevance | tractability | display (see raretarget.prioritize.rank)
     logit: np.ndarray | None = None           # a relevance component's own log-odds contribution, when it has one
+    features: dict[str, np.ndarray] | None = None   # named per-gene inputs of the logit (for fitting and evidence)
 
 
 class Scorer:
@@ -313,7 +314,7 @@ class Phenotype(PhenotypeIC):
     ``logit[g] = Σ_k coef_k · feature_k[g]`` over the features of :class:`PhenotypeModel` (disease-level
     likelihood ratios with annotation frequencies, exact-match coverage, hypergeometric enrichment, Resnik);
     genes the KB does not annotate (e.g. genes only seen in a VCF) get the features of a gene without
-    annotations plus ``unannotated`` (a logit offset). The column shows the phenotype-only posterior
+    annotations plus ``unannotated`` (a logit offset, fitted; applied only when a variant table is given). The column shows the phenotype-only posterior
     ``softmax(logit)`` over the ranked genes (sums to 1), the evidence the matched terms (as ``phenotype_ic``),
     the best-matching disease and the feature values.
     """
@@ -337,15 +338,16 @@ class Phenotype(PhenotypeIC):
         feats, best = self.kb.phenotype_model().features(observed, excluded, p)
         return feats, best, p
 
-    def kb_logit(self, feats: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
-        """(logit ``[G]`` per KB gene, the logit of a gene without annotations)."""
+    def kb_logit(self, feats: Mapping[str, np.ndarray], offset: float | None = None) -> tuple[np.ndarray, float]:
+        """(logit ``[G]`` per KB gene, the logit of a gene without annotations, which gets ``offset``; default:
+        ``unannotated``)."""
         from .phenomodel import PhenotypeModel
 
         z = PhenotypeModel.logit(feats, self.coef)
         blank = {k: np.array([0.0]) for k in feats}
         blank["lrf_obs"] = blank["lrf_all"] = blank["lrb_obs"] = blank["lrb_all"] = blank["pseudo"] = np.array(
             [feats["pseudo"].min() if len(feats["pseudo"]) else 0.0])
-        z0 = float(PhenotypeModel.logit(blank, self.coef)[0]) + self.unannotated_offset
+        z0 = float(PhenotypeModel.logit(blank, self.coef)[0]) + (self.unannotated_offset if offset is None else offset)
         none = self.kb.n_gene_terms == 0
         z = np.where(none, z0, z)
         return z, z0
@@ -355,7 +357,9 @@ class Phenotype(PhenotypeIC):
         if not q.observed:
             return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
         feats, best_dis, parts = self.features(q.observed, q.excluded)
-        z_kb, z0 = self.kb_logit(feats)
+        # an unknown phenotype is a prior only among a patient's variant genes; for a phenotype-only (or cohort)
+        # question a gene without annotations has no phenotype support
+        z_kb, z0 = self.kb_logit(feats, None if q.variants is not None else 0.0)
         z = self._kb_scores(q, z_kb, default=z0)
         post = np.exp(z - z.max())
         post /= post.sum()
@@ -495,17 +499,25 @@ def impact_of(impact: str | None, consequence: str | None) -> str:
     return "MODIFIER"
 
 
+def clinvar_score(clinvar: str | None) -> float | None:
+    """A ClinVar significance (any spelling: ``Pathogenic/Likely_pathogenic``, ``likely pathogenic``, ``|``-joined)
+    → its :data:`CLINVAR_SCORE` (the highest of its parts), ``None`` for VUS / absent / unknown."""
+    cv = _norm_clinvar(clinvar)
+    if not cv:
+        return None
+    c = CLINVAR_SCORE.get(cv)
+    if c is None:
+        vals = [CLINVAR_SCORE.get(p) for p in cv.replace("|", "/").split("/") if p and CLINVAR_SCORE.get(p) is not None]
+        c = max(vals) if vals else None
+    return c
+
+
 def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: str | None) -> float:
     """Pathogenicity of one allele in [0, 1]: ClinVar P/LP → max(ClinVar, impact); benign/likely benign →
     the ClinVar value (≤ 0.05); otherwise (VUS, conflicting, absent) the consequence impact
     (HIGH 0.9, MODERATE 0.6, UNKNOWN 0.3 when neither impact nor consequence is given, LOW 0.15, MODIFIER 0.05) × 0.8, or 0.5 for conflicting when higher."""
     imp = IMPACT_SCORE[impact_of(impact, consequence)]
-    cv = _norm_clinvar(clinvar)
-    parts = [p for p in cv.replace("|", "/").split("/") if p] if cv else []
-    c = CLINVAR_SCORE.get(cv)
-    if c is None and parts:
-        vals = [CLINVAR_SCORE.get(p) for p in parts if CLINVAR_SCORE.get(p) is not None]
-        c = max(vals) if vals else None
+    c = clinvar_score(clinvar)
     if c is not None and c >= 0.9:
         return max(c, imp)
     if c is not None and c <= 0.05:
@@ -538,18 +550,25 @@ class Variant(Scorer):
     * unknown mode: ``unknown_mode × v`` (default 0.7); unknown zygosity counts as het.
 
     The gene's score is the best fit over its modes. Absent from the mix when no variant table is given.
-    Relevance logit: ``weight · s + log_weight · log(s + floor)``: the log term makes a gene without any
-    qualifying variant (s = 0) pay ``log_weight · log(floor)`` (−4.6 · log_weight at the default floor), so
-    phenotype evidence alone rarely lifts a gene the VCF gives no reason for.
+    Relevance logit: ``weight · s + log_weight · log(s + floor) + clinvar_weight · known``: the log term makes a
+    gene without any qualifying variant (s = 0) pay ``log_weight · log(floor)`` (−4.6 · log_weight at the default
+    floor), so phenotype evidence alone rarely lifts a gene the VCF gives no reason for; ``known`` is 1 when the
+    gene carries a ClinVar pathogenic / likely pathogenic allele and its genotype fits the inheritance
+    (fit score ≥ ``known_fit``; a lone carrier allele in a recessive gene does not); plus
+    ``unannotated_weight · s`` for genes without HPO annotations (where the variant is all the evidence there is).
     """
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, carrier: float = 0.2, unknown_mode: float = 0.7,
-                 log_weight: float = 0.0, floor: float = 0.01, **params: Any):
+                 log_weight: float = 0.0, floor: float = 0.01, clinvar_weight: float = 0.0,
+                 known_fit: float = 0.4, unannotated_weight: float = 0.0, **params: Any):
         super().__init__(kb, weight, **params)
         self.carrier = float(carrier)
         self.unknown_mode = float(unknown_mode)
         self.log_weight = float(log_weight)
         self.floor = float(floor)
+        self.clinvar_weight = float(clinvar_weight)
+        self.known_fit = float(known_fit)
+        self.unannotated_weight = float(unannotated_weight)
 
     def gene_fit(self, gene: str, alleles: list[tuple[float, str]]) -> tuple[float, str]:
         """Best (score, mode) for the gene given ``[(v, zygosity)]``."""
@@ -586,19 +605,25 @@ class Variant(Scorer):
         genes, csq, imp, cv, zyg, af = (col(c) for c in ("gene", "consequence", "impact", "clinvar", "zygosity", "af"))
         hgvsc, hgvsp = col("hgvsc"), col("hgvsp")
         per_gene: dict[str, list[tuple[float, str, int]]] = {}
+        plp: set[str] = set()
         for k in range(t.num_rows):
             g = genes[k]
             if not g:
                 continue
             v = variant_pathogenicity(cv[k], imp[k], csq[k]) * rarity(af[k])
             per_gene.setdefault(g, []).append((v, zyg[k] or "het", k))
+            c = clinvar_score(cv[k]) if cv[k] else None
+            if c is not None and c >= 0.9:
+                plp.add(g)
         s = np.zeros(len(q.genes))
+        known = np.zeros(len(q.genes))
         modes: dict[int, str] = {}
         for g, al in per_gene.items():
             i = q.gene_pos.get(g)
             if i is None:
                 continue
             s[i], modes[i] = self.gene_fit(g, [(v, z) for v, z, _ in al])
+            known[i] = float(g in plp and s[i] >= self.known_fit)
 
         def evidence(i: int) -> dict:
             al = per_gene.get(q.genes[i])
@@ -612,8 +637,12 @@ class Variant(Scorer):
             return {"variants": vs, "fit": modes.get(i, ""),
                     "inheritance": sorted(self.kb.inheritance.get(q.genes[i], ()))}
 
-        logit = self.weight * s + (self.log_weight * np.log(s + self.floor) if self.log_weight else 0.0)
-        return Component(self.name, s, evidence, role=self.role, logit=logit)
+        unann = np.ones(len(q.genes))
+        m = q.kb_rows >= 0
+        unann[m] = self.kb.n_gene_terms[q.kb_rows[m]] == 0
+        logit = self.weight * s + (self.log_weight * np.log(s + self.floor) if self.log_weight else 0.0) \
+            + self.clinvar_weight * known + self.unannotated_weight * unann * s
+        return Component(self.name, s, evidence, role=self.role, logit=logit, features={"known": known, "unannotated": unann})
 
 
 # ---------------------------------------------------------------------------------------------- placeholders

@@ -407,18 +407,22 @@ def main(argv: list[str] | None = None) -> None:
             if not pos:
                 continue
             comps = {c.name: c for c in P_fit.components(q)}
-            v = next(c for c in P_var.components(q) if c.name == "variant").scores
+            vc = next(c for c in P_var.components(q) if c.name == "variant")
+            v, known_g = vc.scores, vc.features["known"]
             zp = comps["phenotype"].logit if comps["phenotype"].present else np.zeros(len(q.genes))
             unann = np.ones(len(q.genes))
             unann[:len(kb.genes)] = kb.n_gene_terms == 0
-            Xv.append(np.stack([v, np.log(v + 0.01), unann], 1))
+            Xv.append(np.stack([v, np.log(v + 0.01), unann, known_g, unann * v], 1))
             yv.append(pos[0])
             Fv.append(zp)
         wv = fit_conditional_logit(Xv, yv, fixed=Fv)
-        cfg["variant"].update({"weight": round(float(wv[0]), 3), "log_weight": round(float(wv[1]), 3)})
+        cfg["variant"].update({"weight": round(float(wv[0]), 3), "log_weight": round(float(wv[1]), 3),
+                               "clinvar_weight": round(float(wv[3]), 3),
+                               "unannotated_weight": round(float(wv[4]), 3)})
         cfg["phenotype"]["unannotated"] = round(float(wv[2]), 3)
         fitted = {"n_fit_phenotype": len(X), "n_fit_vcf": len(Xv), "phenotype": cfg["phenotype"],
-                  "variant": {k: cfg["variant"][k] for k in ("weight", "log_weight")}}
+                  "variant": {k: cfg["variant"][k] for k in ("weight", "log_weight", "clinvar_weight",
+                                                                   "unannotated_weight")}}
         print("fitted (paste into conf/prioritize/default.yaml):\n" + json.dumps(fitted, indent=1), file=sys.stderr,
               flush=True)
 
