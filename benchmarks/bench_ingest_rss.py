@@ -1,7 +1,10 @@
-"""Peak RSS of ingesting one NDJSON file against its size (issue 17, item 8).
+"""Peak RSS of ingesting one NDJSON file against its size (issue 17, item 8; issue 20).
 
-    .venv/bin/python benchmarks/bench_ingest_rss.py --observations 50000 --junk-mb 50
-Each measurement runs in a fresh process (ru_maxrss of that process)."""
+    .venv/bin/python benchmarks/bench_ingest_rss.py --observations 50000 200000 --junk-mb 50 \
+        [--baseline-pythonpath DIR]
+Each measurement runs in a fresh process (ru_maxrss of that process). ``--baseline-pythonpath``: also run
+each file with an older raretarget importable from DIR (a folder holding a ``raretarget`` package, e.g.
+``git archive`` of an older commit with its ingest/ etc. linked under it), so the A/B is in the same run."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,12 +47,18 @@ def junk(path: Path, mb: int) -> None:
             f.write("{" + "".join(rnd.choice("abcdef{}[]:,\"") for _ in range(1000)) + "\n")
 
 
-def measure(path: Path, tmp: Path) -> dict:
-    store = tmp / f"S{path.stem}"
+def measure(path: Path, tmp: Path, pythonpath: str | None = None) -> dict:
+    store = tmp / f"S{path.stem}{'_base' if pythonpath else ''}"
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     out = subprocess.run([sys.executable, "-c", CHILD, str(store), str(path)], capture_output=True, text=True,
-                         check=True).stdout.split()
-    links = sum(f.stat().st_size for f in (tmp / f"S{path.stem}.links").rglob("*") if f.is_file())
-    return {"file": path.name, "mb": round(path.stat().st_size / 2**20, 1), "peak_rss_mb": int(out[0]),
+                         check=True, env=env, cwd=tmp).stdout.split()
+    links = sum(f.stat().st_size for f in store.with_name(store.name + ".links").rglob("*") if f.is_file())
+    shutil.rmtree(store)
+    shutil.rmtree(store.with_name(store.name + ".links"))
+    return {"code": "baseline" if pythonpath else "current", "file": path.name,
+            "mb": round(path.stat().st_size / 2**20, 1), "peak_rss_mb": int(out[0]),
             "seconds": float(out[1]), "records": int(out[2]), "quarantined": int(out[3]),
             "link_folder_mb": round(links / 2**20, 2)}
 
@@ -57,18 +67,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--observations", type=int, nargs="+", default=[20000, 60000])
     ap.add_argument("--junk-mb", type=int, nargs="+", default=[50])
+    ap.add_argument("--baseline-pythonpath", help="also measure the raretarget importable from this folder")
     a = ap.parse_args()
+    codes = [None] + ([a.baseline_pythonpath] if a.baseline_pythonpath else [])
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for n in a.observations:
             p = tmp / f"obs{n}.ndjson"
             observations(p, n)
-            print(json.dumps(measure(p, tmp)))
+            for code in codes:
+                print(json.dumps(measure(p, tmp, code)), flush=True)
             p.unlink()
         for mb in a.junk_mb:
             p = tmp / f"junk{mb}.ndjson"
             junk(p, mb)
-            print(json.dumps(measure(p, tmp)))
+            for code in codes:
+                print(json.dumps(measure(p, tmp, code)), flush=True)
             p.unlink()
 
 

@@ -84,7 +84,7 @@ class BatchState:
         self.deletions: list[tuple[str, str]] = []          # (resource type, pseudonymous resource id)
         #: content hash per pseudonymous resource id met in this ingest (shared by its batches): same id +
         #: other content is a conflict; None turns the check off
-        self.seen_resources: dict[str, bytes] | None = None
+        self.seen_resources: dict[int, int] | None = None
         #: rows already converted to Arrow (per table, in input order): files read in parallel workers arrive
         #: as tables; :meth:`seal` turns the column lists read here into one before such a table is appended
         self.segments: dict[str, list] = defaultdict(list)
@@ -157,7 +157,7 @@ class BatchState:
         """Patient of a pseudonymous study UID (an ImagingStudy met in this batch or an earlier one)."""
         return self.study_patient.get(study_uid)
 
-    def check_resource(self, key: str, content: bytes) -> bool:
+    def check_resource(self, key: int, content: int) -> bool:
         """True when the pseudonymous resource ``key`` was met earlier in this ingest with other content;
         the first content met is remembered (the same content again is a plain duplicate)."""
         seen = self.seen_resources

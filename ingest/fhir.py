@@ -354,8 +354,9 @@ class _Reader:
         if batch.seen_resources is None:
             return False
         body = {k: v for k, v in res.items() if k != "meta"}
-        h = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
-        return batch.check_resource(self.pseudo.resource(rt, rid), h)
+        # kept for every resource of the ingest: small ints, not strings/bytes (memory per record read)
+        h = int.from_bytes(hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=8).digest())
+        return batch.check_resource(int(self.pseudo.resource(rt, rid), 16), h)
 
     # ---- references ------------------------------------------------------------------------------
     def patient_of(self, res: dict, field: str = "subject") -> str:

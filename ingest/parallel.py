@@ -66,7 +66,7 @@ class _WorkerBatch(BatchState):
         self.read_phi: dict[str, list | None] = {}
         self.read_alias: dict[str, str | None] = {}
         self.read_study: dict[str, str | None] = {}
-        self.read_seen: list[tuple[str, bytes]] = []
+        self.read_seen: list[tuple[int, int]] = []
 
     def phi_for(self, patient_id: str):
         from .deid import compile_terms
@@ -95,7 +95,7 @@ class _WorkerBatch(BatchState):
         self.read_study.setdefault(study_uid, hit)
         return hit
 
-    def check_resource(self, key: str, content: bytes) -> bool:
+    def check_resource(self, key: int, content: int) -> bool:
         seen = self.seen_resources
         if seen is None:
             return False

@@ -124,7 +124,7 @@ class Engine:
             paths = [paths]
         inputs, skipped = discover(paths)
         report = IngestReport(skipped_files=skipped)
-        self._seen_resources: dict[str, bytes] = {}       # conflicts are found across the batches of this call
+        self._seen_resources: dict[int, int] = {}         # conflicts are found across the batches of this call
         pseudo = self.pseudo
         bar = _progress(progress, len(inputs))
         with self.store.writer():

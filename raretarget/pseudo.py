@@ -97,8 +97,16 @@ class Pseudonymizer:
         except OverflowError:
             raise DateOutOfRange("date outside the representable range after the shift") from None
 
+    #: mappings remembered between two drains before the cache is emptied (ingest memory bounded by the batch)
+    CACHE_MAX = 65536
+
     def drain(self) -> list[tuple[str, str, str]]:
+        """Mappings made since the last drain (each once). The cache is then emptied if it grew past
+        :data:`CACHE_MAX`, so a long ingest does not keep one entry per record it ever read: a mapping made
+        again later is listed again (a duplicate link row with the same content, harmless)."""
         out, self.new_links = self.new_links, []
+        if len(self._cache) > self.CACHE_MAX:
+            self._cache.clear()
         return out
 
 
