@@ -1,15 +1,20 @@
 """Gene-symbol normalisation against the packaged NCBI Gene table (``raretarget/data/genes.tsv.gz``).
 
 The table is NCBI Entrez Gene 2022-09-12 (human; symbols are the HGNC-approved ones), as packaged by
-Bioconductor ``org.Hs.eg.db`` (see ``raretarget/data/SOURCES.md``; rebuilt by ``scripts/build_gene_table.py``).
+Bioconductor ``org.Hs.eg.db`` (see ``raretarget/data/SOURCES.md``; rebuilt by ``scripts/build_gene_table.py``),
+**with the current symbols of hpo3's HPO release** (2025-11-24) joined by NCBI gene id: one vocabulary for the
+knowledge base (hpo3's gene symbols) and the variant table. The renamed genes are listed, with their NCBI 2022
+symbol and the source, in ``raretarget/data/gene_symbol_updates.tsv`` (e.g. ``C1orf127`` → ``CIROZ``,
+``CENPJ`` → ``CPAP``, ``TMEM199`` → ``VMA12``).
 
 Statuses returned by :meth:`GeneNormalizer.normalize`:
 
 * ``approved``  – the input is an approved symbol (any case), an Ensembl gene id (``ENSG…``) or an
   Entrez id (digits) of a gene in the table;
-* ``alias``     – the input is an alias **or previous symbol** of exactly one gene. NCBI merges previous
-  symbols into the alias list, so the two cannot be told apart from this table and both are ``alias``
-  (the schema's ``previous`` status is therefore never produced);
+* ``previous``  – the input is the NCBI 2022 symbol of a gene renamed since (``gene_symbol_updates.tsv``): it maps
+  forward to the current symbol even when it is also another gene's alias;
+* ``alias``     – the input is an alias or an older previous symbol of exactly one gene (NCBI merges previous
+  symbols into the alias list, so those two cannot be told apart and both are ``alias``);
 * ``ambiguous`` – the input is an alias of more than one gene (no symbol is returned: no guessing);
 * ``unknown``   – not in the table;
 * ``missing``   – empty/None input.
@@ -24,12 +29,17 @@ import gzip
 from importlib import resources
 from pathlib import Path
 
-APPROVED, ALIAS, AMBIGUOUS, UNKNOWN, MISSING = "approved", "alias", "ambiguous", "unknown", "missing"
-STATUSES = (APPROVED, ALIAS, AMBIGUOUS, UNKNOWN, MISSING)
+APPROVED, PREVIOUS, ALIAS, AMBIGUOUS, UNKNOWN, MISSING = "approved", "previous", "alias", "ambiguous", "unknown", "missing"
+STATUSES = (APPROVED, PREVIOUS, ALIAS, AMBIGUOUS, UNKNOWN, MISSING)
 
 
 def default_table() -> Path:
     return Path(str(resources.files("raretarget") / "data" / "genes.tsv.gz"))
+
+
+def symbol_updates_table() -> Path:
+    """``gene_symbol_updates.tsv``: entrez_id, ncbi_2022_symbol, symbol (current), source (HPO release)."""
+    return Path(str(resources.files("raretarget") / "data" / "gene_symbol_updates.tsv"))
 
 
 class GeneNormalizer:
@@ -47,6 +57,7 @@ class GeneNormalizer:
         self._alias: dict[str, int] = {}                # upper alias -> row, or -1 when ambiguous
         self._ensembl: dict[str, int] = {}
         self._entrez: dict[str, int] = {}
+        self._previous: dict[str, int] = {}             # upper NCBI-2022 symbol of a renamed gene -> row
         self._cache: dict[str, tuple[str | None, str]] = {}
         self._load()
 
@@ -78,6 +89,16 @@ class GeneNormalizer:
                         elif prev != n and prev != -1 and rows[prev][1] != sym:
                             alias_genes[a] = -1          # alias of two different approved genes
             alias.update(alias_genes)
+        upd = self.path.parent / "gene_symbol_updates.tsv"
+        if upd.exists():
+            with open(upd, encoding="utf-8") as f:
+                head = f.readline().rstrip("\n").split("\t")
+                i_e, i_old = head.index("entrez_id"), head.index("ncbi_2022_symbol")
+                for line in f:
+                    p = line.rstrip("\n").split("\t")
+                    n = entrez.get(p[i_e])
+                    if n is not None and p[i_old].upper() not in symbol:
+                        self._previous[p[i_old].upper()] = n
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -101,6 +122,8 @@ class GeneNormalizer:
                 out = (self._rows[self._ensembl[u.split(".")[0]]][1], APPROVED)
             elif u.isdigit() and u in self._entrez:
                 out = (self._rows[self._entrez[u]][1], APPROVED)
+            elif u in self._previous:
+                out = (self._rows[self._previous[u]][1], PREVIOUS)
             else:
                 j = self._alias.get(u)
                 if j is None:
@@ -120,6 +143,8 @@ class GeneNormalizer:
             return []
         if u in self._symbol:
             return [self._rows[self._symbol[u]][1]]
+        if u in self._previous:
+            return [self._rows[self._previous[u]][1]]
         out = set()
         if self._alias.get(u) is not None:
             # rare path: rescan the alias column

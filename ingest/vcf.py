@@ -199,8 +199,11 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def _prescan(path: Path, ctx) -> _Scan | None:
-    """Validate every line; quarantine the bad ones. None when the file as a whole is unusable."""
+def _prescan(path: Path, ctx, on_good=None) -> _Scan | None:
+    """Validate every line; quarantine the bad ones. None when the file as a whole is unusable.
+
+    ``on_good(n, line, scan)``: called for each good data line (line number, bytes without the line end) instead
+    of keeping its number (the store-free reader parses the lines as they pass)."""
     scan = _Scan()
     contigs: set[bytes] = set()
     ncols = 0
@@ -262,7 +265,10 @@ def _prescan(path: Path, ctx) -> _Scan | None:
                 continue
             bad = _check_line(line, ncols, contigs, chrom_ok, gt_first_fmt, scan.samples)
             if bad is None:
-                scan.good.append(n)
+                if on_good is None:
+                    scan.good.append(n)
+                else:
+                    on_good(n, line, scan)
             else:
                 ctx.record()
                 ctx.quarantine(f"line {n}", bad[0], raw, field=bad[1])
@@ -388,6 +394,8 @@ class _Reader:
         self.n_acc = 0                # records read whose rows are in self.cols
         self._chrom: dict[str, str] = {}
         self._ann_cache: dict = {}
+        self._pick_idx: dict = {}
+        self._cln_cache: dict = {}
 
     # -- header ---------------------------------------------------------------------------------
     def _setup(self, vcf) -> None:
@@ -399,6 +407,10 @@ class _Reader:
                 continue
             if d.get("HeaderType") == "INFO" and "ID" in d:
                 info[d["ID"]] = d.get("Description", "")
+        self._configure(info, list(vcf.samples))
+
+    def _configure(self, info: dict[str, str], samples: list[str]) -> None:
+        """Annotation fields and samples from the header (INFO id → description; sample names)."""
         self.csq = self.ann = None
         if "CSQ" in info:
             fmt = _format_from_description(info["CSQ"])
@@ -409,9 +421,10 @@ class _Reader:
             self.ann = {k: i for i, k in enumerate(fmt)}
         self.has_clnsig = "CLNSIG" in info
         self.clnsig_legend = _clnsig_legend(info.get("CLNSIG", "")) if self.has_clnsig else {}
+        self._cln_cache = {}
         self.has_geneinfo = "GENEINFO" in info
         self.has_mc = "MC" in info
-        self.samples = list(vcf.samples)
+        self.samples = samples
         self.sites_only = not self.samples
         keys = (("AF",) if self.sites_only else ()) + INFO_AF_KEYS
         self.af_keys = [k for k in keys if k in info]
@@ -630,6 +643,14 @@ class _Reader:
         hit = self._ann_cache.get(key)
         if hit is not None:
             return hit
+        out = self._annotate_values(ref, alts, csq, ann, clnsig, geneinfo, mc, afv)
+        if len(self._ann_cache) > 20000:
+            self._ann_cache.clear()
+        self._ann_cache[key] = out
+        return out
+
+    def _annotate_values(self, ref: str, alts: list[str], csq, ann, clnsig, geneinfo, mc, afv) -> list[tuple]:
+        """:meth:`_annotate` from the INFO values (no cache)."""
         nalt = len(alts)
         if csq:
             picks = self._pick(csq, self.csq, ref, alts, "Allele", "Consequence", "IMPACT", "SYMBOL", "HGVSc", "HGVSp", True)
@@ -661,27 +682,19 @@ class _Reader:
                     af = _num(afv)
             gene, status = self.genes.normalize(gene_raw)
             out.append((gene, gene_raw, status, cons, impact, hgvsc, hgvsp, clin_info or clin_csq, af))
-        if len(self._ann_cache) > 20000:
-            self._ann_cache.clear()
-        self._ann_cache[key] = out
         return out
 
     def _pick(self, text: str, fmt: dict, ref: str, alts: list[str], f_allele: str, f_cons: str, f_imp: str,
               f_sym: str, f_hc: str, f_hp: str, vep: bool) -> list:
         """Most severe entry per alt allele of a CSQ/ANN value → (symbol, term, impact, hgvsc, hgvsp, clnsig, af)."""
-        ia, ic, ii, isy = fmt.get(f_allele), fmt.get(f_cons), fmt.get(f_imp), fmt.get(f_sym)
-        ihc, ihp = fmt.get(f_hc), fmt.get(f_hp)
-        inum = fmt.get("ALLELE_NUM") if vep else None
-        ican = fmt.get("CANONICAL") if vep else None
-        imane = None
-        if vep:
-            for name in ("MANE_SELECT", "MANE"):
-                if name in fmt:
-                    imane = fmt[name]
-                    break
-        iaf = next((fmt[n] for n in CSQ_AF_FIELDS if n in fmt), None) if vep else None
-        icl = next((fmt[n] for n in CSQ_CLNSIG_FIELDS if n in fmt), None) if vep else None
-        amap = _vep_keys(ref, alts) if vep else {a: i for i, a in enumerate(alts)}
+        idx = self._pick_idx.get(id(fmt))
+        if idx is None or idx[0] is not fmt:
+            idx = self._pick_idx[id(fmt)] = (fmt, *_pick_indices(fmt, f_allele, f_cons, f_imp, f_sym, f_hc, f_hp, vep))
+        _, ia, ic, ii, isy, ihc, ihp, inum, ican, imane, iaf, icl = idx
+        if len(alts) == 1 and inum is None:
+            amap = _ONE_ALT                 # one alt allele: every entry is its (see below: k None → 0)
+        else:
+            amap = _vep_keys(ref, alts) if vep else {a: i for i, a in enumerate(alts)}
         nalt = len(alts)
         best: list = [None] * nalt          # (key, fields, term)
         best_sym: list = [None] * nalt      # most severe entry with a gene symbol
@@ -704,12 +717,10 @@ class _Reader:
             if not 0 <= k < nalt:
                 continue
             cons = f[ic] if ic is not None and ic < nf else ""
-            rank, term = _UNRANKED + 1, None
-            for t in cons.split("&"):
-                t = TERM_ALIASES.get(t, t)
-                r = SEVERITY.get(t, _UNRANKED)
-                if r < rank and t:
-                    rank, term = r, t
+            rt = _cons_rank.get(cons)
+            if rt is None:
+                rt = _consequence_rank(cons)
+            rank, term = rt
             if vep and (rank >= _UNRANKED or (ii is not None and ii < nf and f[ii] not in _IMPACTS)):
                 raise _BadAnnotation()              # not an SO term / not a VEP impact: fields misaligned
             mane = imane is not None and imane < nf and f[imane] != ""
@@ -731,17 +742,18 @@ class _Reader:
                 continue
             _, f, term = b
             nf = len(f)
-            g = lambda i: (f[i] or None) if i is not None and i < nf else None   # noqa: E731
-            sym = g(isy)
+            sym = (f[isy] or None) if isy is not None and isy < nf else None
             if not sym and best_sym[k] is not None:
                 sf = best_sym[k][1]
                 sym = sf[isy]
-            impact = g(ii) or (TERM_IMPACT.get(term) if term else None)
-            hc, hp = g(ihc), g(ihp)
+            impact = ((f[ii] or None) if ii is not None and ii < nf else None) or (TERM_IMPACT.get(term) if term else None)
+            hc = (f[ihc] or None) if ihc is not None and ihc < nf else None
+            hp = (f[ihp] or None) if ihp is not None and ihp < nf else None
             if hp and "%3D" in hp:
                 hp = hp.replace("%3D", "=")
-            af = _num(g(iaf)) if iaf is not None else None
-            cl = self._clnsig(g(icl)) if icl is not None and g(icl) else None
+            af = _num((f[iaf] or None) if iaf < nf else None) if iaf is not None else None
+            clv = (f[icl] or None) if icl is not None and icl < nf else None
+            cl = self._clnsig(clv) if clv else None
             out.append((sym, term, impact, hc, hp, cl, af))
         return out
 
@@ -750,6 +762,15 @@ class _Reader:
             return None
         if isinstance(value, (tuple, list)):
             value = ",".join(str(x) for x in value)
+        hit = self._cln_cache.get(value)
+        if hit is not None:
+            return hit[0]
+        out = self._clnsig_parse(value)
+        if len(self._cln_cache) < 10_000:
+            self._cln_cache[value] = (out,)
+        return out
+
+    def _clnsig_parse(self, value: str) -> str | None:
         legend = self.clnsig_legend
         seen: list[str] = []
         for tok in _CLNSIG_SPLIT.split(str(value)):
@@ -761,6 +782,37 @@ class _Reader:
             if tok not in seen:
                 seen.append(tok)
         return "|".join(seen) or None
+
+
+_ONE_ALT: dict = {}
+#: CSQ/ANN consequence string → (severity rank, most severe Ensembl term); memo of :func:`_consequence_rank`
+_cons_rank: dict[str, tuple[int, str | None]] = {}
+
+
+def _consequence_rank(cons: str) -> tuple[int, str | None]:
+    rank, term = _UNRANKED + 1, None
+    for t in cons.split("&"):
+        t = TERM_ALIASES.get(t, t)
+        r = SEVERITY.get(t, _UNRANKED)
+        if r < rank and t:
+            rank, term = r, t
+    if len(_cons_rank) < 100_000:
+        _cons_rank[cons] = (rank, term)
+    return rank, term
+
+
+def _pick_indices(fmt: dict, f_allele, f_cons, f_imp, f_sym, f_hc, f_hp, vep: bool) -> tuple:
+    """Field positions :meth:`_Reader._pick` reads, once per CSQ/ANN format."""
+    imane = None
+    if vep:
+        for name in ("MANE_SELECT", "MANE"):
+            if name in fmt:
+                imane = fmt[name]
+                break
+    return (fmt.get(f_allele), fmt.get(f_cons), fmt.get(f_imp), fmt.get(f_sym), fmt.get(f_hc), fmt.get(f_hp),
+            fmt.get("ALLELE_NUM") if vep else None, fmt.get("CANONICAL") if vep else None, imane,
+            next((fmt[n] for n in CSQ_AF_FIELDS if n in fmt), None) if vep else None,
+            next((fmt[n] for n in CSQ_CLNSIG_FIELDS if n in fmt), None) if vep else None)
 
 
 def _most_severe_mc(mc) -> tuple[str, str] | None:
@@ -794,3 +846,498 @@ class _IterError(Exception):
 def _msg(e: Exception) -> str:
     s = str(e).strip().splitlines()
     return (s[0] if s else type(e).__name__)[:300]
+
+
+# ---- store-free reading (ranking one case) --------------------------------------------------------
+
+#: columns of :func:`read_variants`' table, in order (the store's ``variants`` columns without ``patient_id``
+#: and ``source_ref``: nothing that names a sample or the file)
+DIRECT_COLS = ("gene", "consequence", "impact", "hgvsc", "hgvsp", "clinvar", "af", "zygosity", "chrom", "pos",
+               "ref", "alt", "gene_raw", "gene_status", "qual", "filter")
+_DIRECT_TYPES = {"pos": "int64", "af": "float64", "qual": "float64"}
+
+
+class NoUsableVariant(ValueError):
+    """A VCF that gives no variant to rank with (unreadable, no carried allele, no gene)."""
+
+
+class VcfProblems:
+    """What :func:`read_variants` met besides the rows: quarantined lines as ``(locator, code, field)`` (codes from
+    :mod:`raretarget.ingest.reasons`; locators are ``line N`` / ``record N`` / ``file``, never a value), ignored
+    record counts by kind, the sample choice and the genome build used for genes by position."""
+
+    def __init__(self):
+        self.records = 0
+        self.quarantined: list[tuple[str, str, str | None]] = []
+        self.ignored: dict[str, int] = {}
+        self.n_samples = 0
+        self.sample_index: int | None = None        # 0-based column of the sample ranked (None: sites-only)
+        self.build: str | None = None               # genome build used for genes by position, when used
+        self.by_position = 0                        # rows whose gene came from the interval table
+        self.notes: dict[str, str] = {}
+
+    def codes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, c, _f in self.quarantined:
+            out[c] = out.get(c, 0) + 1
+        return out
+
+    def __repr__(self) -> str:
+        return (f"VcfProblems(records={self.records}, quarantined={self.codes()}, ignored={self.ignored}, "
+                f"samples={self.n_samples}, sample_index={self.sample_index}, build={self.build})")
+
+
+class _DirectBatch:
+    """Stands in for the ingest batch: a sample's 'patient id' is its column index, never its name."""
+
+    def __init__(self):
+        self._n = 0
+
+    def patient_for_identifier(self, value):
+        i = self._n
+        self._n += 1
+        return str(i)
+
+
+class _DirectContext:
+    """The reader's ingest context for :func:`read_variants`: counts and codes only, no store, no raw values."""
+
+    kind = "vcf"
+
+    def __init__(self, resources, problems: VcfProblems):
+        self.res = resources
+        self.batch = _DirectBatch()
+        self.p = problems
+        self.parts: list[dict[str, list]] = []
+
+    def record(self, n: int = 1) -> None:
+        self.p.records += n
+
+    def ignore(self, what: str, n: int = 1) -> None:
+        self.p.ignored[what] = self.p.ignored.get(what, 0) + n
+
+    def quarantine(self, record, code, raw=None, *, field=None, detail=None, n: int = 1) -> None:
+        from .reasons import REASONS
+
+        if code not in REASONS:
+            raise KeyError(f"unknown quarantine reason code {code!r}")
+        self.p.quarantined.append((str(record)[:80], code, field))
+
+    def ref(self, locator: str) -> str:
+        return ""
+
+    def emit_columns(self, table: str, columns: dict[str, list], records: int = 0) -> None:
+        self.parts.append(columns)
+
+
+def read_variants(path, resources=None, *, sample: str | int | None = None, build: str | None = None,
+                  require_gene: bool = True):
+    """Read one VCF/BCF for ranking, without a store → ``(pyarrow.Table, VcfProblems)``.
+
+    The same reader as ingest (pre-scan, quarantine codes, CSQ/ANN picking, ClinVar, AF, gene normalisation
+    with ``resources.genes``, loaded once per ``resources``). Rows: one per alt allele the chosen sample carries,
+    columns :data:`DIRECT_COLS` (``pos`` 1-based as in the file; no sample name or patient id).
+
+    * ``sample``: the sample column to rank — its name or 0-based index; default the **first** sample
+      (``problems.notes["sample"]`` says so when the file has several). Sites-only files give every alt allele
+      with ``zygosity`` NULL.
+    * Rows without a gene from CSQ/ANN/GENEINFO get one by position from the shipped gene-interval table
+      (:mod:`raretarget.ingest.intervals`): ``build`` ``"GRCh37"``/``"GRCh38"``, default from the header
+      (``##reference``/``##assembly``, contig lengths); ``consequence`` and ``impact`` stay NULL (unknown),
+      ``gene_status`` is ``position``.
+    * Raises :class:`NoUsableVariant` when nothing can be ranked (file unreadable, no allele carried by the
+      sample, or — with ``require_gene`` — no row with a gene); the message gives counts and reason codes, never
+      a value from the file.
+    """
+    import pyarrow as pa
+
+    if resources is None:
+        from .core import Resources
+
+        resources = Resources()
+    path = Path(path)
+    problems = VcfProblems()
+    ctx = _DirectContext(resources, problems)
+    reader = _DirectReader(ctx, path, sample)
+    kind = _sniff(path)
+    if kind == "unreadable":
+        ctx.record()
+        ctx.quarantine("file", "unreadable_gzip")
+    elif kind == "bcf":
+        reader.run_bcf()
+    else:
+        reader.run_fast()
+    if reader.sample_error is not None:
+        raise reader.sample_error
+    problems.n_samples = reader.n_samples
+    problems.sample_index = reader.sample_index
+    cols: dict[str, list] = {c: [] for c in _VARIANT_COLS}
+    for part in ctx.parts:
+        for c in _VARIANT_COLS:
+            cols[c].extend(part[c])
+    n = len(cols["pos"])
+    if reader.n_samples > 1:
+        problems.notes["sample"] = (f"multi-sample VCF ({reader.n_samples} samples): ranked for sample column "
+                                    f"{reader.sample_index + 1}" + (" (the first; pass sample= to choose)"
+                                                                    if sample is None else ""))
+    if n:
+        cols = _genes_by_position(cols, reader, resources, problems, build)
+    arrays = {}
+    for c in DIRECT_COLS:
+        t = _DIRECT_TYPES.get(c, "string")
+        arrays[c] = pa.array(cols[c], type=getattr(pa, t)())
+    table = pa.table(arrays)
+    if n == 0:
+        raise NoUsableVariant(_nothing_message(problems, reader))
+    if require_gene and table.column("gene").null_count == n:
+        raise NoUsableVariant(
+            f"VCF has {n} variant(s) but none could be assigned to a gene (no CSQ/ANN/GENEINFO gene"
+            + ("" if problems.build else "; genome build unknown for genes by position: pass build='GRCh37' or "
+               "'GRCh38' or add ##reference to the header") + ")" + _problem_suffix(problems))
+    return table, problems
+
+
+def _problem_suffix(p: VcfProblems) -> str:
+    parts = []
+    if p.quarantined:
+        parts.append("quarantined: " + ", ".join(f"{c} ×{k}" for c, k in sorted(p.codes().items())))
+    if p.ignored:
+        parts.append("ignored: " + ", ".join(f"{c} ×{k}" for c, k in sorted(p.ignored.items())))
+    return ("; " + "; ".join(parts)) if parts else ""
+
+
+def _nothing_message(p: VcfProblems, reader) -> str:
+    if p.records == 0:
+        what = "VCF has no data line"
+    elif reader.n_samples and not p.quarantined:
+        what = f"the ranked sample carries no alt allele in any of the VCF's {p.records} record(s)"
+    else:
+        what = f"no usable variant in the VCF's {p.records} record(s)"
+    return what + _problem_suffix(p)
+
+
+class _DirectReader(_Reader):
+    """:class:`_Reader` keeping one sample's calls (by column index; names are only compared, never kept).
+
+    Text VCFs are parsed in Python as the pre-scan passes each good line (:meth:`run_fast`: one pass, no
+    htslib; values as cyvcf2 gives them, INFO floats rounded to float32 as htslib stores them); BCF goes
+    through cyvcf2 like ingest."""
+
+    def __init__(self, ctx, path: Path, sample):
+        super().__init__(ctx, path)
+        self.want = sample
+        self.n_samples = 0
+        self.sample_index: int | None = None
+        self.sample_error: Exception | None = None
+        self.contig_lengths: dict[str, int] = {}
+        self.reference: str | None = None
+
+    # -- header ---------------------------------------------------------------------------------
+    def _setup(self, vcf) -> None:
+        self.reference = None
+        for h in vcf.header_iter():
+            try:
+                d = h.info()
+            except Exception:
+                continue
+            if d.get("HeaderType") == "CONTIG" and d.get("ID") and str(d.get("length", "")).isdigit():
+                self.contig_lengths[normalize_chrom(d["ID"])] = int(d["length"])
+            elif d.get("HeaderType") == "GENERIC" and d.get("key") in ("reference", "assembly"):
+                self.reference = (self.reference or "") + " " + str(d.get("value", ""))
+        super()._setup(vcf)
+
+    def _configure(self, info: dict[str, str], samples: list[str]) -> None:
+        super()._configure(info, samples)
+        self.n_samples = n = len(samples)
+        if not n:
+            return
+        want = self.want
+        if want is None:
+            idx = 0
+        elif isinstance(want, int) and not isinstance(want, bool):
+            idx = want if 0 <= want < n else None
+        else:
+            idx = samples.index(str(want)) if str(want) in samples else None
+        if idx is None:
+            self.sample_error = ValueError(f"sample {'index' if isinstance(want, int) else 'name'} not in the VCF "
+                                           f"(it has {n} sample column(s))")
+            idx = 0
+        self.sample_index = idx
+
+    def _header_from_lines(self, header: list[bytes]) -> None:
+        info: dict[str, str] = {}
+        self.info_float: set[str] = set()
+        for raw in header:
+            line = raw.decode("utf-8", "replace")
+            if line.startswith("##INFO=<"):
+                m = re.search(r"[<,]ID=([^,>]+)", line)
+                if not m:
+                    continue
+                d = re.search(r'Description="((?:[^"\\]|\\.)*)"', line)
+                info[m.group(1)] = d.group(1) if d else ""
+                if re.search(r"[<,]Type=Float[,>]", line):
+                    self.info_float.add(m.group(1))
+            elif line.startswith("##contig=<"):
+                m = re.search(r"[<,]ID=([^,>]+)", line)
+                ln = re.search(r"[<,]length=(\d+)", line)
+                if m and ln:
+                    self.contig_lengths[normalize_chrom(m.group(1))] = int(ln.group(1))
+            elif line.startswith(("##reference=", "##assembly=")):
+                self.reference = (self.reference or "") + " " + line.split("=", 1)[1]
+            elif line.startswith("#CHROM"):
+                samples = line.split("\t")[9:]
+        self._configure(info, samples)
+        self._col = 9 + (self.sample_index or 0)
+        self.want_keys = frozenset(k for k in ("CSQ", "ANN", "CLNSIG", "GENEINFO", "MC", *self.af_keys) if k in info)
+        self._gt_index: dict[bytes, int] = {}
+
+    # -- one pass over a text VCF -----------------------------------------------------------------
+    def run_fast(self) -> bool:
+        """Parse a text VCF as the pre-scan passes it; False when the file as a whole was unusable."""
+        self._started = False
+        self._qual: dict = {}
+        self._rows: list[tuple] = []
+        self._fast_counts = [0, 0, 0]          # ignored: no carrier, no alt; quarantined annotations
+        scan = _prescan(self.path, self.ctx, on_good=self._fast_line)
+        if scan is not None and not self._started:
+            self._header_from_lines(scan.header)
+        ic, ia, _ = self._fast_counts
+        if ic:
+            self.ctx.ignore("vcf_site_without_carrier", ic)
+        if ia:
+            self.ctx.ignore("vcf_site_without_alt", ia)
+        if self._rows:
+            names = ("chrom", "pos", "ref", "alt", "gene", "gene_raw", "gene_status", "consequence", "impact",
+                     "hgvsc", "hgvsp", "clinvar", "af", "zygosity", "qual", "filter")
+            cols = dict(zip(names, map(list, zip(*self._rows))))
+            n = len(self._rows)
+            cols["patient_id"] = cols["source_ref"] = [""] * n
+            self.ctx.emit_columns("variants", cols)
+        return scan is not None
+
+    def _fast_line(self, n: int, line: bytes, scan) -> None:
+        if not self._started:
+            self._started = True
+            self._header_from_lines(scan.header)
+        self.ctx.p.records += 1
+        p = line.split(b"\t")
+        alt_s = p[4]
+        if alt_s == b".":
+            self._fast_counts[1] += 1
+            return
+        alts = alt_s.decode().split(",")
+        nalt = len(alts)
+        # genotype of the chosen sample → {allele number: zygosity}
+        if self.sites_only:
+            zyg_of = {k: None for k in range(1, nalt + 1)}
+        else:
+            fmt = p[8]
+            gi = self._gt_index.get(fmt)
+            if gi is None:
+                keys = fmt.split(b":")
+                gi = self._gt_index[fmt] = keys.index(b"GT") if b"GT" in keys else -1
+            sv = p[self._col] if self._col < len(p) else b""
+            if gi == 0:
+                gt = sv.split(b":", 1)[0]
+            elif gi > 0:
+                parts = sv.split(b":")
+                gt = parts[gi] if len(parts) > gi else b""
+            else:
+                gt = b""
+            zyg_of = _GT_SIMPLE.get(gt) if nalt == 1 else None
+            if zyg_of is None:
+                zyg_of = _zygosities(gt, nalt)
+        if nalt == 1:
+            carried = [1] if 1 in zyg_of and alts[0] != "*" else ()
+        else:
+            carried = [k for k in sorted(zyg_of) if alts[k - 1] != "*"]
+        if not carried:
+            self._fast_counts[0 if not self.sites_only else 1] += 1
+            return
+        csq = ann = clnsig = geneinfo = mc = afv = None
+        want = self.want_keys
+        if want:
+            info: dict[str, object] = {}
+            fl = self.info_float
+            for kv in p[7].decode().split(";"):
+                k, eq, v = kv.partition("=")
+                if eq and k in want:
+                    if k in fl:
+                        vals = [None if x in (".", "") else _f32(x) for x in v.split(",")]
+                        info[k] = vals[0] if len(vals) == 1 else tuple(vals)
+                    else:
+                        info[k] = v
+            if info:
+                csq = info.get("CSQ") if self.csq else None
+                ann = info.get("ANN") if (self.ann and not csq) else None
+                clnsig = info.get("CLNSIG") if self.has_clnsig else None
+                geneinfo = info.get("GENEINFO") if self.has_geneinfo else None
+                mc = info.get("MC") if (self.has_mc and not csq and not ann) else None
+                for key in self.af_keys:
+                    afv = info.get(key)
+                    if afv is not None:
+                        break
+        ref = p[3].decode()
+        try:
+            anns = self._annotate_values(ref, alts, csq, ann, clnsig, geneinfo, mc, afv)
+        except _BadAnnotation:
+            self._fast_counts[2] += 1
+            self.ctx.quarantine(f"line {n}", "vcf_bad_annotation", field="INFO/CSQ")
+            return
+        chrom_b = p[0]
+        chrom = self._chrom.get(chrom_b)
+        if chrom is None:
+            chrom = self._chrom[chrom_b] = normalize_chrom(chrom_b.decode())
+        pos = int(p[1])
+        q = p[5]
+        qual = self._qual.get(q, _MISS)
+        if qual is _MISS:
+            qual = self._qual[q] = None if q == b"." else _f32(q.decode())
+        filt = None if p[6] == b"." else p[6].decode()
+        rows = self._rows
+        for k in carried:
+            rows.append((chrom, pos, ref, alts[k - 1], *anns[k - 1], zyg_of[k], qual, filt))
+
+    def _iterate(self, vcf) -> int:
+        if self.sites_only or self.n_samples == 1:
+            return super()._iterate(vcf)
+        return self._iterate_one(vcf)
+
+    def _iterate_one(self, vcf) -> int:
+        """Multi-sample file through cyvcf2 (BCF): the chosen sample's genotype only."""
+        ctx = self.ctx
+        cols = self.cols
+        idx = self.sample_index
+        annotate = self._annotate
+        chrom_cache = self._chrom
+        ignored_carrier = ignored_alt = bad_ann = 0
+        done = 0
+        it = iter(vcf)
+        try:
+            while True:
+                try:
+                    v = next(it)
+                except StopIteration:
+                    break
+                except Exception as e:
+                    raise _IterError(done, e) from None
+                done += 1
+                ctx.record()
+                alts = v.ALT
+                if not alts:
+                    ignored_alt += 1
+                    continue
+                g = v.genotype
+                if g is None:
+                    ignored_carrier += 1
+                    continue
+                call = [a for a in g.array()[idx, :-1].tolist() if a != -2]
+                carried = sorted({a for a in call if 0 < a <= len(alts) and alts[a - 1] != "*"})
+                if not carried:
+                    ignored_carrier += 1
+                    continue
+                ref = v.REF
+                try:
+                    anns = annotate(v, ref, alts)
+                except _BadAnnotation:
+                    bad_ann += 1
+                    ctx.quarantine(self._where(done), "vcf_bad_annotation", field="INFO/CSQ")
+                    continue
+                raw_chrom = v.CHROM
+                chrom = chrom_cache.get(raw_chrom)
+                if chrom is None:
+                    chrom = chrom_cache[raw_chrom] = normalize_chrom(raw_chrom)
+                filt = v.FILTERS
+                filt = ";".join(filt) if filt else None
+                for k in carried:
+                    a = anns[k - 1]
+                    cnt = call.count(k)
+                    zyg = "hemi" if len(call) == 1 else ("hom_alt" if cnt >= len(call) else "het")
+                    for c, x in (("patient_id", ""), ("chrom", chrom), ("pos", v.POS), ("ref", ref), ("alt", alts[k - 1]),
+                                 ("gene", a[0]), ("gene_raw", a[1]), ("gene_status", a[2]), ("consequence", a[3]),
+                                 ("impact", a[4]), ("hgvsc", a[5]), ("hgvsp", a[6]), ("clinvar", a[7]), ("af", a[8]),
+                                 ("zygosity", zyg), ("qual", v.QUAL), ("filter", filt), ("source_ref", "")):
+                        cols[c].append(x)
+        finally:
+            self.n_acc += done - ignored_carrier - ignored_alt - bad_ann
+            if ignored_carrier:
+                ctx.ignore("vcf_site_without_carrier", ignored_carrier)
+            if ignored_alt:
+                ctx.ignore("vcf_site_without_alt", ignored_alt)
+        return done
+
+
+_MISS = object()
+#: one-alt genotypes → {1: zygosity} (no entry: allele not carried); anything else goes through _zygosities
+_GT_SIMPLE: dict[bytes, dict] = {
+    **{g: {1: "het"} for g in (b"0/1", b"1/0", b"0|1", b"1|0", b"./1", b"1/.", b".|1", b"1|.")},
+    **{g: {1: "hom_alt"} for g in (b"1/1", b"1|1")}, b"1": {1: "hemi"},
+    **{g: {} for g in (b"0/0", b"0|0", b"./.", b".|.", b"0", b".", b"", b"0/.", b"./0", b"0|.", b".|0")},
+}
+
+
+def _zygosities(gt: bytes, nalt: int) -> dict[int, str]:
+    """GT of one sample → {allele number: het | hom_alt | hemi} for the alt alleles it carries (as cyvcf2 +
+    :meth:`_Reader._iterate`: ploidy counts missing alleles, one allele → hemi, all alleles this one → hom_alt)."""
+    if gt[:1] in (b"/", b"|"):
+        gt = gt[1:]
+    call = gt.replace(b"|", b"/").split(b"/") if gt else []
+    ploidy = len(call)
+    cnt: dict[int, int] = {}
+    for a in call:
+        if a.isdigit() and a != b"0":
+            k = int(a)
+            if k <= nalt:
+                cnt[k] = cnt.get(k, 0) + 1
+    return {k: ("hemi" if ploidy == 1 else ("hom_alt" if c >= ploidy else "het")) for k, c in cnt.items()}
+
+
+def _f32(x: str) -> float | None:
+    """A float as htslib stores it (float32), or None when not a number."""
+    try:
+        return float(np.float32(x))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _genes_by_position(cols: dict, reader: _DirectReader, resources, problems: VcfProblems, build) -> dict:
+    """Rows without any annotation (no gene, no consequence) get their gene(s) by position from the shipped
+    interval table (``gene_status`` ``position``, consequence/impact NULL = unknown); a row in several genes is
+    repeated once per gene. Returns the (possibly new) columns."""
+    gene, raw, cons = cols["gene"], cols["gene_raw"], cols["consequence"]
+    missing = [i for i in range(len(gene)) if gene[i] is None and raw[i] is None and cons[i] is None]
+    if not missing:
+        return cols
+    from .intervals import detect_build, gene_intervals, normalize_build
+
+    b = normalize_build(build) if build else detect_build(reader.reference, reader.contig_lengths)
+    if b is None:
+        problems.notes["genes_by_position"] = (
+            f"{len(missing)} variant(s) without a gene annotation: genome build unknown (no ##reference / contig "
+            "lengths), pass build='GRCh37' or 'GRCh38'")
+        return cols
+    problems.build = b
+    iv = gene_intervals(b)
+    chrom, pos, ref = cols["chrom"], cols["pos"], cols["ref"]
+    hits = iv.lookup([chrom[i] for i in missing], [pos[i] for i in missing], [len(ref[i] or "N") for i in missing])
+    norm = resources.genes.normalize
+    found = {i: h for i, h in zip(missing, hits) if h}
+    n_rows = len(gene)
+    out: dict[str, list] = {c: [] for c in cols}
+    names = list(cols)
+    for i in range(n_rows):
+        h = found.get(i)
+        if h is None:
+            for c in names:
+                out[c].append(cols[c][i])
+            continue
+        for g in h:
+            for c in names:
+                out[c].append(cols[c][i])
+            out["gene"][-1] = norm(g)[0] or g
+            out["gene_status"][-1] = "position"
+    problems.by_position = len(found)
+    problems.notes["genes_by_position"] = (
+        f"{len(found)} of {len(missing)} variant(s) without a gene annotation placed in a gene by position ({b}, "
+        "VCF POS 1-based; impact unknown)")
+    return out

@@ -11,8 +11,6 @@ Works on any store: with no model and no patients only the knowledge evidence ra
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -80,7 +78,11 @@ def _cases(engine, text, obs, max_cases: int = 50) -> list[str]:
 
 def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
                  excluded: Sequence[str] = (), phenopacket=None, patients: Sequence[str] | None = None,
-                 patient: str | None = None, vcf=None, k: int | None = 50, weights=None) -> pa.Table:
+                 patient: str | None = None, vcf=None, k: int | None = 50, weights=None,
+                 sample: str | int | None = None, build: str | None = None) -> pa.Table:
+    """See :meth:`raretarget.Engine.rank_targets`. ``vcf``: the index case's VCF/BCF, read without a store
+    (:func:`read_case_vcf`; ``sample``: which sample column of a multi-sample file, default the first, said in
+    the notes; ``build``: GRCh37/GRCh38 for genes by position when the header does not say)."""
     obs, exc, text, notes = resolve_query(engine, query, phenotypes, excluded, phenopacket)
     if not obs and text is None:
         raise ValueError("give a query: text, phenotypes (HPO ids) or a phenopacket with known terms")
@@ -104,14 +106,8 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
             notes["cohort"] = f"{len(cases)} matching patient(s) used as cases"
     variants = None
     if vcf is not None:
-        from raretarget import Engine
-
-        with tempfile.TemporaryDirectory() as tmp:       # parse + normalise through the same reader
-            scratch = Engine.open(os.path.join(tmp, "s"), create=True)
-            rep = scratch.ingest([vcf])
-            if rep.quarantined and not rep.accepted.get("variants"):
-                raise ValueError(f"VCF could not be read: {rep.quarantine[0].reason}")
-            variants = scratch.sql("select * from variants")
+        variants, vnotes = read_case_vcf(engine, vcf, sample=sample, build=build)
+        notes.update(vnotes)
     elif patient is not None:
         variants = engine.sql("select * from variants where patient_id = ?", [patient])
     table = _rank(kb, obs, exc, variants, weights, extra, k)
@@ -126,6 +122,25 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
             ev.append(json.dumps(d, default=str))
         table = table.set_column(table.column_names.index("evidence"), "evidence", pa.array(ev, pa.string()))
     return table
+
+
+def read_case_vcf(engine, vcf, *, sample=None, build=None) -> tuple[pa.Table, dict[str, str]]:
+    """The index case's variants from a VCF/BCF for ranking: :func:`raretarget.ingest.vcf.read_variants` with the
+    engine's resources (gene table loaded once per Engine), no store. → (variant table, notes for the result).
+
+    Raises ``ValueError`` (:class:`raretarget.ingest.vcf.NoUsableVariant`) when the file gives no variant with a
+    gene; the message carries counts and reason codes only (no sample name, no value from the file)."""
+    from raretarget.ingest.vcf import read_variants
+
+    table, problems = read_variants(vcf, engine.resources, sample=sample, build=build)
+    notes = {f"vcf_{k}": v for k, v in problems.notes.items()}
+    if problems.quarantined:
+        notes["vcf_quarantined"] = (f"{len(problems.quarantined)} of {problems.records} VCF record(s) not read: "
+                                    + ", ".join(f"{c} ×{n}" for c, n in sorted(problems.codes().items())))
+    unknown = table.column("gene").null_count
+    if unknown:
+        notes["vcf_no_gene"] = f"{unknown} of {table.num_rows} variant(s) have no known gene and are not scored"
+    return table, notes
 
 
 def _rank(kb, obs, exc, variants, weights, extra, k):
