@@ -59,6 +59,7 @@ class GeneIntervals:
         self.build = build
         self._rows = rows
         self._segs: dict[str, tuple[np.ndarray, list[tuple[str, ...]]]] = {}
+        self._coding = {sym for _c, _s, _e, sym, coding in rows if coding}
         by_chrom: dict[str, list[tuple[int, int, str, bool]]] = {}
         for c, s, e, sym, coding in rows:
             by_chrom.setdefault(c, []).append((s, e, sym, coding))
@@ -116,7 +117,8 @@ class GeneIntervals:
                     got = set()
                     for k in range(max(a, 0), b + 1):
                         got.update(sets[k])
-                    out[j] = tuple(sorted(got))
+                    coding = got & self._coding
+                    out[j] = tuple(sorted(coding or got))
         return out
 
 

@@ -992,8 +992,9 @@ def read_variants(path, resources=None, *, sample: str | int | None = None, buil
     if require_gene and table.column("gene").null_count == n:
         raise NoUsableVariant(
             f"VCF has {n} variant(s) but none could be assigned to a gene (no CSQ/ANN/GENEINFO gene"
-            + ("" if problems.build else "; genome build unknown for genes by position: pass build='GRCh37' or "
-               "'GRCh38' or add ##reference to the header") + ")" + _problem_suffix(problems))
+            + (f"; none lies in a {problems.build} gene of the shipped interval table" if problems.build else
+               "; genome build unknown for genes by position: pass build='GRCh37' or 'GRCh38' or add ##reference "
+               "to the header") + ")" + _problem_suffix(problems))
     return table, problems
 
 

