@@ -40,6 +40,21 @@ def observations(path: Path, n: int) -> None:
                                 "note": [{"text": "x" * 600}]}) + "\n")
 
 
+def bundle(path: Path, n: int) -> None:
+    """The same records as :func:`observations`, as one collection Bundle (streamed entry by entry)."""
+    with open(path, "w") as f:
+        f.write('{"resourceType": "Bundle", "type": "collection", "entry": [')
+        f.write(json.dumps({"fullUrl": "urn:uuid:p0", "resource": {"resourceType": "Patient", "id": "p0",
+                                                                    "gender": "female"}}))
+        for i in range(n):
+            f.write(",\n" + json.dumps({"resource": {
+                "resourceType": "Observation", "id": f"o{i}", "status": "final",
+                "subject": {"reference": "urn:uuid:p0"}, "effectiveDateTime": "2020-01-01",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                "valueQuantity": {"value": 90 + i % 50, "unit": "mg/dL", "code": "mg/dL"}, "note": [{"text": "x" * 600}]}}))
+        f.write("]}\n")
+
+
 def junk(path: Path, mb: int) -> None:
     rnd = random.Random(0)
     with open(path, "w") as f:
@@ -67,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--observations", type=int, nargs="+", default=[20000, 60000])
     ap.add_argument("--junk-mb", type=int, nargs="+", default=[50])
+    ap.add_argument("--bundle-observations", type=int, nargs="*", default=[])
     ap.add_argument("--baseline-pythonpath", help="also measure the raretarget importable from this folder")
     a = ap.parse_args()
     codes = [None] + ([a.baseline_pythonpath] if a.baseline_pythonpath else [])
@@ -75,6 +91,12 @@ def main() -> None:
         for n in a.observations:
             p = tmp / f"obs{n}.ndjson"
             observations(p, n)
+            for code in codes:
+                print(json.dumps(measure(p, tmp, code)), flush=True)
+            p.unlink()
+        for n in a.bundle_observations:
+            p = tmp / f"bundle{n}.json"
+            bundle(p, n)
             for code in codes:
                 print(json.dumps(measure(p, tmp, code)), flush=True)
             p.unlink()

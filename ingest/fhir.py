@@ -87,6 +87,8 @@ def read_fhir(path: Path, ctx: FileContext) -> None:
     if ndjson:
         _read_ndjson(path, ctx)
         return
+    if _large(path) and _read_bundle_streamed(path, ctx):
+        return
     raw = _read_bytes(path)
     if raw.startswith(_BOM):
         raw = raw[len(_BOM):]
@@ -226,16 +228,105 @@ def _read_bundle(doc: dict, ctx: FileContext) -> None:
     # Patients first, so notes later in the bundle are scrubbed of the patient's identifiers
     order = sorted(range(len(entries)), key=lambda i: 0 if _rtype(entries[i]) == "Patient" else 1)
     for i in order:
-        e = entries[i]
-        if not isinstance(e, dict) or not isinstance(e.get("resource"), dict):
-            ctx.record()
-            ctx.quarantine(f"entry {i}", "bundle_entry_without_resource", orjson.dumps(e) if e is not None else None,
-                           field=f"Bundle.entry[{i}].resource")
-            continue
-        res = e["resource"]
-        if not res.get("id") and e.get("fullUrl"):
-            res = {**res, "id": e["fullUrl"].rsplit(":", 1)[-1].rsplit("/", 1)[-1]}
-        reader.handle(res, f"entry {i}")
+        _bundle_entry(reader, entries[i], i, ctx)
+
+
+def _bundle_entry(reader: "_Reader", e, i: int, ctx: FileContext) -> None:
+    if not isinstance(e, dict) or not isinstance(e.get("resource"), dict):
+        ctx.record()
+        ctx.quarantine(f"entry {i}", "bundle_entry_without_resource", orjson.dumps(e) if e is not None else None,
+                       field=f"Bundle.entry[{i}].resource")
+        return
+    res = e["resource"]
+    if not res.get("id") and e.get("fullUrl"):
+        res = {**res, "id": e["fullUrl"].rsplit(":", 1)[-1].rsplit("/", 1)[-1]}
+    reader.handle(res, f"entry {i}")
+
+
+def _large(path: Path) -> bool:
+    from .core import LARGE_FILE
+
+    return path.stat().st_size >= LARGE_FILE
+
+
+def _bundle_head(path: Path) -> bool:
+    """True when the file is a JSON object whose ``resourceType`` is "Bundle", read before its ``entry`` (as
+    FHIR serialisers write it): only then is it streamed. Reads no further than that."""
+    import ijson
+
+    try:
+        with _open_binary(path) as f:
+            if f.read(3) != _BOM:
+                f.seek(0)
+            events = ijson.parse(f)
+            first = next(events, None)
+            if first is None or first[1] != "start_map":
+                return False
+            bundle = False
+            for prefix, event, value in events:
+                if prefix == "resourceType" and event == "string":
+                    if value != "Bundle":
+                        return False
+                    bundle = True
+                elif prefix == "entry" and event != "map_key":
+                    return bundle and event == "start_array"      # not a list: the whole-file path says so
+                elif prefix == "" and event == "end_map":
+                    return bundle
+    except Exception:  # noqa: BLE001 - malformed: the whole-file path quarantines it with its reason
+        return False
+    return False
+
+
+def _entries(path: Path):
+    """The Bundle's entries one by one (numbers as int/float, as orjson gives them)."""
+    import ijson
+
+    with _open_binary(path) as f:
+        if f.read(3) != _BOM:
+            f.seek(0)
+        yield from ijson.items(f, "entry.item", use_float=True)
+
+
+def _read_bundle_streamed(path: Path, ctx: FileContext) -> bool:
+    """A large Bundle in three passes over ``entry`` (memory: one entry plus its fullUrl index), in the order
+    :func:`_read_bundle` reads a whole one: deletes, then Patients, then the rest. False (nothing read) when
+    the file is not plainly a Bundle or not well-formed: the caller then reads it whole, as before."""
+    try:
+        import ijson  # noqa: F401
+    except ImportError:                  # optional speed-up of memory; without it Bundles are read whole
+        return False
+    if not _bundle_head(path):
+        return False
+    fullurls: dict[str, tuple[str, str]] = {}
+    kinds: list[int] = []                # per entry: 0 delete, 1 Patient, 2 other
+    try:
+        for e in _entries(path):
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+                r = e["resource"]
+                fu = e.get("fullUrl")
+                if fu and r.get("resourceType"):
+                    fullurls[fu] = (r["resourceType"], r.get("id") or fu.rsplit(":", 1)[-1])
+            kinds.append(0 if _is_delete(e) else 1 if _rtype(e) == "Patient" else 2)
+    except Exception:  # noqa: BLE001 - not well-formed JSON (or entry not a list): read whole, as before
+        return False
+    reader = _Reader(ctx, fullurls)
+    for e, k in zip(_entries(path), kinds):
+        if k == 0:
+            _delete_entry(e, ctx)
+    for want in (1, 2):
+        i = 0
+        for e, k in zip(_entries(path), kinds):
+            if k == 0:
+                continue
+            if k == want:
+                _bundle_entry(reader, e, i, ctx)
+            i += 1
+    return True
+
+
+def _is_delete(e) -> bool:
+    req = e.get("request") if isinstance(e, dict) else None
+    return isinstance(req, dict) and str(req.get("method", "")).upper() == "DELETE"
 
 
 def _delete_entry(e, ctx: FileContext) -> bool:

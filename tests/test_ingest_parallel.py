@@ -196,3 +196,27 @@ def test_killed_in_the_middle_of_a_large_file_rerun_gives_the_same_store(small_l
     rep = killed.ingest([src], chunk_records=7)                     # re-run: reads the whole file again
     assert rep.duplicates > 0
     assert _content(killed) == _content(clean)                      # no row or quarantine entry twice
+
+
+def test_large_bundles_streamed_give_the_same_store(small_large_file, cohort, tmp_path, monkeypatch):
+    """Bundles read entry by entry (three passes, ijson) store what a whole-file read stores, deletes,
+    Patients-first scrubbing, urn:uuid references, conflicts and bad entries included."""
+    pytest.importorskip("ijson")
+    import raretarget.ingest.fhir as fhir
+
+    paths = [cohort / "bundles" / "fhir", DATA / "fhir" / "bundle_phi.json", DATA / "bad" / "fhir"]
+    streamed, calls = [], {"n": 0}
+    orig = fhir._read_bundle_streamed
+
+    def spy(path, ctx):
+        ok = orig(path, ctx)
+        calls["n"] += ok
+        return ok
+
+    monkeypatch.setattr(fhir, "_read_bundle_streamed", spy)
+    a, r1 = _ingest(tmp_path, "streamed", paths, 1, chunk_records=10**9)
+    assert calls["n"] >= 25
+    monkeypatch.setattr(fhir, "_read_bundle_streamed", lambda path, ctx: False)
+    b, r2 = _ingest(tmp_path, "whole", paths, 1, chunk_records=10**9)
+    assert r1.records == r2.records and r1.quarantined == r2.quarantined and r1.conflicts == r2.conflicts
+    _same_store(a, b)
