@@ -374,8 +374,9 @@ def _add_query_options(sp, patient: bool = True) -> None:
                        help="the index case as a store patient (pseudonymous id)")
 
 
-def _flatten(args_hpo):
-    return [x for group in (args_hpo or []) for x in group]
+def _flatten(groups):
+    """``action="append", nargs="+"`` gives a list of lists."""
+    return [x for group in (groups or []) for x in group]
 
 
 def _rank_kwargs(args) -> dict:
@@ -409,8 +410,6 @@ def _num(v, digits: int = 3) -> str:
 def _write_table(table, out: str) -> Path:
     """``--out`` by suffix: .tsv / .csv (one row per gene, evidence summarised, NaN as empty cell),
     .json (rows with evidence as objects), .parquet (the table as returned, evidence JSON text). Atomic."""
-    import pyarrow as pa
-
     from .store import atomic_write_bytes
 
     p = Path(out)
@@ -457,7 +456,6 @@ def _write_table(table, out: str) -> Path:
             line += [es["disease"], es["terms"], es["variants"]]
         w.writerow(line)
     atomic_write_bytes(p, buf.getvalue().encode())
-    del pa
     return p
 
 
@@ -903,7 +901,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:                 # --help (0) or a usage error (2): a return value for in-process callers
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     verbose = bool(getattr(args, "verbose", False))
-    from .audit import current_user  # noqa: F401  (cheap; keeps import errors out of the try below)
     from .review import ReviewError
     from .safe_sql import QueryError
     from .store import StoreError
