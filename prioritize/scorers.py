@@ -450,9 +450,13 @@ class Druggability(Scorer):
 
     role = "tractability"
 
+    def __init__(self, kb: KnowledgeBase, weight: float = 1.0, **params: Any):
+        super().__init__(kb, weight, **params)
+        self._by_gene = {g: druggability_score(r) for g, r in kb.druggability.items()}
+
     def score(self, q: Query) -> Component:
         kb = self.kb
-        s = np.array([druggability_score(kb.druggability.get(g)) for g in q.genes])
+        s = np.array([self._by_gene.get(g, 0.0) for g in q.genes])
 
         def evidence(i: int) -> dict:
             r = kb.druggability.get(q.genes[i])
@@ -606,14 +610,28 @@ class Variant(Scorer):
         hgvsc, hgvsp = col("hgvsc"), col("hgvsp")
         per_gene: dict[str, list[tuple[float, str, int]]] = {}
         plp: set[str] = set()
+        # an exome has ~22k rows but a few hundred distinct annotation triples and AF values: score each once
+        path_of: dict[tuple, float] = {}
+        plp_of: dict[str | None, bool] = {}
+        rare_of: dict[float | None, float] = {}
         for k in range(t.num_rows):
             g = genes[k]
             if not g:
                 continue
-            v = variant_pathogenicity(cv[k], imp[k], csq[k]) * rarity(af[k])
-            per_gene.setdefault(g, []).append((v, zyg[k] or "het", k))
-            c = clinvar_score(cv[k]) if cv[k] else None
-            if c is not None and c >= 0.9:
+            key = (cv[k], imp[k], csq[k])
+            p = path_of.get(key)
+            if p is None:
+                p = path_of[key] = variant_pathogenicity(*key)
+            a = af[k]
+            r = rare_of.get(a)
+            if r is None:
+                r = rare_of[a] = rarity(a)
+            per_gene.setdefault(g, []).append((p * r, zyg[k] or "het", k))
+            isp = plp_of.get(cv[k])
+            if isp is None:
+                c = clinvar_score(cv[k]) if cv[k] else None
+                isp = plp_of[cv[k]] = c is not None and c >= 0.9
+            if isp:
                 plp.add(g)
         s = np.zeros(len(q.genes))
         known = np.zeros(len(q.genes))
