@@ -67,11 +67,8 @@ def store_patients(store: Any) -> list[str]:
     return sorted(eng.sql(q).column(0).to_pylist())
 
 
-def patient_record_id(patient_id: str) -> int:
-    """Fallback stable int64 id for a patient without a ``patients`` row."""
-    from raretarget.schema import record_ids
-
-    return int(record_ids("patients", [f"patient:{patient_id}"])[0])
+# stable int64 id for a patient without a ``patients`` row: the one definition is raretarget.schema's
+from raretarget.schema import patient_record_id  # noqa: E402,F401
 
 
 # ---- synthetic ------------------------------------------------------------------------------------

@@ -9,38 +9,33 @@ and the MLP sees ``[z * mask, mask]`` so "missing" differs from "normal".
 
 from __future__ import annotations
 
-import csv
-from importlib import resources
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from raretarget.vocab.labs import lab_units
+from raretarget.vocab.labs import panel_loincs as _panel_loincs
+
 from . import register_encoder
 from .base import Encoder
 
 
-def lab_panel() -> list[dict]:
-    """Rows of lab_units.csv (loinc, name, canonical_unit, ref_low, ref_high, ...), in file order."""
-    with resources.files("raretarget").joinpath("data/lab_units.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
 def panel_loincs() -> list[str]:
-    return [r["loinc"] for r in lab_panel()]
+    """LOINC codes of the lab panel, in lab_units.csv order (:mod:`raretarget.vocab.labs`)."""
+    return _panel_loincs()
 
 
 def reference_stats(loincs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sd) per LOINC from reference ranges: midpoint and (high - low) / 4; (0, 1) when unknown."""
-    rows = {r["loinc"]: r for r in lab_panel()}
+    rows = lab_units()
     mean, sd = np.zeros(len(loincs), np.float32), np.ones(len(loincs), np.float32)
     for i, code in enumerate(loincs):
         r = rows.get(code)
-        try:
-            lo, hi = float(r["ref_low"]), float(r["ref_high"])  # type: ignore[index]
-        except (TypeError, ValueError, KeyError):
+        if r is None or r.ref_low is None or r.ref_high is None:
             continue
+        lo, hi = r.ref_low, r.ref_high
         mean[i] = (lo + hi) / 2
         sd[i] = max((hi - lo) / 4, 1e-6)
     return mean, sd

@@ -33,25 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raretarget.vocab.variants import CLINVAR_CLASSES, ENCODER_CONSEQUENCES
+from raretarget.vocab.variants import IMPACTS as _IMPACTS
+
 from . import register_encoder
 from .base import Encoder
 
-CONSEQUENCES = [
-    "transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained", "frameshift_variant",
-    "stop_lost", "start_lost", "transcript_amplification", "inframe_insertion", "inframe_deletion",
-    "missense_variant", "protein_altering_variant", "splice_region_variant", "splice_donor_5th_base_variant",
-    "splice_donor_region_variant", "splice_polypyrimidine_tract_variant", "incomplete_terminal_codon_variant",
-    "start_retained_variant", "stop_retained_variant", "synonymous_variant", "coding_sequence_variant",
-    "mature_mirna_variant", "5_prime_utr_variant", "3_prime_utr_variant", "non_coding_transcript_exon_variant",
-    "intron_variant", "nmd_transcript_variant", "non_coding_transcript_variant", "upstream_gene_variant",
-    "downstream_gene_variant", "tfbs_ablation", "tfbs_amplification", "tf_binding_site_variant",
-    "regulatory_region_ablation", "regulatory_region_amplification", "feature_elongation",
-    "regulatory_region_variant", "feature_truncation", "intergenic_variant",
-]
-IMPACTS = ["HIGH", "MODERATE", "LOW", "MODIFIER"]
-CLINVAR = ["pathogenic", "likely_pathogenic", "pathogenic/likely_pathogenic", "uncertain_significance",
-           "conflicting_interpretations_of_pathogenicity", "likely_benign", "benign", "benign/likely_benign",
-           "risk_factor", "drug_response", "not_provided", "other"]
+# consequence / impact / ClinVar rows of the embeddings: the one vocabulary (raretarget.vocab.variants)
+CONSEQUENCES = list(ENCODER_CONSEQUENCES)
+IMPACTS = list(_IMPACTS)
+CLINVAR = list(CLINVAR_CLASSES)
 ZYGOSITY = ["het", "hom_alt", "hemi"]
 _IMPACT_RANK = {k: i for i, k in enumerate(IMPACTS)}
 _CLNSIG_RANK = {"pathogenic": 0, "pathogenic/likely_pathogenic": 0, "likely_pathogenic": 1}

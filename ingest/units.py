@@ -14,10 +14,10 @@ dimensionless by the UCUM spec and dropped; ``10*3`` is a factor of 1000; ``[IU]
 
 from __future__ import annotations
 
-import csv
 import re
-from importlib import resources
 from typing import NamedTuple
+
+from raretarget.vocab.labs import LabUnit, lab_units  # noqa: F401  (LabUnit importable from here as before)
 
 _ANNOT = re.compile(r"\{[^}]*\}")
 _POW10 = re.compile(r"10[*^]([+-]?\d+)")
@@ -37,24 +37,10 @@ class Conversion(NamedTuple):
     unit: str | None
 
 
-class LabUnit(NamedTuple):
-    loinc: str
-    name: str
-    unit: str
-    molar_mass: float | None
-    ref_low: float | None
-    ref_high: float | None
-
-
 def load_lab_table() -> dict[str, LabUnit]:
-    """The packaged LOINC → canonical unit table (see raretarget/data/SOURCES.md)."""
-    out = {}
-    with resources.files("raretarget").joinpath("data/lab_units.csv").open("r", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            fl = lambda k: float(r[k]) if r[k] else None  # noqa: E731
-            out[r["loinc"]] = LabUnit(r["loinc"], r["name"], r["canonical_unit"], fl("molar_mass_g_per_mol"),
-                                      fl("ref_low"), fl("ref_high"))
-    return out
+    """The packaged LOINC → canonical unit table (see raretarget/data/SOURCES.md), parsed once
+    (:func:`raretarget.vocab.labs.lab_units`)."""
+    return lab_units()
 
 
 class UnitNormalizer:

@@ -39,70 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-#: Ensembl/VEP consequence terms, most severe first, with their VEP IMPACT
-#: (https://www.ensembl.org/info/genome/variation/prediction/predicted_data.html)
-CONSEQUENCE_ORDER: tuple[tuple[str, str], ...] = (
-    ("transcript_ablation", "HIGH"),
-    ("splice_acceptor_variant", "HIGH"),
-    ("splice_donor_variant", "HIGH"),
-    ("stop_gained", "HIGH"),
-    ("frameshift_variant", "HIGH"),
-    ("stop_lost", "HIGH"),
-    ("start_lost", "HIGH"),
-    ("transcript_amplification", "HIGH"),
-    ("feature_elongation", "HIGH"),
-    ("feature_truncation", "HIGH"),
-    ("inframe_insertion", "MODERATE"),
-    ("inframe_deletion", "MODERATE"),
-    ("missense_variant", "MODERATE"),
-    ("protein_altering_variant", "MODERATE"),
-    ("splice_donor_5th_base_variant", "LOW"),
-    ("splice_region_variant", "LOW"),
-    ("splice_donor_region_variant", "LOW"),
-    ("splice_polypyrimidine_tract_variant", "LOW"),
-    ("incomplete_terminal_codon_variant", "LOW"),
-    ("start_retained_variant", "LOW"),
-    ("stop_retained_variant", "LOW"),
-    ("synonymous_variant", "LOW"),
-    ("coding_sequence_variant", "MODIFIER"),
-    ("mature_miRNA_variant", "MODIFIER"),
-    ("5_prime_UTR_variant", "MODIFIER"),
-    ("3_prime_UTR_variant", "MODIFIER"),
-    ("non_coding_transcript_exon_variant", "MODIFIER"),
-    ("intron_variant", "MODIFIER"),
-    ("NMD_transcript_variant", "MODIFIER"),
-    ("non_coding_transcript_variant", "MODIFIER"),
-    ("coding_transcript_variant", "MODIFIER"),
-    ("upstream_gene_variant", "MODIFIER"),
-    ("downstream_gene_variant", "MODIFIER"),
-    ("TFBS_ablation", "MODIFIER"),
-    ("TFBS_amplification", "MODIFIER"),
-    ("TF_binding_site_variant", "MODIFIER"),
-    ("regulatory_region_ablation", "MODERATE"),
-    ("regulatory_region_amplification", "MODIFIER"),
-    ("regulatory_region_variant", "MODIFIER"),
-    ("intergenic_variant", "MODIFIER"),
-    ("sequence_variant", "MODIFIER"),
-)
-SEVERITY: dict[str, int] = {t: i for i, (t, _) in enumerate(CONSEQUENCE_ORDER)}
-TERM_IMPACT: dict[str, str] = dict(CONSEQUENCE_ORDER)
-#: other tools' names for Ensembl terms (snpEff, ClinVar MC, older VEP) → the Ensembl term reported
-TERM_ALIASES: dict[str, str] = {
-    "nonsense": "stop_gained", "initiator_codon_variant": "start_lost",
-    "non-coding_transcript_variant": "non_coding_transcript_variant",
-    "non_coding_exon_variant": "non_coding_transcript_exon_variant",
-    "nc_transcript_variant": "non_coding_transcript_variant",
-    "conservative_inframe_insertion": "inframe_insertion", "disruptive_inframe_insertion": "inframe_insertion",
-    "conservative_inframe_deletion": "inframe_deletion", "disruptive_inframe_deletion": "inframe_deletion",
-    "inframe_indel": "protein_altering_variant", "exon_loss_variant": "transcript_ablation",
-    "5_prime_UTR_premature_start_codon_gain_variant": "5_prime_UTR_variant",
-    "genic_upstream_transcript_variant": "upstream_gene_variant",
-    "genic_downstream_transcript_variant": "downstream_gene_variant",
-    "intragenic_variant": "intron_variant", "intergenic_region": "intergenic_variant",
-    "gene_fusion": "transcript_ablation", "bidirectional_gene_fusion": "transcript_ablation",
-    "rare_amino_acid_variant": "protein_altering_variant",
-}
-_UNRANKED = len(CONSEQUENCE_ORDER)          # terms not in the list rank after all known ones
+# SO consequence → impact: the one table is raretarget.vocab.variants (these names stay importable from here)
+from raretarget.vocab.variants import CONSEQUENCE_ORDER, IMPACTS, SEVERITY, TERM_ALIASES, TERM_IMPACT  # noqa: F401
+from raretarget.vocab.variants import UNRANKED as _UNRANKED
 
 #: population allele frequency fields looked up in CSQ entries, first present wins
 CSQ_AF_FIELDS = ("gnomADe_AF", "gnomAD_AF", "gnomADg_AF", "gnomAD_exomes_AF", "gnomAD_genomes_AF", "MAX_AF", "AF")
@@ -829,7 +768,7 @@ def _most_severe_mc(mc) -> tuple[str, str] | None:
     return best[1], TERM_IMPACT.get(best[1])
 
 
-_IMPACTS = frozenset(("HIGH", "MODERATE", "LOW", "MODIFIER", ""))
+_IMPACTS = frozenset(IMPACTS + ("",))
 
 
 class _BadAnnotation(Exception):

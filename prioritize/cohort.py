@@ -16,9 +16,9 @@ Qualifying allele ("rare damaging"), per ``variants`` row:
 
 * ``gene`` is not null/empty;
 * rare: ``af IS NULL OR af <= max_af`` (unknown frequency counts as rare);
-* damaging: the impact (``impact``; when null, derived from ``consequence`` with the VEP SO-term classes of
-  :mod:`.scorers`) is in ``damaging``, **or** (``pathogenic=True``) ClinVar says pathogenic / likely
-  pathogenic and not "conflicting";
+* damaging: the impact (``impact``; when null, derived from ``consequence`` with the one SO-term table,
+  :func:`raretarget.vocab.variants.impact_of`) is in ``damaging``, **or** (``pathogenic=True``) ClinVar P/LP
+  (:func:`raretarget.vocab.variants.is_plp`: pathogenic / likely pathogenic, not conflicting, not benign);
 * unless ``exclude_benign=False``: not classified benign / likely benign by ClinVar (an expert benign
   classification overrides a predicted HIGH/MODERATE impact; a ClinVar P/LP call is never dropped).
 
@@ -53,7 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .scorers import HIGH_CSQ, LOW_CSQ, MODERATE_CSQ
+from raretarget.vocab.variants import benign_sql, impact_sql, plp_sql
 
 __all__ = ["matching_patients", "phenotype_coverage", "cohort_evidence", "cohort_scores", "cohort_for_phenotypes",
            "COHORT_SCHEMA", "benjamini_hochberg"]
@@ -102,10 +102,6 @@ def _runner(sql: Any) -> Callable[[str, list | None], pa.Table]:
         return out
 
     return run
-
-
-def _sql_list(values: Iterable[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) + "]"
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -238,13 +234,8 @@ def _qualify_sql(max_af: float, damaging: Sequence[str], pathogenic: bool, exclu
     if not math.isfinite(max_af):
         raise ValueError("max_af must be a finite number")
     dmg = sorted({str(d).upper() for d in damaging})
-    csq = "list_has_any(string_split(coalesce(v.consequence, ''), '&'), {})"
-    impact = (f"coalesce(nullif(upper(trim(v.impact)), ''), CASE WHEN {csq.format(_sql_list(HIGH_CSQ))} THEN 'HIGH' "
-              f"WHEN {csq.format(_sql_list(MODERATE_CSQ))} THEN 'MODERATE' "
-              f"WHEN {csq.format(_sql_list(LOW_CSQ))} THEN 'LOW' ELSE 'MODIFIER' END)")
-    cv = "replace(lower(trim(coalesce(v.clinvar, ''))), ' ', '_')"
-    is_plp = f"(contains({cv}, 'pathogenic') AND NOT contains({cv}, 'conflicting') AND NOT contains({cv}, 'benign'))"
-    is_benign = f"(contains({cv}, 'benign') AND NOT contains({cv}, 'pathogenic'))"
+    impact = impact_sql("v.impact", "v.consequence")
+    is_plp, is_benign = plp_sql("v.clinvar"), benign_sql("v.clinvar")
     damaging_terms = [f"{impact} IN ({', '.join(repr(d) for d in dmg)})"] if dmg else []
     if pathogenic:
         damaging_terms.append(is_plp)

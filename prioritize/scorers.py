@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from raretarget.vocab.variants import IMPACT_TERMS, impact_of, normalize_clinvar  # noqa: F401
+
 from .knowledge import KnowledgeBase
 
 SCORERS: dict[str, type["Scorer"]] = {}
@@ -476,31 +478,12 @@ CLINVAR_SCORE = {"pathogenic": 1.0, "pathogenic/likely_pathogenic": 0.95, "likel
 #: per allele before ClinVar; ``UNKNOWN``: no consequence at all (a VCF without CSQ/ANN, genes by position), scored
 #: between LOW and MODERATE so such a variant neither vanishes nor passes for a protein-altering one
 IMPACT_SCORE = {"HIGH": 0.9, "MODERATE": 0.6, "UNKNOWN": 0.3, "LOW": 0.15, "MODIFIER": 0.05}
-HIGH_CSQ = {"transcript_ablation", "splice_acceptor_variant", "splice_donor_variant", "stop_gained",
-            "frameshift_variant", "stop_lost", "start_lost", "transcript_amplification"}
-MODERATE_CSQ = {"inframe_insertion", "inframe_deletion", "missense_variant", "protein_altering_variant"}
-LOW_CSQ = {"splice_region_variant", "synonymous_variant", "stop_retained_variant", "start_retained_variant",
-           "incomplete_terminal_codon_variant", "splice_donor_5th_base_variant", "splice_donor_region_variant",
-           "splice_polypyrimidine_tract_variant"}
-
-
-def _norm_clinvar(v: str | None) -> str:
-    return (v or "").strip().lower().replace(" ", "_").replace(",", "/")
-
-
-def impact_of(impact: str | None, consequence: str | None) -> str:
-    if impact and impact.upper() in IMPACT_SCORE:
-        return impact.upper()
-    if not (impact or consequence):
-        return "UNKNOWN"
-    c = (consequence or "").split("&")
-    if any(x in HIGH_CSQ for x in c):
-        return "HIGH"
-    if any(x in MODERATE_CSQ for x in c):
-        return "MODERATE"
-    if any(x in LOW_CSQ for x in c):
-        return "LOW"
-    return "MODIFIER"
+# SO consequence → impact and ClinVar spelling: the one vocabulary (raretarget.vocab.variants); these names stay
+# importable from here
+HIGH_CSQ = IMPACT_TERMS["HIGH"]
+MODERATE_CSQ = IMPACT_TERMS["MODERATE"]
+LOW_CSQ = IMPACT_TERMS["LOW"]
+_norm_clinvar = normalize_clinvar
 
 
 def clinvar_score(clinvar: str | None) -> float | None:

@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from raretarget.vocab.refs import gene_of_ref
+
 
 def resolve_query(engine, query, phenotypes, excluded, phenopacket):
     """→ (observed HPO ids, excluded HPO ids, query text or None, notes)."""
@@ -54,7 +56,7 @@ def _embedding_scores(engine, text: str | None, obs, exc) -> dict[str, float]:
     cos = vectors_of(genes) @ q
     lo, hi = float(cos.min()), float(cos.max())
     scaled = (cos - lo) / (hi - lo) if hi > lo else np.zeros_like(cos)
-    syms = [r[5:] if r and r.startswith("gene:") else None for r in genes.column("source_ref").to_pylist()]
+    syms = [gene_of_ref(r) for r in genes.column("source_ref").to_pylist()]
     return {g: float(v) for g, v in zip(syms, scaled) if g}
 
 

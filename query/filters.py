@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from raretarget.vocab.variants import plp_sql
+
 _OPS = {">", ">=", "<", "<=", "=", "!="}
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 
@@ -48,8 +50,7 @@ def allowed_patients(sql, where: str | None = None, genes: Sequence[str] | None 
         sets.append(set(t.column(0).to_pylist()))
     if genes:
         genes = [str(g) for g in genes]
-        cond = (" and clinvar like '%pathogenic%' and clinvar not like '%conflicting%'"
-                " and clinvar not like '%benign%'") if pathogenic_only else ""
+        cond = f" and {plp_sql('clinvar')}" if pathogenic_only else ""
         t = sql(f"select distinct patient_id from variants where gene in (select unnest(?)) {cond}", [genes])
         sets.append(set(t.column(0).to_pylist()))
     for lab in labs or []:

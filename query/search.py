@@ -15,8 +15,11 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-#: encoder modality name → name used in the store / results
-MODALITY_NAMES = {"text": "note", "image": "image", "labs": "labs", "variants": "variants", "gene": "gene"}
+from raretarget.vocab.modalities import ENCODER_TO_MODALITY
+from raretarget.vocab.refs import gene_of_ref
+
+#: encoder modality name → name used in the store / results (the one set: raretarget.vocab.modalities)
+MODALITY_NAMES = ENCODER_TO_MODALITY
 RESULT_SCHEMA = pa.schema([
     pa.field("rank", pa.int32()), pa.field("score", pa.float32()), pa.field("modality", pa.string()),
     pa.field("record_id", pa.int64()), pa.field("patient_id", pa.string()), pa.field("gene", pa.string()),
@@ -130,7 +133,7 @@ class Searcher:
             rows.extend(got[:k])
         rows.sort(key=lambda r: -r[0])
         rows = rows[:k]
-        genes = [ref[5:] if (m == "gene" and ref and ref.startswith("gene:")) else None for _, m, _, _, ref in rows]
+        genes = [gene_of_ref(ref) if m == "gene" else None for _, m, _, _, ref in rows]
         return pa.table({
             "rank": pa.array(range(1, len(rows) + 1), pa.int32()),
             "score": pa.array([r[0] for r in rows], pa.float32()),

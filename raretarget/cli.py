@@ -21,6 +21,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .vocab.variants import plp_sql
+
 
 def _console():
     from rich.console import Console
@@ -153,7 +155,7 @@ def cmd_demo(args) -> int:
         title="top phenotypes (HPO) across patients")
     _print_table(con, eng.sql(
         "select gene, count(distinct patient_id) as carriers, "
-        "count(*) filter (where clinvar like '%pathogenic%' and clinvar not like '%conflicting%') as plp "
+        f"count(*) filter (where {plp_sql('clinvar')}) as plp "
         "from variants group by gene order by plp desc, carriers desc limit 8"),
         title="genes with (likely) pathogenic variants")
     _print_table(con, eng.sql(

@@ -45,7 +45,6 @@ All people, names, identifiers (MRN, SSN 999-xx-xxxx, phone numbers, addresses) 
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as _dt
 import functools
 import gzip
@@ -222,17 +221,13 @@ def load_obo_terms(path: str | None = None) -> tuple[dict[str, _OboTerm], str]:
 
 @functools.lru_cache(maxsize=2)
 def load_lab_units(path: str | None = None) -> dict[str, dict]:
-    """``lab_units.csv`` → {loinc: row} with floats for molar mass (g/mol) and reference range."""
-    if path is None:
-        text = resources.files("raretarget").joinpath("data/lab_units.csv").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    out = {}
-    for r in csv.DictReader(text.splitlines()):
-        f = lambda k: float(r[k]) if r[k] else None  # noqa: E731
-        out[r["loinc"]] = {"loinc": r["loinc"], "name": r["name"], "unit": r["canonical_unit"],
-                           "mm": f("molar_mass_g_per_mol"), "low": f("ref_low"), "high": f("ref_high")}
-    return out
+    """``lab_units.csv`` (the packaged one, :mod:`raretarget.vocab.labs`, or ``path``) → {loinc: row} with floats
+    for molar mass (g/mol) and reference range."""
+    from raretarget.vocab.labs import lab_units, parse_lab_units
+
+    table = lab_units() if path is None else parse_lab_units(Path(path).read_text(encoding="utf-8"))
+    return {k: {"loinc": u.loinc, "name": u.name, "unit": u.unit, "mm": u.molar_mass, "low": u.ref_low,
+                "high": u.ref_high} for k, u in table.items()}
 
 
 @functools.lru_cache(maxsize=2)

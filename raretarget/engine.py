@@ -17,6 +17,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute used in search)
 from . import schema as S
 from .pseudo import Pseudonymizer
 from .store import Store
+from .vocab.refs import gene_ref
 
 log = logging.getLogger("raretarget")
 
@@ -713,7 +714,7 @@ class Engine:
             name = MODALITY_NAMES.get(m, m)
             rids = tab.column("record_id").to_pylist()
             if name == "gene":        # embed() writes the gene table in vocabulary order
-                src = ["gene:" + g for g in net.encoders["variants"].genes]
+                src = [gene_ref(g) for g in net.encoders["variants"].genes]
             else:
                 src = [refs.get(r) for r in rids]
                 vecs = vectors_of(tab)

@@ -58,10 +58,12 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
+from .vocab.modalities import RECORD_MODALITIES
+
 __all__ = ["predict_outcome", "evaluate_features", "auroc", "fit_logistic", "choose_l2", "target_labels",
            "patient_features", "MODALITIES", "L2_GRID"]
 
-MODALITIES = ("note", "image", "labs", "variants")
+MODALITIES = RECORD_MODALITIES            # the one set: raretarget.vocab.modalities
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 MIN_PATIENTS = 10
 MIN_VAL_SHARE = 0.15

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import schema as S
+from .vocab.variants import plp_sql
 
 __all__ = ["write_report", "png_gray", "svg_bars", "svg_hist", "svg_scores", "gene_evidence_html", "evidence_summary",
            "explain_text", "add_parser", "cmd_report"]
@@ -300,7 +301,7 @@ def _population(engine, patient_links: dict[str, str], n_patients_total: int, ra
     # variants
     parts.append("<h2>Variants</h2><div class=\"charts\">")
     genes = _rows(q("select coalesce(gene, '(no gene)') as gene, count(*) as n, count(distinct patient_id) as carriers, "
-                    "count(*) filter (where clinvar like '%pathogenic%' and clinvar not like '%conflicting%') as plp "
+                    f"count(*) filter (where {plp_sql('clinvar')}) as plp "
                     f"from variants group by 1 order by plp desc, carriers desc, gene limit {TOP_N}"))
     parts.append(svg_bars([r["gene"] for r in genes], [r["carriers"] for r in genes], title="Carriers by gene",
                           width=480, label_w=110, color="#8064a2"))
@@ -849,7 +850,7 @@ def write_report(engine, out_dir, *, ranked=None, max_patients: int = 50,
                               chosen, "acquired nulls last, modality"),
         "variants": _by_patient(engine, "variants", "gene, chrom, pos, ref, alt, consequence, impact, hgvsc, hgvsp, "
                                 "clinvar, af, zygosity",
-                                chosen, "(clinvar like '%pathogenic%' and clinvar not like '%conflicting%') desc, "
+                                chosen, f"{plp_sql('clinvar')} desc, "
                                 "impact = 'HIGH' desc, chrom, pos"),
     }
     neighbours, neigh_msg = _neighbours_fn(engine) if chosen else (None, "")

@@ -28,6 +28,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
+from .vocab.refs import gene_ref, patient_ref
+
 TS = pa.timestamp("s", tz="UTC")
 
 #: first-order pixel features stored in ``images.features`` (after rescale slope/intercept)
@@ -272,11 +274,11 @@ def embeddings_schema(dim: int) -> pa.Schema:
 
 
 def patient_record_id(patient_id: str) -> int:
-    return int(record_ids("patients", ["patient:" + patient_id])[0])
+    return int(record_ids("patients", [patient_ref(patient_id)])[0])
 
 
 def gene_record_id(symbol: str) -> int:
-    return int(record_ids("genes", ["gene:" + symbol])[0])
+    return int(record_ids("genes", [gene_ref(symbol)])[0])
 
 
 def conform_embeddings(t: pa.Table, atol: float = 1e-3) -> pa.Table:

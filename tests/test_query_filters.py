@@ -6,6 +6,7 @@ import pytest
 
 from raretarget import Engine
 from raretarget.query.filters import LabFilter, allowed_patients
+from raretarget.vocab.variants import plp_sql
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,8 @@ def test_where_genes_labs_intersect(eng):
     females = allowed_patients(eng.sql, where="sex = 'female'")
     assert females and females < everyone
     assert females == set(eng.sql("select patient_id from patients where sex='female'").column(0).to_pylist())
-    gene, carriers = eng.sql("select gene, list(distinct patient_id) from variants where clinvar like '%pathogenic%' "
-                             "and clinvar not like '%conflicting%' group by gene order by count(*) desc limit 1").to_pylist()[0].values()
+    gene, carriers = eng.sql(f"select gene, list(distinct patient_id) from variants where {plp_sql('clinvar')} "
+                             "group by gene order by count(*) desc limit 1").to_pylist()[0].values()
     plp = allowed_patients(eng.sql, genes=[gene], pathogenic_only=True)
     assert plp == set(carriers)
     assert allowed_patients(eng.sql, genes=[gene]) >= plp
