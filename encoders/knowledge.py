@@ -49,22 +49,19 @@ import torch
 
 from .base import normalize
 
-DEFAULTS: dict[str, Any] = {
-    "steps": 1500,           # 0 disables the phase
-    "batch_size": 512,       # genes per step (distinct)
-    "lr": 5.0e-3,
-    "weight_decay": 0.01,
-    "warmup_steps": 20,
-    "min_lr_ratio": 0.05,
-    "max_terms": 32,         # terms per composed phrase: uniform in 1..min(max_terms, n_terms)
-    "logit_scale": None,     # fixed multiplier; None = the model's current exp(logit_scale)
-    "feature_batch_size": 256,
-    "seed": 0,
-    "cache_dir": None,       # folder for cached label features (safetensors); None = no cache
-    "init_projection": "pca",  # "pca": whitening init of the text projection + gene know_proj; None: keep
-    "residual_init_scale": 0.1,  # with "pca": the gene encoder's own projection is scaled by this
-    "term_dropout": 0.5,     # with term tables: share of composed phrases trained without their term rows
-}
+def default_config() -> dict[str, Any]:
+    """Knowledge-phase settings: ``knowledge`` of ``conf/model/contrastive.yaml`` (the one source), plus ``seed``
+    (the run's seed inside ``train()``). A fresh dict per call."""
+    from raretarget.config import load_yaml
+
+    return {**load_yaml("model/contrastive.yaml")["knowledge"], "seed": 0}
+
+
+def __getattr__(name: str) -> Any:
+    # ``DEFAULTS`` stays importable, read lazily from the packaged YAML (no file is read at import)
+    if name == "DEFAULTS":
+        return default_config()
+    raise AttributeError(name)
 
 
 def term_idf(terms: Sequence[Sequence[int]], n_labels: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ and every tensor (name, dtype, shape, bytes) in name order.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -37,29 +38,31 @@ _NEW_KEYS = {2: {"text": ("pooling", "segment_length", "max_segments"), "variant
              3: {"text": ("terms",), "variants": ("term_path",)},
              4: {"text": ("term_aliases",)}}
 
-DEFAULTS: dict[str, Any] = {
-    "encoders": {
-        "text": {"name": "text", "backbone": "minilm", "freeze_backbone": True, "max_length": 128, "terms": "auto",
-                 "term_aliases": "auto"},
-        "image": {"name": "image", "arch": "small", "spatial_dims": 2, "image_size": 64},
-        "labs": {"name": "labs"},
-        "variants": {"name": "variants", "genes": "auto", "feature_dim": "auto", "term_path": "auto"},
-    },
-    "model": {"embed_dim": 256, "logit_scale_init": 1 / 0.07, "logit_scale_max": 100.0, "knowledge_weight": 0.5,
-              "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
-              "scheduler": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.05},
-              # knowledge alignment phase before the patient-level training (encoders/knowledge.py)
-              "knowledge": {"steps": 1500, "batch_size": 512, "lr": 5.0e-3, "max_terms": 32}},
-    # num_workers "auto": min(4, cpu_count - 1) DataLoader workers (encoders/device.py resolve_workers)
-    "data": {"synthetic": False, "store": None, "batch_size": 64, "num_workers": "auto", "val_fraction": 0.2},
-    "trainer": {"max_epochs": 40, "accelerator": "auto", "devices": "auto", "precision": "auto",
-                "strategy": "auto", "num_nodes": 1, "log_every_n_steps": 10, "gradient_clip_val": 1.0},
-    "out_dir": "outputs/encoders",
-    "seed": 0,
-    "fit_lab_stats": True,
-    "eval_untrained": True,
-    "eval_batch_size": 128,
-}
+def default_config() -> dict[str, Any]:
+    """The training defaults: ``conf/train.yaml`` composed as ``python scripts/train.py data=store trainer=auto``
+    (:func:`raretarget.config.compose`; the YAML is the one source), ``data.store`` ``None`` until given,
+    interpolations (``encoders.*.embed_dim: ${model.embed_dim}``) resolved. A fresh dict per call; the files are
+    read once."""
+    from raretarget.config import resolve
+
+    return resolve(_composed_defaults())
+
+
+@functools.lru_cache(maxsize=1)
+def _composed_defaults() -> dict[str, Any]:
+    from raretarget.config import compose
+
+    c = compose("train", {"data": "store", "trainer": "auto"}, resolve=False)
+    if c["data"].get("store") == "???":
+        c["data"]["store"] = None
+    return c
+
+
+def __getattr__(name: str) -> Any:
+    # ``DEFAULTS`` stays importable, composed lazily from the packaged YAML (no file is read at import)
+    if name == "DEFAULTS":
+        return default_config()
+    raise AttributeError(name)
 
 
 # ---- config helpers -------------------------------------------------------------------------------
@@ -90,7 +93,9 @@ def resolve_config(cfg: Any = None, **overrides: Any) -> dict:
     """DEFAULTS ← cfg ← overrides. Override keys may be dotted (``"trainer.max_epochs": 3``).
     ``encoders`` given in ``cfg`` replace the default set (so a config can drop a modality)."""
     c = _to_dict(cfg)
-    base = copy.deepcopy(DEFAULTS)
+    from raretarget.config import resolve
+
+    base = copy.deepcopy(_composed_defaults())       # unresolved: a caller's model.embed_dim reaches the encoders
     if "encoders" in c:
         base["encoders"] = {}
     out = _merge(base, c)
@@ -103,7 +108,7 @@ def resolve_config(cfg: Any = None, **overrides: Any) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = copy.deepcopy(v)
-    return out
+    return resolve(out)
 
 
 def _trainer_kwargs(tcfg: Mapping[str, Any]) -> dict:

@@ -32,14 +32,12 @@ from .scorers import Component, Query, Scorer, build_scorers
 
 
 def default_config() -> dict[str, Any]:
-    """``conf/prioritize/default.yaml`` is the one source of the defaults; the package carries a copy
-    (``raretarget/data/prioritize_default.yaml``, a test checks they are identical) so the Python API reads it
-    without the repository's ``conf/``. Read on each call (no I/O at import); returns a fresh dict."""
-    import yaml
-    from importlib import resources
+    """``conf/prioritize/default.yaml`` is the one source of the defaults, read from the packaged ``conf/``
+    (``raretarget.conf``, :mod:`raretarget.config`) as the hydra apps read it. Read on each call (no I/O at
+    import); returns a fresh dict."""
+    from raretarget.config import load_yaml
 
-    with resources.files("raretarget").joinpath("data/prioritize_default.yaml").open("r", encoding="utf-8") as f:
-        cfg = yaml.safe_load(f) or {}
+    cfg = load_yaml("prioritize/default.yaml")
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 

@@ -27,13 +27,22 @@ import numpy as np
 
 __all__ = ["DEFAULTS", "modality_drift", "status", "history", "drift_page"]
 
-DEFAULTS = {
-    "centroid_drop": {"warn": 0.05, "alarm": 0.15},
-    "nn_drop": {"warn": 0.05, "alarm": 0.15},
-    "topk_changed": {"warn": 0.3, "alarm": 0.6},
-    "probes": 100,          # unchanged records whose top-k is compared
-    "max_reference": 5000,  # store vectors sampled as the reference (bounded cost on big stores)
-}
+
+
+def defaults() -> dict:
+    """Drift thresholds: ``drift`` of ``conf/nightly.yaml`` (the one source; a fresh dict per call)."""
+    from raretarget.config import load_yaml
+
+    return load_yaml("nightly.yaml")["drift"]
+
+
+def __getattr__(name: str):
+    # ``DEFAULTS`` stays importable, read lazily from the packaged YAML (no file is read at import)
+    if name == "DEFAULTS":
+        return defaults()
+    raise AttributeError(name)
+
+
 METRICS = ("centroid_drop", "nn_drop", "topk_changed")
 
 
@@ -91,7 +100,7 @@ def modality_drift(old_ids: np.ndarray, old: np.ndarray, new_ids: np.ndarray, ne
 
 def status(metrics: dict[str, dict | None], thresholds: dict | None = None) -> str:
     """``ok`` / ``warn`` / ``alarm``: the worst level any modality's metric reaches."""
-    th = {**DEFAULTS, **(thresholds or {})}
+    th = {**defaults(), **(thresholds or {})}
     level = 0
     for m in metrics.values():
         if not m:
@@ -168,7 +177,7 @@ def drift_page(store_root, thresholds: dict | None = None) -> str | None:
     hist = history(store_root)
     if not hist:
         return None
-    th = {**DEFAULTS, **(thresholds or {})}
+    th = {**defaults(), **(thresholds or {})}
     mods = sorted({m for h in hist for m in h["metrics"]})
     rows = []
     for h in reversed(hist):
@@ -191,7 +200,7 @@ def table_drift(old, new, *, k: int = 10, seed: int = 0, cfg: dict | None = None
     never raises (the night's index update matters more than its drift figures)."""
     from raretarget.index.generations import vectors_of
 
-    c = {**DEFAULTS, **(cfg or {})}
+    c = {**defaults(), **(cfg or {})}
     try:
         if new is None or new.num_rows == 0 or old.num_rows < 3:
             return None

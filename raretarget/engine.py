@@ -505,10 +505,13 @@ class Engine:
         return read_audit(self.store.root, **filters)
 
     # ---- train / embed / index / search -----------------------------------------------------------
-    def _generations(self):
+    def generations(self):
+        """The store's index generations (:class:`raretarget.index.generations.Generations`)."""
         from raretarget.index.generations import Generations
 
         return Generations(self.store.root)
+
+    _generations = generations          # the old private name
 
     def current_model(self) -> dict | None:
         """``{"model_version", "path"}`` of the model that ``embed``/``search`` use, or None."""
@@ -689,7 +692,7 @@ class Engine:
                 f.result()
         return self.merge_shards(workers)
 
-    def _embedding_tables(self, net, version: str, batch_size: int = 128,
+    def embedding_tables(self, net, version: str, batch_size: int = 128,
                           patients: Sequence[str] | None = None, genes: bool | None = None) -> dict[str, pa.Table]:
         """Embedding tables per modality name (EMBEDDINGS schema) of every patient, or only of
         ``patients`` (then by default without the gene table, which depends on the model only)."""
@@ -738,6 +741,8 @@ class Engine:
                                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(fused.ravel()), dim)})
         return out
 
+    _embedding_tables = embedding_tables    # the old private name
+
     def build_index(self, factory: str | None = None, keep: int = 3) -> dict:
         """Build one FAISS index per modality from the current embeddings; publish a new generation.
 
@@ -766,7 +771,13 @@ class Engine:
         cfg.setdefault("device", self.device)
         return update(self, paths, **cfg)
 
-    def _get_searcher(self):
+    def reset_searcher(self) -> None:
+        """Drop the cached :meth:`searcher` (after a new model, embeddings or index generation)."""
+        self._searcher = None
+
+    def searcher(self):
+        """The loaded model + indexes of the current generation (:class:`raretarget.query.search.Searcher`),
+        cached until :meth:`reset_searcher`."""
         s = getattr(self, "_searcher", None)
         if s is not None:
             return s
@@ -783,6 +794,8 @@ class Engine:
         self._searcher = Searcher(self, load_model(model["path"], device=self.device), model["model_version"], indexes,
                                   lookups)
         return self._searcher
+
+    _get_searcher = searcher            # the old private name
 
     def search(self, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
                excluded: Sequence[str] = (), phenopacket=None, patient: str | None = None, image=None,

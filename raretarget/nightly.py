@@ -48,9 +48,25 @@ from .store import atomic_write_bytes
 STAGES = ("ingest", "embed", "index", "publish")
 KILL_ENV = "RARETARGET_NIGHTLY_KILL_AT"
 
-DEFAULTS = {"recall_threshold": 0.95, "keep_generations": 3, "sample_queries": 200, "k": 10,
-            "batch_size": 128, "batch_files": 64, "factory": None, "seed": 0, "device": "auto",
-            "drift": None}      # drift thresholds (raretarget.drift.DEFAULTS when None)
+#: keys of conf/nightly.yaml that are the hydra app's arguments, not options of :func:`update`
+_APP_KEYS = ("store", "links", "inputs")
+
+
+def defaults() -> dict:
+    """Options of :func:`update` and their defaults: ``conf/nightly.yaml`` (the one source; a fresh dict per call).
+    ``drift`` is ``None`` here: the YAML's thresholds, applied by :mod:`raretarget.drift`."""
+    from raretarget.config import compose
+
+    c = {k: v for k, v in compose("nightly").items() if k not in _APP_KEYS}
+    c["drift"] = None
+    return c
+
+
+def __getattr__(name: str):
+    # ``DEFAULTS`` stays importable, read lazily from the packaged YAML (no file is read at import)
+    if name == "DEFAULTS":
+        return defaults()
+    raise AttributeError(name)
 
 
 def _checkpoint(stage: str) -> None:
@@ -114,10 +130,11 @@ def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200
 def update(eng, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None, **cfg) -> dict:
     """One nightly run (see module doc). Returns the run log dict; ``log["published"]`` says whether a
     new generation was published, ``log["ok"]`` whether the run succeeded (nothing to publish is ok)."""
-    unknown = set(cfg) - set(DEFAULTS)
+    base = defaults()
+    unknown = set(cfg) - set(base)
     if unknown:
         raise TypeError(f"unknown nightly option(s) {sorted(unknown)}")
-    c = {**DEFAULTS, **cfg}
+    c = {**base, **cfg}
     root = eng.store.root
     started = time.time()
     log: dict = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "mode": None,
@@ -138,7 +155,7 @@ def update(eng, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = 
         log["log_path"] = str(runs / name)
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
-        eng._searcher = None
+        eng.reset_searcher()
     return log
 
 
@@ -158,7 +175,7 @@ def _run(eng, paths, c: dict, log: dict) -> None:
 
     model = eng.require_model()
     version = model["model_version"]
-    gens = eng._generations()
+    gens = eng.generations()
     cur = gens.current()
     log["generation_before"] = cur["generation"] if cur else None
     log["model_version"] = version
@@ -187,7 +204,7 @@ def _run(eng, paths, c: dict, log: dict) -> None:
         pids = changed_patients(eng.store, new)
         counts["patients_changed"] = len(pids)
         net = load_model(model["path"], device=c["device"])
-        tabs = eng._embedding_tables(net, version, batch_size=c["batch_size"], patients=sorted(pids))
+        tabs = eng.embedding_tables(net, version, batch_size=c["batch_size"], patients=sorted(pids))
         counts["embedded"] = sum(x.num_rows for x in tabs.values())
         bdir = gens.idx_dir / f"gen-{cur['generation']:06d}"
         pid_arr = pa.array(sorted(pids), pa.string())

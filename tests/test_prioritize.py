@@ -376,9 +376,18 @@ def test_real_knowledge_counts_diseases(kb):
 
 
 def test_packaged_config_is_the_conf_yaml():
-    """conf/prioritize/default.yaml is the one source of defaults; the package ships it byte for byte."""
+    """conf/prioritize/default.yaml is the one source of defaults: the package reads conf/ itself (raretarget.conf),
+    and default_config() is that file."""
+    import yaml
+
+    from raretarget.config import conf_root
+    from raretarget.prioritize.rank import default_config
+
     conf = (ROOT / "conf" / "prioritize" / "default.yaml").read_bytes()
-    assert (ROOT / "raretarget" / "data" / "prioritize_default.yaml").read_bytes() == conf
+    assert conf_root().joinpath("prioritize/default.yaml").read_bytes() == conf
+    want = {k: v for k, v in yaml.safe_load(conf).items() if not k.startswith("_")}
+    assert default_config() == want
+    assert not (ROOT / "raretarget" / "data" / "prioritize_default.yaml").exists()   # no second copy
 
 
 def test_variant_without_consequence_is_unknown_not_modifier():
