@@ -61,7 +61,7 @@ def shard_of(patient_id: str, shards: int) -> int:
 
 def store_patients(store: Any) -> list[str]:
     """Every patient id with a row in a table that :func:`load_store_samples` reads (sorted)."""
-    eng = _engine(store)
+    eng = _StoreSQL(store)
     q = " union ".join(f"select distinct patient_id from {t} where patient_id is not null"
                        for t in ("patients", "notes", "images", "observations", "variants"))
     return sorted(eng.sql(q).column(0).to_pylist())
@@ -144,17 +144,26 @@ def synthetic_samples(n_patients: int = 256, n_groups: int = 8, seed: int = 0, p
 
 
 # ---- store ----------------------------------------------------------------------------------------
-def _engine(store: Any):
-    from raretarget.engine import Engine
+class _StoreSQL:
+    """A store's read-only ``sql`` for the readers here: an ``Engine`` (anything with ``.sql``) as given, a path
+    through :class:`raretarget.store.Store` (the engine is not needed to read a store)."""
 
-    return store if isinstance(store, Engine) else Engine.open(store)
+    def __init__(self, store: Any):
+        if hasattr(store, "sql"):
+            self.sql = store.sql
+        else:
+            from raretarget.store import Store
+
+            self.sql = Store.open(store).sql
+
+
 
 
 def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
                        patients: Sequence[str] | None = None) -> list[dict]:
     """One sample per patient found in any table (see module doc). ``store``: path or ``Engine``.
     ``patients``: only these patient ids (an incremental re-embed); None = every patient."""
-    eng = _engine(store)
+    eng = _StoreSQL(store)
     pf, params = "", None
     if patients is not None:
         if not len(patients):

@@ -44,12 +44,12 @@ def _embedding_scores(engine, text: str | None, obs, exc) -> dict[str, float]:
 
     if engine.current_model() is None:
         return {}
-    gens = engine._generations()
+    gens = engine.generations()
     version = engine.current_model()["model_version"]
     genes = gens.read_embeddings(version, "gene")
     if genes.num_rows == 0:
         return {}
-    s = engine._get_searcher()
+    s = engine.searcher()
     q = s.encode_text(text if text is not None else phenotype_text(obs, exc, engine.resources.phenotypes))[0]
     from raretarget.index.generations import vectors_of
 
@@ -68,7 +68,7 @@ def _cases(engine, text, obs, max_cases: int = 50) -> list[str]:
         # generated cohort affected patients cover 0.38-0.88 of it, others at most 0.33
         frac = 0.35 if len(obs) >= 6 else 0.5
         return matching_patients(engine.sql, obs, min_fraction=frac, ontology=engine.resources.phenotypes)
-    if text is not None and engine.current_model() is not None and engine._generations().current():
+    if text is not None and engine.current_model() is not None and engine.generations().current():
         hits = engine.search(text, k=max_cases, modalities=["patient"])
         s = hits.column("score").to_numpy()
         if len(s) == 0:

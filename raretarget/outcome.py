@@ -312,7 +312,7 @@ def patient_features(engine, modalities: Sequence[str] | None = None) -> tuple[s
     if model is None:
         raise RuntimeError("no trained model in this store: call Engine.train() then Engine.embed()")
     version = model["model_version"]
-    gens = engine._generations()
+    gens = engine.generations()
     mods = list(modalities) if modalities else list(MODALITIES)
     bad = [m for m in mods if m in ("gene", "patient", "fused")]
     if bad:

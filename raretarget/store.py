@@ -275,6 +275,16 @@ class Store:
         return pa.concat_tables([pq.read_table(f) for f in files])
 
     # ---- SQL -------------------------------------------------------------------------------------
+    def sql(self, query: str, params=None):
+        """One read-only SQL statement over the committed parts (what ``Engine.sql`` runs; :mod:`raretarget.safe_sql`)."""
+        from .safe_sql import run
+
+        con = self.duckdb()
+        try:
+            return run(con, query, params)
+        finally:
+            con.close()
+
     def duckdb(self):
         """The read-only query connection over the committed parts (:mod:`raretarget.safe_sql`): external
         access off, configuration locked, one view per table. Writers never use DuckDB."""
