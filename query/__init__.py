@@ -1,1 +1,2 @@
-"""raretarget.query: see the README's roadmap; filled in by later stages."""
+"""raretarget.query: hypothesis queries in the shared space (:mod:`.search`), structured patient filters
+(:mod:`.filters`) and retrieval metrics (:mod:`.metrics`)."""

@@ -1,4 +1,4 @@
-"""The public entry point: ``Engine.open(store)`` → ingest, SQL, status (later: train, index, search, rank)."""
+"""The public entry point: ``Engine.open(store)`` → ingest, SQL, status, train, embed, index, search, rank."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class IngestReport:
 
 
 class Engine:
-    """One store, opened for ingest, SQL and (in later stages) training, indexing and ranking.
+    """One store, opened for ingest, SQL, training, embedding, indexing, search and ranking.
 
     No hydra needed: configuration is plain keyword arguments.
     """

@@ -14,7 +14,7 @@ Conventions (all tables)
   store folder (``<store>.links/``), so the store folder alone can be shared.
 * Dates/times are ``timestamp[s, UTC]`` **shifted** by a per-patient offset of whole days
   (intervals within a patient are kept; calendar dates are not).
-* Vectors (later stages) are ``fixed_size_list<float32>[D]``, L2-normalised.
+* Vectors are ``fixed_size_list<float32>[D]``, L2-normalised.
 
 Coordinates: ``variants.pos`` is the VCF ``POS``, **1-based**, on the contig named in ``chrom``
 (``chr`` prefix removed, ``chrM`` → ``MT``).

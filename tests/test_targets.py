@@ -33,7 +33,9 @@ def test_knowledge_only_on_a_store_without_patients(cohort, tmp_path):
     t = empty.rank_targets(phenotypes=dis["hpo"], k=20)
     genes = t.column("gene").to_pylist()
     assert dis["genes"][0] in genes[:20]
-    assert np.isnan(t.column("cohort").to_numpy()).all() if "cohort" in t.column_names else True
+    # the cohort component is configured (its column is always there) but has no evidence on an empty store
+    assert "cohort" in t.column_names and np.isnan(t.column("cohort").to_numpy()).all()
+    assert "cohort" not in json.loads(t.schema.metadata[b"present"])
     assert t.column("rank").to_pylist() == list(range(1, t.num_rows + 1))
     assert (np.diff(t.column("score").to_numpy()) <= 1e-9).all()
     with pytest.raises(ValueError, match="give a query"):
