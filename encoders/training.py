@@ -469,7 +469,8 @@ def _knowledge_phase(model, dm, kcfg: Mapping[str, Any], tk: Mapping[str, Any], 
 
     Runs when ``model.knowledge.steps > 0``, ``trainer.max_epochs != 0`` (0 = an untrained model), the
     model has ``text`` + ``variants`` with a frozen text backbone, and the data module has knowledge
-    (``data.knowledge``). On a GPU when the trainer would use one; the model is back on CPU after."""
+    (``data.knowledge``); the store's expert verdicts (``data.verdicts``) join it as profile ↔ gene pairs.
+    On a GPU when the trainer would use one; the model is back on CPU after."""
     import torch
 
     from .knowledge import DEFAULTS as KDEF
@@ -485,7 +486,7 @@ def _knowledge_phase(model, dm, kcfg: Mapping[str, Any], tk: Mapping[str, Any], 
     k["seed"] = int(kcfg.get("seed", seed))
     try:
         return align_knowledge(model, knowledge, device="cuda" if cuda else "cpu",
-                               aliases=getattr(dm, "aliases", None), **k)
+                               aliases=getattr(dm, "aliases", None), verdicts=getattr(dm, "verdicts", None), **k)
     finally:
         model.cpu()
 

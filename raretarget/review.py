@@ -111,7 +111,10 @@ def scrub(engine, text: str) -> str:
 
 # ---- storage --------------------------------------------------------------------------------------------
 def _root(engine) -> Path:
-    return Path(engine.store.root) / "reviews"
+    """``<store>/reviews`` of an Engine, a Store or a store path (training reads verdicts without an Engine)."""
+    if hasattr(engine, "store"):
+        engine = engine.store
+    return Path(getattr(engine, "root", engine)) / "reviews"
 
 
 def register_hypothesis(engine, hid: str, key: dict) -> None:
@@ -234,7 +237,8 @@ def table_hypothesis_id(table: pa.Table) -> str | None:
 
 def training_pairs(engine) -> list[tuple[list[str], str, str]]:
     """``(HPO ids, gene, verdict)`` of the latest verdict per (hypothesis, gene) with at least one HPO id:
-    the pairs a later training can use (confirmed → positive, rejected → negative)."""
+    the pairs a later training can use (confirmed → positive, rejected → negative). ``engine``: an Engine,
+    a Store or a store path. Only HPO ids and gene symbols: notes, reviewers and free text never leave here."""
     latest: dict[tuple[str, str], dict] = {}
     for r in verdicts(engine).to_pylist():
         latest[(r["hypothesis_id"], r["gene"])] = r
