@@ -55,9 +55,11 @@ def cmd_ingest(args) -> int:
     from . import Engine
 
     con = _console()
+    ray = _ray_arg(args)
     eng = Engine.open(args.store, create=True, links=args.links)
     t0 = time.perf_counter()
-    rep = eng.ingest(args.paths, progress=not args.quiet, fhir_validate=args.fhir_validate, workers=args.workers)
+    rep = eng.ingest(args.paths, progress=not args.quiet, fhir_validate=args.fhir_validate, workers=args.workers,
+                     ray=ray)
     dt = time.perf_counter() - t0
     con.print(f"[bold]ingest[/bold] {rep.summary()} in {dt:.1f}s")
     if rep.quarantine:
@@ -104,6 +106,22 @@ def cmd_quarantine(args) -> int:
     return 0
 
 
+def _ray_arg(args):
+    """``--ray [--address ADDR]`` as Engine's ``ray=`` (False, True or the address); Ray checked here so a missing
+    extra is a plain error naming it."""
+    if not getattr(args, "ray", False):
+        if getattr(args, "address", None):
+            raise ValueError("--address needs --ray")
+        return False
+    from .distributed import require_ray
+
+    try:
+        require_ray()
+    except ImportError as e:
+        raise RuntimeError(str(e)) from None
+    return args.address or True
+
+
 def cmd_embed(args) -> int:
     """Embed the store with its current model: in one process, in ``--workers`` parallel shard processes, or
     one shard of a split run on several machines sharing the store (``--shard i --shards n``, then ``--merge n``)."""
@@ -120,8 +138,9 @@ def cmd_embed(args) -> int:
         counts = eng.merge_shards(args.merge)
         what = f"merged {args.merge} shards"
     else:
-        counts = eng.embed(batch_size=args.batch_size, workers=args.workers, device=args.device)
-        what = f"{args.workers} worker(s)"
+        ray = _ray_arg(args)
+        counts = eng.embed(batch_size=args.batch_size, workers=args.workers, device=args.device, ray=ray)
+        what = f"Ray, {args.address or 'local/RAY_ADDRESS'}" if ray else f"{args.workers} worker(s)"
     print(f"embed ({what}): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + f" in {time.perf_counter() - t0:.1f}s")
     if args.index and args.shard is None:
@@ -746,7 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("paths", nargs="+")
     sp.add_argument("--fhir-validate", choices=["none", "full"], default="none")
     sp.add_argument("--workers", type=int, default=1,
-                    help="worker processes that read the files (one committer; same store as 1)")
+                    help="worker processes that read the files (one committer; same store as 1); with --ray: actors")
+    sp.add_argument("--ray", action="store_true", help="read the files in Ray Data actors (pip install "
+                    "'raretarget[distributed]'); this process commits, same store")
+    sp.add_argument("--address", default=None, help="Ray cluster address with --ray (default: RAY_ADDRESS or local)")
     sp.add_argument("--show-paths", action="store_true", help="print real file paths of quarantined inputs")
     sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(func=cmd_ingest)
@@ -878,6 +900,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--shard", type=int, default=None, help="embed only this shard (0-based) of --shards")
     sp.add_argument("--shards", type=int, default=None)
     sp.add_argument("--merge", type=int, default=None, metavar="N", help="merge the N finished shards")
+    sp.add_argument("--ray", action="store_true", help="a Ray Data job over patient partitions, one GPU per actor "
+                    "where there are GPUs (pip install 'raretarget[distributed]'); --workers: actors")
+    sp.add_argument("--address", default=None, help="Ray cluster address with --ray (default: RAY_ADDRESS or local)")
     sp.add_argument("--batch-size", type=int, default=128)
     sp.add_argument("--device", default="auto", help="auto (CUDA when present, bf16) | cpu | cuda:N")
     sp.add_argument("--index", action="store_true", help="build a new index generation afterwards")

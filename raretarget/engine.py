@@ -97,7 +97,7 @@ class Engine:
     # ---- ingest ----------------------------------------------------------------------------------
     def ingest(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_files: int = 64,
                batch_records: int = 200_000, fhir_validate: str = "none", workers: int = 1,
-               chunk_records: int = 50_000,
+               chunk_records: int = 50_000, ray: bool | str = False,
                progress: bool | Callable[[int, int], None] = False) -> IngestReport:
         """Ingest files or folders (FHIR Bundles/NDJSON, DICOM, VCF/BCF, any mix; gzip ok).
 
@@ -111,6 +111,8 @@ class Engine:
         the store is the same as with ``workers=1``.
         ``chunk_records``: a large file (:data:`raretarget.ingest.core.LARGE_FILE`) is read here, streamed,
         and committed every that many records, so memory does not grow with the file.
+        ``ray``: read the files in Ray Data actors instead (True: a local Ray or ``RAY_ADDRESS``; a string: that
+        cluster's address), merged and committed here the same way (:mod:`raretarget.distributed`).
         """
         if fhir_validate not in ("none", "full"):
             raise ValueError("fhir_validate must be 'none' or 'full'")
@@ -135,7 +137,13 @@ class Engine:
             self._known_alias()
             done = set(self.store.read("ingested", ["file_ref"]).column("file_ref").to_pylist())
             pool = None
-            if workers > 1 and len(inputs) > 1:     # started now: they load while the inputs are hashed
+            if ray:
+                from raretarget.distributed import RayReader
+
+                pool = RayReader(self, kinds=[i.kind for i in inputs], local=_is_large,
+                                 address=None if ray is True else ray,
+                                 actors=workers if workers > 1 else None)
+            elif workers > 1 and len(inputs) > 1:     # started now: they load while the inputs are hashed
                 from raretarget.ingest.parallel import ParallelReader
 
                 pool = ParallelReader(self, workers, kinds=[i.kind for i in inputs], local=_is_large)
@@ -572,7 +580,8 @@ class Engine:
     #: CPU; "cpu", "cuda:1", ... to choose. ``embed``/``embed_shard``/``update`` also take ``device=``.
     device: str = "auto"
 
-    def embed(self, batch_size: int = 128, *, workers: int = 1, device: str | None = None) -> dict[str, int]:
+    def embed(self, batch_size: int = 128, *, workers: int = 1, device: str | None = None,
+              ray: bool | str = False) -> dict[str, int]:
         """Embed every record with the current model into ``<store>/embeddings/<model_version>/``.
 
         Returns rows per modality: note, image, labs, variants, patient (mean of a patient's modality
@@ -581,7 +590,14 @@ class Engine:
         then merged (:meth:`merge_shards`); same rows as ``workers=1``. The workers are *spawned*, so a script
         calling this needs the usual ``if __name__ == "__main__":`` guard. ``device``: where the encoders run
         (default :attr:`device`, "auto": CUDA when present, with bf16 autocast; CPU vectors are float32).
+        ``ray``: a Ray Data job over patient partitions (True: local Ray or ``RAY_ADDRESS``; a string: that
+        cluster's address; ``workers`` > 1: that many actors), merged here (:func:`raretarget.distributed.embed`).
         """
+        if ray:
+            from raretarget.distributed import embed as embed_ray
+
+            return embed_ray(self, address=None if ray is True else ray, batch_size=batch_size, device=device,
+                             actors=workers if workers > 1 else None)
         device = self.device if device is None else device
         if workers > 1:
             return self._embed_parallel(int(workers), batch_size, device)
@@ -607,7 +623,7 @@ class Engine:
         return d if shard is None else d / f"{shard:04d}"
 
     def embed_shard(self, shard: int, shards: int, batch_size: int = 128, *,
-                    device: str | None = None) -> dict[str, int]:
+                    device: str | None = None, net=None) -> dict[str, int]:
         """Embed only the patients of shard ``shard`` of ``shards`` (stable hash of the patient id) with the
         current model into ``embeddings/<version>/_shards/of-<shards>/<shard>/`` (shard 0 also embeds the genes).
 
@@ -626,7 +642,8 @@ class Engine:
         version = model["model_version"]
         batches = sorted(store_batches(self.store))
         pids = [p for p in store_patients(self) if shard_of(p, shards) == shard]
-        net = load_model(model["path"], device=self.device if device is None else device)
+        if net is None:         # a caller embedding many shards (a Ray actor) passes the model it loaded once
+            net = load_model(model["path"], device=self.device if device is None else device)
         d = self._shard_dir(version, shards, shard)
         (d / "DONE.json").unlink(missing_ok=True)
         tabs = self._embedding_tables(net, version, batch_size=batch_size, patients=pids, genes=shard == 0)
