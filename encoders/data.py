@@ -258,9 +258,8 @@ def verdict_pairs(store: Any) -> list[tuple[list[str], str, str]]:
         len(Ontology.genes)
     except NameError:  # not built yet in this process
         Ontology()
-    root = getattr(getattr(store, "store", store), "root", store)
     out = set()
-    for ids, gene, verdict in training_pairs(root):
+    for ids, gene, verdict in training_pairs(store):
         if verdict not in ("confirmed", "rejected"):
             continue
         labels = set()

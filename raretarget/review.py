@@ -112,9 +112,11 @@ def scrub(engine, text: str) -> str:
 # ---- storage --------------------------------------------------------------------------------------------
 def _root(engine) -> Path:
     """``<store>/reviews`` of an Engine, a Store or a store path (training reads verdicts without an Engine)."""
+    if isinstance(engine, (str, os.PathLike)):
+        return Path(engine) / "reviews"          # (a Path's own .root is "/", never the store's)
     if hasattr(engine, "store"):
         engine = engine.store
-    return Path(getattr(engine, "root", engine)) / "reviews"
+    return Path(engine.root) / "reviews"
 
 
 def register_hypothesis(engine, hid: str, key: dict) -> None:

@@ -754,3 +754,40 @@ def test_clause_weights_train_with_a_frozen_backbone():
     assert enc.clause_score.weight.grad is not None and enc.clause_score.weight.grad.abs().sum() > 0
     assert enc.proj[1].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in enc.backbone.parameters())
+
+
+def test_verdicts_train_the_confirmed_pair_and_push_the_rejected_gene():
+    """Expert verdicts in the knowledge phase (issue 21): a profile made of gene A's labels, confirmed for gene B
+    and rejected for A, ends with B near the top and A below where the same phase without verdicts puts it; a
+    verdict weight of 0 is the phase without verdicts; other genes' queries still find their gene."""
+    from raretarget.encoders.knowledge import align_knowledge
+
+    rng, genes, kn = _toy_knowledge(0)
+    profile = kn["KG000"][:4]
+    verdicts = [(profile, "KG001", "confirmed"), (profile, "KG000", "rejected"), (["unknown label"], "NOPE", "confirmed")]
+    others = ["; ".join(kn[g][2:5]) for g in genes[2:]]
+
+    def run(v, weight=1.0):
+        model = _term_model(genes, terms=300)
+        info = align_knowledge(model, kn, steps=60, batch_size=40, lr=1e-2, warmup_steps=5, seed=0, verdicts=v,
+                               verdict_weight=weight)
+        model.eval()
+        with torch.no_grad():
+            s = (model.encode_text(["; ".join(profile)]) @ model.encode_genes(genes).T)[0]
+            S = model.encode_text(others) @ model.encode_genes(genes).T
+        order = s.argsort(descending=True).tolist()
+        own = S[torch.arange(len(others)), torch.arange(2, len(genes))]
+        mrr = float((1.0 / ((S > own[:, None]).sum(1) + 1).float()).mean())
+        return info, order.index(1) + 1, order.index(0) + 1, mrr, model
+
+    base_info, b_rank, a_rank, base_mrr, base = run(None)
+    info, b_rank_v, a_rank_v, mrr_v, _ = run(verdicts)
+    assert "verdicts" not in base_info
+    assert info["verdicts"]["confirmed"] == 1 and info["verdicts"]["rejected"] == 1   # the unknown gene is dropped
+    assert b_rank > 5 and b_rank_v <= 2, (b_rank, b_rank_v)
+    assert a_rank == 1 and a_rank_v > a_rank
+    assert mrr_v >= base_mrr - 0.05, (base_mrr, mrr_v)
+    off_info, *_, off = run(verdicts, weight=0.0)
+    assert "verdicts" not in off_info
+    for k, t in base.state_dict().items():
+        assert torch.allclose(t.float(), off.state_dict()[k].float(), atol=1e-6), k

