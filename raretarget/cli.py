@@ -514,6 +514,8 @@ def cmd_train(args) -> int:
         over["model.knowledge.steps"] = args.knowledge_steps
     if args.batch_size is not None:
         over["batch_size"] = args.batch_size
+    if args.no_verdicts:
+        over["data.verdicts"] = False
     for kv in args.set or []:
         if "=" not in kv:
             raise UsageError("--set: expected key=value (e.g. model.embed_dim=128)")
@@ -530,6 +532,10 @@ def cmd_train(args) -> int:
     con.print(f"model {s['model_version']} (now current) in {time.perf_counter() - t0:.0f}s → {s.get('out_dir')}")
     if rec is not None:
         con.print(f"held-out recall@1: {_num(rec0)} untrained → {_num(rec)} trained")
+    v = (s.get("knowledge") or {}).get("verdicts")
+    if v:
+        con.print(f"expert verdicts trained on: {v['confirmed']} confirmed, {v['rejected']} rejected "
+                  "(profile ↔ gene pairs; --no-verdicts leaves them out)")
     con.print("next: raretarget index " + str(args.store))
     return 0
 
@@ -779,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--epochs", type=int, default=None, help="training epochs (default: config, 40)")
     sp.add_argument("--knowledge-steps", type=int, default=None, help="HPO-term↔gene alignment steps (config: 1500)")
     sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--no-verdicts", action="store_true",
+                    help="leave the store's expert verdicts out of training (config: data.verdicts)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training config key (dotted)")
     sp.set_defaults(func=cmd_train)
 
