@@ -5,14 +5,16 @@ Scorers register by name with :func:`register_scorer` and are built from a confi
 (:func:`build_scorers`): ``{"phenotype_ic": {"weight": 1.0, "penalty": 0.5}, "knowledge": 0.1, ...}``
 (a bare number is the weight). Registered components:
 
-* ``phenotype_ic`` – HPO semantic similarity of the query to the gene's annotations (Resnik, IC-normalised),
-  minus a penalty for excluded terms the gene carries;
-* ``knowledge`` – how many known diseases (OMIM/Orphanet) the gene has;
-* ``druggability`` – Finan tier, Pharos TDL and the highest clinical phase of drugs on the gene;
-* ``variant`` – the index patient's variants in the gene: pathogenicity × rarity × genotype fit to the gene's
-  inheritance mode;
-* ``cohort``, ``embedding`` – placeholders: precomputed ``{gene: score}`` dicts passed as
-  ``extra_components`` (filled in by later stages).
+* ``phenotype`` (relevance) – the fitted phenotype model (:mod:`raretarget.prioritize.phenomodel`): a logit per
+  gene, shown as the phenotype-only posterior;
+* ``phenotype_ic`` (display) – HPO semantic similarity of the query to the gene's annotations (Resnik,
+  IC-normalised), minus a penalty for excluded terms the gene carries;
+* ``variant`` (relevance) – the index patient's variants in the gene: pathogenicity × rarity × genotype fit to the
+  gene's inheritance mode, ClinVar P/LP;
+* ``cohort``, ``embedding`` (relevance) – precomputed ``{gene: score in [0, 1]}`` dicts passed as
+  ``extra_components`` by :func:`raretarget.prioritize.targets.rank_targets` (cohort enrichment, embedding cosine);
+* ``knowledge`` (tractability) – how many known diseases (OMIM/Orphanet) the gene has;
+* ``druggability`` (tractability) – Finan tier, Pharos TDL and the highest clinical phase of drugs on the gene.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from raretarget.vocab.variants import IMPACT_TERMS, impact_of, normalize_clinvar  # noqa: F401
+from raretarget.vocab.variants import IMPACT_TERMS, impact_of, is_plp, normalize_clinvar  # noqa: F401
 
 from .knowledge import KnowledgeBase
 
@@ -611,9 +613,8 @@ class Variant(Scorer):
                 r = rare_of[a] = rarity(a)
             per_gene.setdefault(g, []).append((p * r, zyg[k] or "het", k))
             isp = plp_of.get(cv[k])
-            if isp is None:
-                c = clinvar_score(cv[k]) if cv[k] else None
-                isp = plp_of[cv[k]] = c is not None and c >= 0.9
+            if isp is None:               # the project's one P/LP predicate (not conflicting, not benign)
+                isp = plp_of[cv[k]] = bool(cv[k]) and is_plp(cv[k])
             if isp:
                 plp.add(g)
         s = np.zeros(len(q.genes))

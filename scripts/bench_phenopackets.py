@@ -19,6 +19,7 @@ Phenotype only (observed + excluded terms):
   both ways (``funSimAvg``), query vs each gene's annotation set (:func:`raretarget.prioritize.baselines.phenomizer`,
   checked against pyhpo's ``HPOSet.similarity(kind="omim", method="resnik", combine="funSimAvg")`` in
   ``tests/test_phenomodel.py``);
+  with ``--phenomizer-cases N`` also through pyhpo itself on each gene's whole annotation set (as shipped; slow);
 * ``Resnik query→gene`` – raretarget's former default column (``phenotype_ic``, gene-level).
 
 Phenotype + VCF (each case twice: causal variant **novel** = no ClinVar, and **known** = ClinVar pathogenic):
@@ -357,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vcf-cases", type=int, default=400, help="report cases for phenotype + VCF (each run twice)")
     ap.add_argument("--vcf-fit-cases", type=int, default=600)
     ap.add_argument("--time-cases", type=int, default=20, help="cases timed through Engine.rank_targets(vcf=...)")
+    ap.add_argument("--phenomizer-cases", type=int, default=0,
+                    help="also run Phenomizer through pyhpo's batch_set_similarity on the first N report cases")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results (JSON)")
     a = ap.parse_args(argv)
@@ -452,7 +455,27 @@ def main(argv: list[str] | None = None) -> None:
         res["phenomizer"].append(rank_of(pm, kbpos, r["truth"]))
         res["resnik_query_gene"].append(rank_of(tab.column("phenotype_ic").to_numpy(), pos, r["truth"]))
     secs["priority"] = secs["relevance"]
-    ph_out = {k: summarise(v, secs[k]) for k, v in res.items()}
+    if a.phenomizer_cases:
+        # Phenomizer as pyhpo ships it (each gene's whole annotation set, inheritance terms included): ~1.7 s a case
+        from pyhpo import HPOSet, Ontology
+        from pyhpo.helper import batch_set_similarity
+
+        genes = [g for g in Ontology.genes if g.name in kb.gene_index]
+        gsets = [g.hpo_set() for g in genes]
+        res["phenomizer_pyhpo"] = []
+        t1 = time.time()
+        for r in rep[:a.phenomizer_cases]:
+            obs, _ = kb.resolve_terms(r["observed"])
+            qs = HPOSet.from_queries([kb.term_ids[i] for i in obs]) if obs else HPOSet([])
+            sims = batch_set_similarity([(qs, gs) for gs in gsets], kind="omim", method="resnik", combine="funSimAvg")
+            sc = np.zeros(len(kb.genes))
+            for g, v in zip(genes, sims):
+                sc[kb.gene_index[g.name]] = v
+            res["phenomizer_pyhpo"].append(rank_of(sc, kb.gene_index, r["truth"]))
+        secs["phenomizer_pyhpo"] = time.time() - t1
+        for k in ("relevance", "hpo3_hypergeometric", "phenomizer"):      # the same cases, for a paired reading
+            res[f"{k}_on_phenomizer_pyhpo_cases"] = res[k][:a.phenomizer_cases]
+    ph_out = {k: summarise(v, secs.get(k)) for k, v in res.items()}
     print("phenotype only:", json.dumps({k: {m: round(x, 3) for m, x in v.items()} for k, v in ph_out.items()}),
           file=sys.stderr, flush=True)
 
