@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         vres[tag] = d
         vsecs[tag] = t_sum / max(len(vrep), 1)
         vres[tag + "_no_variant_gene_first"] = no_variant_top1  # type: ignore[assignment]
-        print(f"phenotype + VCF ({tag}):", {k: round(summarise(v)["top1"], 3) for k, v in d.items()},
+        print(f"phenotype + VCF ({tag}):", {k: round(summarise(v).get("top1", float("nan")), 3) for k, v in d.items()},
               file=sys.stderr, flush=True)
     vcf_out = {tag: {k: summarise(v) for k, v in vres[tag].items()} for tag in ("novel", "known")}
     for tag in ("novel", "known"):
@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     for tag in ("novel", "known"):
         print(f"\n| phenotype + VCF, {tag} | n | top-1 | top-3 | top-10 | MRR | median rank |\n|---|---|---|---|---|---|---|")
         for k, v in vcf_out[tag].items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and v.get("n"):
                 print(f"| {k} | {v['n']} | {v['top1']:.3f} | {v['top3']:.3f} | {v['top10']:.3f} | {v['mrr']:.3f} | "
                       f"{v['median_rank']:.1f} |")
     if a.out:
