@@ -267,6 +267,24 @@ class PhenotypeIC(Scorer):
         score = np.clip(p[self.method] - self.penalty * p["pen"], 0.0, 1.0)
         return score, p["best"], p["mica"], p["strengths"], p["best_disease"]
 
+    def matches(self, observed: list[int], mica: np.ndarray, r: int) -> list[dict]:
+        """The matched query terms of KB gene ``r``, most informative first: query term, the gene's most specific
+        annotation under the common ancestor, that ancestor and its IC; ``exact`` when the query term itself is
+        the common ancestor (the gene carries it or a descendant). ``mica``: ``[Q, G]`` from :func:`query_to_genes`."""
+        kb = self.kb
+        gterms = kb.gene_terms[r]
+        pairs = []
+        for k, qi in enumerate(observed):
+            a = int(mica[k, r])
+            if a < 0 or kb.ic[a] <= 0:
+                continue
+            sub = gterms[np.asarray(kb.anc[gterms, a].todense()).ravel().astype(bool)]
+            t = int(sub[np.argmax(kb.ic[sub])]) if len(sub) else a
+            pairs.append({"query": kb.term_ids[qi], "gene_term": kb.term_ids[t], "common": kb.term_ids[a],
+                          "common_name": kb.name(a), "ic": round(float(kb.ic[a]), 3), "exact": bool(a == qi)})
+        pairs.sort(key=lambda p: -p["ic"])
+        return pairs
+
     def score(self, q: Query) -> Component:
         kb = self.kb
         if not q.observed:
@@ -278,19 +296,7 @@ class PhenotypeIC(Scorer):
             if r < 0 or not len(kb.gene_terms[r]):
                 return {"note": "gene has no HPO phenotype annotations",
                         "score_used": self.unannotated if q.variants is not None else 0.0}
-            gterms = kb.gene_terms[r]
-            pairs = []
-            for k, qi in enumerate(q.observed):
-                a = int(mica[k, r])
-                if a < 0 or kb.ic[a] <= 0:
-                    continue
-                # a gene term under the common ancestor, most specific first
-                sub = gterms[np.asarray(kb.anc[gterms, a].todense()).ravel().astype(bool)]
-                t = int(sub[np.argmax(kb.ic[sub])]) if len(sub) else a
-                pairs.append({"query": kb.term_ids[qi], "gene_term": kb.term_ids[t], "common": kb.term_ids[a],
-                              "common_name": kb.name(a), "ic": round(float(kb.ic[a]), 3)})
-            pairs.sort(key=lambda p: -p["ic"])
-            ev: dict = {"matches": pairs}
+            ev: dict = {"matches": self.matches(q.observed, mica, r)}
             if best_dis is not None and best_dis[r] >= 0:
                 d = kb.disease_list[int(best_dis[r])]
                 ev["best_disease"] = {"id": d.id, "name": d.name}
@@ -368,25 +374,13 @@ class Phenotype(PhenotypeIC):
         post = np.exp(z - z.max())
         post /= post.sum()
         model = kb.phenotype_model()
-        best, mica = parts["best"], parts["mica"]
+        mica = parts["mica"]
 
         def evidence(i: int) -> dict:
             r = int(q.kb_rows[i])
             if r < 0 or not len(kb.gene_terms[r]):
                 return {"note": "gene has no HPO phenotype annotations", "logit": round(float(z[i]), 3)}
-            gterms = kb.gene_terms[r]
-            pairs = []
-            for k, qi in enumerate(q.observed):
-                a = int(mica[k, r])
-                if a < 0 or kb.ic[a] <= 0:
-                    continue
-                sub = gterms[np.asarray(kb.anc[gterms, a].todense()).ravel().astype(bool)]
-                t = int(sub[np.argmax(kb.ic[sub])]) if len(sub) else a
-                pairs.append({"query": kb.term_ids[qi], "gene_term": kb.term_ids[t], "common": kb.term_ids[a],
-                              "common_name": kb.name(a), "ic": round(float(kb.ic[a]), 3),
-                              "exact": bool(a == qi)})
-            pairs.sort(key=lambda p: -p["ic"])
-            ev: dict = {"matches": pairs, "logit": round(float(z[i]), 3)}
+            ev: dict = {"matches": self.matches(q.observed, mica, r), "logit": round(float(z[i]), 3)}
             if best_dis[r] >= 0:
                 d = model.diseases[int(best_dis[r])]
                 ev["best_disease"] = {"id": d.id, "name": d.name}
