@@ -318,10 +318,23 @@ class KnowledgeBase:
             ph = frozenset(i for i in d.hpo if in_scope(i))
             if len(ph) >= orpha_min_terms:
                 orpha.append((d, ph))
+        # genes carrying all of a disease's terms: intersect the terms' gene sets, rarest first (an inverted
+        # index; testing every gene against every disease took ~2 s). Per gene the diseases keep Orphanet's order.
+        genes_of: dict[int, set[str]] = {}
         for g, gs in ann.items():
-            hits = [Disease(f"ORPHA:{d.id}", d.name, tuple(hp(i) for i in d.hpo)) for d, ph in orpha if ph <= gs]
-            if hits:
-                dis.setdefault(g, []).extend(hits)
+            for i in gs:
+                genes_of.setdefault(i, set()).add(g)
+        orpha_hits: dict[str, list[Disease]] = {}
+        for d, ph in orpha:
+            posting = sorted((genes_of.get(i, set()) for i in ph), key=len)
+            carriers = set(posting[0]).intersection(*posting[1:]) if posting else set()
+            if carriers:
+                dd = Disease(f"ORPHA:{d.id}", d.name, tuple(hp(i) for i in d.hpo))
+                for g in carriers:
+                    orpha_hits.setdefault(g, []).append(dd)
+        for g in ann:
+            if g in orpha_hits:
+                dis.setdefault(g, []).extend(orpha_hits[g])
         drug = {} if druggability is False else load_druggability(druggability or None)
         all_omim = [Disease(f"OMIM:{d.id}", d.name, tuple(hp(i) for i in sorted(d.hpo)))
                     for d in sorted(Ontology.omim_diseases, key=lambda d: int(d.id))]

@@ -214,4 +214,11 @@ def rank_genes(phenotypes: Sequence[str], excluded: Sequence[str] = (), variants
     component (NaN when the component had no input) and ``evidence`` (JSON: per component what supports the
     gene). See the module doc for the rule. Build a :class:`Prioritizer` to reuse scorers over queries.
     """
-    return Prioritizer(kb, weights).rank(phenotypes, excluded, variants, extra_components, top, evidence_limit)
+    # building the scorers costs ~60 ms (per-gene knowledge and druggability tables): keep one Prioritizer per
+    # configuration on the KB instance, as the phenotype model is kept there
+    key = json.dumps(weights or {}, sort_keys=True, default=str)
+    cache = kb.__dict__.setdefault("_prioritizers", {})
+    P = cache.get(key)
+    if P is None:
+        P = cache[key] = Prioritizer(kb, weights)
+    return P.rank(phenotypes, excluded, variants, extra_components, top, evidence_limit)
