@@ -67,9 +67,6 @@ def _merge(base: Mapping[str, Any], weights: Mapping[str, Any] | None) -> dict[s
     ``base`` that ``weights`` does not name keep their defaults."""
     out = {k: (dict(v) if isinstance(v, Mapping) else {"weight": v}) for k, v in base.items()}
     for k, v in (weights or {}).items():
-        if k in SETTINGS and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = {**out[k], **v}
-            continue
         if k.startswith("_"):
             continue
         if isinstance(v, Mapping):
@@ -79,12 +76,8 @@ def _merge(base: Mapping[str, Any], weights: Mapping[str, Any] | None) -> dict[s
     return out
 
 
-RANK_SCHEMA_BASE = [("rank", pa.int32()), ("gene", pa.string()), ("score", pa.float64()),
-                    ("relevance", pa.float64()), ("priority", pa.float64()), ("tractability", pa.float64())]
-
-
 def softmax(z: np.ndarray) -> np.ndarray:
-    """``exp(z − max z) / Σ`` over the last axis (finite for any finite ``z``)."""
+    """``exp(z − max z) / Σ`` of a 1-D array ``[n]`` (finite for any finite ``z``)."""
     e = np.exp(z - z.max())
     return e / e.sum()
 
