@@ -173,19 +173,26 @@ class PhenotypeModel:
             TG = sp.csc_matrix((np.ones(int(sum(len(x) for x in gt))),
                                 (np.repeat(np.arange(G), [len(x) for x in gt]),
                                  np.concatenate(gt).astype(np.int64) if gt else np.zeros(0, np.int64))), shape=(G, T))
-            genes_of = [TG.indices[TG.indptr[t]:TG.indptr[t + 1]] for t in range(T)]
+            ptr, idx = TG.indptr, TG.indices
+            n_genes_of = np.diff(ptr)
+            sets: dict[int, set] = {}                   # gene sets of the terms met, built on first use
             order = np.argsort(rows_a, kind="stable")
             starts = np.searchsorted(rows_a[order], np.arange(D + 1))
             for d in range(D):
-                ts = terms_a[order[starts[d]:starts[d + 1]]]
-                if not len(ts):
+                ts = terms_a[order[starts[d]:starts[d + 1]]].tolist()
+                if not ts:
                     continue
-                ts = sorted(ts.tolist(), key=lambda t: len(genes_of[t]))
-                cand = genes_of[ts[0]]
+                ts.sort(key=lambda t: n_genes_of[t])
+                if n_genes_of[ts[0]] == 0:
+                    continue
+                cand = set(idx[ptr[ts[0]]:ptr[ts[0] + 1]].tolist())
                 for t in ts[1:]:
-                    if not len(cand):
+                    g_t = sets.get(t)
+                    if g_t is None:
+                        g_t = sets[t] = set(idx[ptr[t]:ptr[t + 1]].tolist())
+                    cand &= g_t
+                    if not cand:
                         break
-                    cand = np.intersect1d(cand, genes_of[t], assume_unique=True)
                 if 0 < len(cand) <= max_subset_genes:
                     links.update((int(g), d) for g in cand)
         lk = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
