@@ -150,7 +150,10 @@ def update(eng, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = 
         log["seconds"]["total"] = round(time.time() - started, 3)
         runs = root / "runs"
         runs.mkdir(exist_ok=True)
-        name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + f"-{os.getpid()}.json"
+        # microseconds in the name: two runs within one second (an unchanged night right after a night) must not
+        # overwrite each other's log; names still sort in time order (drift history reads them sorted)
+        name = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + f".{int(started * 1e6) % 1_000_000:06d}Z"
+                + f"-{os.getpid()}.json")
         atomic_write_bytes(runs / name, json.dumps(log, indent=1, default=str).encode())
         log["log_path"] = str(runs / name)
         fcntl.flock(lock, fcntl.LOCK_UN)
