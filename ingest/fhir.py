@@ -164,19 +164,24 @@ def _read_ndjson(path: Path, ctx: FileContext) -> None:
                     continue
                 if n == 1 and bline.startswith(_BOM):
                     bline = bline[len(_BOM):]
-                if not bline.strip():
-                    continue
-                try:
-                    bline.decode("utf-8")
-                except UnicodeDecodeError:
-                    ctx.record()
-                    ctx.quarantine(f"line {n}", "not_utf8", bline)
-                    continue
-                r.handle_line(bline, n)
+                _ndjson_line(r, ctx, bline, n)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         # truncated/unreadable gzip: what was read is kept, the rest is one quarantine entry
         ctx.record()
         ctx.quarantine(f"after line {n}", "unreadable_gzip", detail=e)
+
+
+def _ndjson_line(r: "_Reader", ctx: FileContext, bline: bytes, n: int) -> None:
+    """One NDJSON line (1-based ``n``): blank lines skipped, invalid UTF-8 quarantined, the rest read."""
+    if not bline.strip():
+        return
+    try:
+        bline.decode("utf-8")
+    except UnicodeDecodeError:
+        ctx.record()
+        ctx.quarantine(f"line {n}", "not_utf8", bline)
+        return
+    r.handle_line(bline, n)
 
 
 def _open_binary(path: Path):
@@ -192,15 +197,7 @@ def _read_ndjson_bytes(raw: bytes, ctx: FileContext) -> None:
         raw = raw[len(_BOM):]
     r = _Reader(ctx, {})
     for n, bline in enumerate(raw.split(b"\n"), 1):
-        if not bline.strip():
-            continue
-        try:
-            bline.decode("utf-8")
-        except UnicodeDecodeError:
-            ctx.record()
-            ctx.quarantine(f"line {n}", "not_utf8", bline)
-            continue
-        r.handle_line(bline, n)
+        _ndjson_line(r, ctx, bline, n)
 
 
 def _read_ndjson_lines(lines, ctx: FileContext) -> None:
