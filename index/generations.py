@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from raretarget import schema as S
 from raretarget.store import atomic_write_bytes, atomic_write_parquet
+from raretarget.store.artifacts import GENERATION_GLOB, Artifacts
 
 from .vector_index import IndexMismatchError, VectorIndex
 
@@ -37,15 +38,16 @@ from .vector_index import IndexMismatchError, VectorIndex
 class Generations:
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.emb_dir = self.root / "embeddings"
-        self.idx_dir = self.root / "index"
+        self.artifacts = Artifacts(self.root)        # the one on-disk layout
+        self.emb_dir = self.artifacts.embeddings_root
+        self.idx_dir = self.artifacts.index_dir
 
     # ---- embeddings ------------------------------------------------------------------------------
     def write_embeddings(self, model_version: str, modality: str, table: pa.Table) -> Path:
         t = S.conform_embeddings(table)
         if set(t.column("model_version").unique().to_pylist()) - {model_version}:
             raise ValueError("embedding rows carry another model_version than the folder they go to")
-        path = self.emb_dir / model_version / f"{modality}.parquet"
+        path = self.artifacts.embeddings_file(model_version, modality)
         atomic_write_parquet(path, t)
         return path
 
@@ -71,16 +73,16 @@ class Generations:
 
     # ---- index generations -----------------------------------------------------------------------
     def current(self) -> dict | None:
-        p = self.idx_dir / "CURRENT"
+        p = self.artifacts.index_current_file
         return json.loads(p.read_text()) if p.exists() else None
 
     def _new_dir(self) -> tuple[int, Path]:
         cur = self.current()
         gen = (cur["generation"] + 1) if cur else 1
-        gdir = self.idx_dir / f"gen-{gen:06d}"
+        gdir = self.artifacts.generation_dir(gen)
         if gdir.exists():                               # left by a killed build: never published
             shutil.rmtree(gdir)
-        for stale in self.idx_dir.glob("gen-*"):        # later unpublished leftovers
+        for stale in self.idx_dir.glob(GENERATION_GLOB):        # later unpublished leftovers
             if stale.is_dir() and int(stale.name[4:]) > gen:
                 shutil.rmtree(stale, ignore_errors=True)
         gdir.mkdir(parents=True)
@@ -123,7 +125,7 @@ class Generations:
         import os
 
         t0 = time.time()
-        bdir = self.idx_dir / f"gen-{base['generation']:06d}"
+        bdir = self.artifacts.generation_dir(base["generation"])
         gen, gdir = self._new_dir()
         counts = {}
         for m in sorted(set(base["counts"]) | set(changes)):
@@ -159,7 +161,7 @@ class Generations:
 
     def publish(self, info: dict, keep: int = 3) -> None:
         """Make generation ``info`` current (one atomic rename), then prune old generations."""
-        atomic_write_bytes(self.idx_dir / "CURRENT", json.dumps(info).encode())
+        atomic_write_bytes(self.artifacts.index_current_file, json.dumps(info).encode())
         self._prune(keep)
 
     def discard(self, info: dict) -> None:
@@ -167,13 +169,13 @@ class Generations:
         cur = self.current()
         if cur and cur["generation"] == info["generation"]:
             raise ValueError("refusing to discard the current generation")
-        shutil.rmtree(self.idx_dir / f"gen-{info['generation']:06d}", ignore_errors=True)
+        shutil.rmtree(self.artifacts.generation_dir(info["generation"]), ignore_errors=True)
 
     def _prune(self, keep: int) -> None:
-        gens = sorted(p for p in self.idx_dir.glob("gen-*") if p.is_dir())
+        gens = sorted(p for p in self.idx_dir.glob(GENERATION_GLOB) if p.is_dir())
         cur = self.current()
         for p in gens[:-keep] if keep > 0 else []:
-            if cur and p.name == f"gen-{cur['generation']:06d}":
+            if cur and p == self.artifacts.generation_dir(cur["generation"]):
                 continue
             shutil.rmtree(p, ignore_errors=True)
 
@@ -186,7 +188,7 @@ class Generations:
             raise IndexMismatchError(
                 f"index generation {info['generation']} was built with model {info['model_version']}, "
                 f"but the store's current model is {model_version}: rebuild the index (Engine.build_index())")
-        gdir = self.idx_dir / f"gen-{info['generation']:06d}"
+        gdir = self.artifacts.generation_dir(info["generation"])
         out = {}
         for m in info["counts"]:
             expect = {"model_version": info["model_version"]}

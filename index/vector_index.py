@@ -167,7 +167,7 @@ def auto_factory(n: int, d: int, memory: str = "normal") -> str:
 
 
 def _fsync_dir(path: Path) -> None:
-    from raretarget.store import _fsync_dir as fsync_dir   # one implementation of the durability step
+    from raretarget.store.io import fsync_dir     # one implementation of the durability step
 
     fsync_dir(path)
 

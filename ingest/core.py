@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from raretarget.pseudo import Pseudonymizer
+from raretarget.store.pseudo import Pseudonymizer
 
 log = logging.getLogger("raretarget")
 
@@ -107,7 +107,7 @@ class BatchState:
 
     def seal(self) -> None:
         """Move the rows held as column lists into :attr:`segments` (keeps the input order)."""
-        from raretarget import schema as S
+        from raretarget.store import schema as S
 
         for name, cols in self.rows.items():
             if self.nrows[name]:

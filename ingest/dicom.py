@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from raretarget.pseudo import DateOutOfRange
-from raretarget.schema import THUMB_SIZE
+from raretarget.store.pseudo import DateOutOfRange
+from raretarget.store.schema import THUMB_SIZE
 
 #: Media Storage Directory Storage (DICOMDIR)
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
@@ -248,7 +248,7 @@ def _extract(ds, pseudo) -> dict:
     series = _str(ds, "SeriesInstanceUID")
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     frames = _int(ds, "NumberOfFrames") or 1
-    status, feats, thumb = _pixels(ds)
+    status, feats, thumb = decode_pixels(ds)
     return {
         # in memory only (never emitted): the patient link is resolved per batch in _emit
         "_patient_raw": _str(ds, "PatientID") or None,
@@ -389,8 +389,10 @@ def _acquired(ds) -> str | None:
 
 # ---- pixels --------------------------------------------------------------------------------------
 
-def _pixels(ds) -> tuple[str, list[float] | None, list[int] | None]:
-    """(decode_status, features, thumbnail)."""
+def decode_pixels(ds) -> tuple[str, list[float] | None, list[int] | None]:
+    """A pydicom dataset's pixels → ``(decode_status, features, thumbnail)``: the status as stored in
+    ``images.decode_status``, the intensity features, and the THUMB_SIZE x THUMB_SIZE uint8 thumbnail (row-major
+    list) that ingest stores and the image tower reads (None when not decodable)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         return "no_pixels", None, None
     meta = getattr(ds, "file_meta", None)
@@ -428,6 +430,9 @@ def _pixels(ds) -> tuple[str, list[float] | None, list[int] | None]:
     except Exception as e:  # noqa: BLE001
         return f"error:{_short(e)}", None, None
     return "ok", feats, thumb
+
+
+_pixels = decode_pixels          # the old private name
 
 
 def _check_native_length(ds, ts) -> None:

@@ -28,7 +28,7 @@ from typing import Callable
 
 import orjson
 
-from raretarget.pseudo import DateOutOfRange
+from raretarget.store.pseudo import DateOutOfRange
 
 from .core import FileContext
 from .deid import patient_phi_terms, scrub_text
@@ -705,7 +705,7 @@ def _plausible(v, field: str) -> float | None:
 def _rid(table: str, key: str) -> int:
     """record_id from the pseudonymous resource identity (not the file), so a resource re-exported in
     another file is the same record."""
-    from raretarget.schema import record_ids
+    from raretarget.store.schema import record_ids
 
     return int(record_ids(table, ["fhir:" + key])[0])
 

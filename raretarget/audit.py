@@ -80,7 +80,7 @@ def sanitize(engine, args: dict) -> dict:
         elif k in ("query", "text", "note"):
             out[k] = scrub(engine, str(v))[:500]
         elif k in ("sql", "where"):
-            from .safe_sql import redact
+            from .store.safe_sql import redact
 
             out[k] = redact(str(v))[:2000]
         elif k in ("vcf", "phenopacket", "image"):

@@ -122,9 +122,9 @@ class _ReadFiles:
 class RayReader(ParallelReader):
     """:class:`ParallelReader` whose workers are Ray Data actors: same plan, same merge, same checks."""
 
-    def __init__(self, engine, kinds=(), local=None, *, address: str | None = None, actors: int | None = None):
+    def __init__(self, writer, kinds=(), local=None, *, address: str | None = None, actors: int | None = None):
         self.ray = connect(address)
-        self.engine = engine
+        self.writer = writer
         self.local = local or (lambda inp: False)
         self.log = []
         self.kinds = sorted(set(kinds))
@@ -160,11 +160,11 @@ class RayReader(ParallelReader):
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         self.stats["jobs"] += 1
         self.stats["tasks"] += len(rows)
-        opts = dict(getattr(self.engine, "_options", {}))
-        conflicts = getattr(self.engine, "_seen_resources", None) is not None
+        opts = dict(self.writer.options)
+        conflicts = self.writer.seen_resources is not None
         ds = ds.map_batches(
             _ReadFiles, batch_size=1, batch_format="pyarrow",
-            fn_constructor_args=(str(self.engine.store.links), opts, conflicts, self.kinds,
+            fn_constructor_args=(str(self.writer.store.links), opts, conflicts, self.kinds,
                                  pickle.dumps(ext, protocol=pickle.HIGHEST_PROTOCOL)),
             concurrency=max(1, min(self.actors, len(rows))), num_cpus=1)
         return iter(ds.iter_rows())
@@ -199,18 +199,20 @@ last_ingest: dict = {}
 
 # ---- embedding -------------------------------------------------------------------------------------------
 class _EmbedPartitions:
-    """Ray Data actor: loads the model once, embeds whole patient partitions with :meth:`Engine.embed_shard`."""
+    """Ray Data actor: loads the model once, embeds whole patient partitions with
+    :func:`raretarget.encoders.pipeline.embed_shard` (what :meth:`Engine.embed_shard` runs)."""
 
     def __init__(self, root: str, links: str, version: str, partitions: int, batch_size: int, device: str,
                  threads: int):
         import torch
 
+        from raretarget.encoders.pipeline import require_model
         from raretarget.encoders.training import load_model
-        from raretarget.engine import Engine
+        from raretarget.store import Store
 
         torch.set_num_threads(max(1, threads))
-        self.eng = Engine.open(root, links=links)
-        model = self.eng.require_model()
+        self.store = Store.open(root, links=links)          # the store, no Engine: only the embedding part runs here
+        model = require_model(self.store)
         if model["model_version"] != version:
             raise RuntimeError(f"the store's current model changed to {model['model_version']} during the job")
         self.net = load_model(model["path"], device=device)
@@ -220,8 +222,10 @@ class _EmbedPartitions:
         import pyarrow as pa
 
         shards = batch.column("partition").to_pylist()
-        counts = [json.dumps(self.eng.embed_shard(i, self.partitions, batch_size=self.batch_size,
-                                                  device=self.device, net=self.net)) for i in shards]
+        from raretarget.encoders.pipeline import embed_shard
+
+        counts = [json.dumps(embed_shard(self.store, i, self.partitions, batch_size=self.batch_size,
+                                         device=self.device, net=self.net)) for i in shards]
         return pa.table({"partition": pa.array(shards, pa.int64()), "counts": pa.array(counts, pa.string())})
 
 

@@ -97,13 +97,15 @@ def scrub(engine, text: str) -> str:
     try:
         phi = engine.store.read_links("phi")
         n = phi.num_rows
-        cached = getattr(engine, "_review_phi", None)
+        ctx = getattr(engine, "ctx", None)          # an Engine's Context keeps the compiled patterns
+        cached = getattr(ctx, "review_phi", None)
         if cached is not None and cached[0] == n:
             pat = cached[1]
         else:
             terms = [t for ts in phi.column("terms").to_pylist() for t in (ts or [])]
             pat = compile_terms(terms)
-            engine._review_phi = (n, pat)
+            if ctx is not None:
+                ctx.review_phi = (n, pat)
     except OSError:
         pat = None                 # a reader without the link folder: the patterns still apply
     return scrub_text(text, pat)

@@ -7,7 +7,7 @@ The knowledge alignment phase (:func:`raretarget.encoders.knowledge.align_knowle
 packaged HPO gene annotations (hpo3, Phenotypic abnormality subtree): a text tower (frozen MiniLM) and a
 gene encoder over every annotated gene. Queries are OMIM diseases chosen by the cohort generator's rule
 (one inheritance mode, at least 8 phenotype terms, exactly one gene whose annotations contain all of
-them: ``raretarget.cohort``), so the causal gene is known; a random ``--diseases`` of them (``--seed``).
+them: ``raretarget.synth.cohort``), so the causal gene is known; a random ``--diseases`` of them (``--seed``).
 
 Query forms: ``labels`` = the disease's term labels joined with "; " (what an HPO / Phenopacket query
 sends); ``synonyms`` = each term by its first HPO synonym where it has one (free wording: exact

@@ -3,7 +3,7 @@
     python scripts/bench_outcome.py                         # 300 patients, seed 0, 5 epochs
     python scripts/bench_outcome.py --patients 150 --epochs 2 --out bench_outcome.json
 
-Steps: ``raretarget.cohort.generate`` → ``Engine.ingest`` (fhir, dicom, vcf) → ``Engine.train`` →
+Steps: ``raretarget.synth.cohort.generate`` → ``Engine.ingest`` (fhir, dicom, vcf) → ``Engine.train`` →
 ``Engine.embed`` → ``Engine``-level :func:`raretarget.outcome.predict_outcome` for
 
 * the 3 most frequent diseases of the cohort (labels from ``truth.json``: a patient with that
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from raretarget import Engine
-    from raretarget.cohort import generate
+    from raretarget.synth.cohort import generate
 
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_outcome_"))
     work.mkdir(parents=True, exist_ok=True)

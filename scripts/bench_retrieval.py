@@ -3,7 +3,7 @@
     python scripts/bench_retrieval.py                       # 300 patients, seed 0, training-default epochs (40), noise 0.2
     python scripts/bench_retrieval.py --patients 150 --epochs 5 --noise-levels 0.0,0.6 --out bench.json
 
-Steps: ``raretarget.cohort.generate`` → ``Engine.ingest`` → three models on the same store:
+Steps: ``raretarget.synth.cohort.generate`` → ``Engine.ingest`` → three models on the same store:
 
 * ``trained``   – ``Engine.train(max_epochs=E)`` (MiniLM frozen, the default config);
 * ``untrained`` – the same architecture and config with ``trainer.max_epochs=0`` (random projection
@@ -124,7 +124,7 @@ def _tfidf(queries: list[str], docs: list[str]) -> np.ndarray:
 # ---- cohort / store -------------------------------------------------------------------------------
 def build_store(work: Path, n_patients: int, seed: int, noise: float, n_diseases: int, image_difficulty: float):
     from raretarget import Engine
-    from raretarget.cohort import generate
+    from raretarget.synth.cohort import generate
 
     tag = f"p{n_patients}_s{seed}_n{noise:g}_d{n_diseases}_i{image_difficulty:g}"
     out, store = work / f"cohort_{tag}", work / f"store_{tag}"

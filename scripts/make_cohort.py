@@ -3,7 +3,7 @@
 
     python scripts/make_cohort.py --patients 1000 --seed 0 --out cohort/
 
-See ``raretarget.cohort`` for what is generated and the meaning of each knob.
+See ``raretarget.synth.cohort`` for what is generated and the meaning of each knob.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--imaging-fraction", type=float, default=0.85)
     a = ap.parse_args(argv)
 
-    from raretarget.cohort import generate
+    from raretarget.synth.cohort import generate
 
     t0 = time.perf_counter()
     truth = generate(a.out, n_patients=a.patients, seed=a.seed, n_diseases=a.diseases,

@@ -43,3 +43,41 @@ def store_text(root: Path) -> str:
         else:
             chunks.append(f.read_bytes().decode("utf-8", "replace"))
     return "\n".join(chunks)
+
+
+class CohortStore:
+    """A generated cohort ingested into a store: ``dir`` (the cohort folder), ``root`` (the store's parent folder),
+    ``eng`` (an Engine on the store), ``truth`` (``truth.json``: diseases, patients, causal genes)."""
+
+    def __init__(self, root: Path, eng, truth: dict):
+        self.root, self.dir, self.eng, self.truth = root, root / "c", eng, truth
+
+    def __iter__(self):                      # tmp, eng, truth = cohort_store(...)
+        return iter((self.root, self.eng, self.truth))
+
+
+@pytest.fixture(scope="session")
+def cohort_store(tmp_path_factory):
+    """The one builder of generated-cohort stores: ``cohort_store(n_patients, seed, kinds=("fhir", "dicom", "vcf"),
+    **generate_options)`` → :class:`CohortStore`, generated (:func:`raretarget.synth.cohort.generate`) into
+    ``<root>/c`` and ingested into ``<root>/s`` once per session (per xdist worker) for each distinct set of
+    arguments. Modules asking the same arguments share the store: a test that writes to it (reviews, audit,
+    models) does so for everyone with those arguments."""
+    import json
+
+    from raretarget import Engine
+    from raretarget.synth.cohort import generate
+
+    built: dict[tuple, CohortStore] = {}
+
+    def make(n_patients: int, seed: int, kinds=("fhir", "dicom", "vcf"), **options) -> CohortStore:
+        key = (n_patients, seed, tuple(kinds), tuple(sorted(options.items())))
+        if key not in built:
+            root = tmp_path_factory.mktemp(f"cohort{n_patients}s{seed}")
+            generate(root / "c", n_patients=n_patients, seed=seed, **options)
+            eng = Engine.open(root / "s", create=True)
+            eng.ingest([root / "c" / k for k in kinds])
+            built[key] = CohortStore(root, eng, json.loads((root / "c" / "truth.json").read_text()))
+        return built[key]
+
+    return make

@@ -169,15 +169,8 @@ def test_benjamini_hochberg_matches_scipy():
 
 # ------------------------------------------------------------------------------------------ generated cohort
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from raretarget import Engine
-    from raretarget.cohort import generate
-
-    tmp = tmp_path_factory.mktemp("cohort_evidence")
-    generate(tmp / "c", n_patients=60, seed=2)
-    eng = Engine.open(tmp / "s", create=True)
-    eng.ingest([tmp / "c" / "fhir", tmp / "c" / "dicom", tmp / "c" / "vcf"])
-    truth = json.loads((tmp / "c" / "truth.json").read_text())
+def cohort(cohort_store):
+    _tmp, eng, truth = cohort_store(60, 2)
     affected = {}
     for p in truth["patients"]:
         if p["disease_id"]:

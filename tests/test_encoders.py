@@ -297,7 +297,8 @@ def test_embeddings_table_schema(trained, tmp_path):
     for m, t in tables.items():
         assert t.schema.field("vector").type == pa.list_(pa.float32(), D)
         assert t.schema.field("record_id").type == pa.int64()
-        assert t.column_names == ["record_id", "patient_id", "modality", "vector", "model_version"]
+        # the one EMBEDDINGS schema of the store (source_ref is filled by the store path, null here)
+        assert t.column_names == ["record_id", "patient_id", "modality", "source_ref", "model_version", "vector"]
         assert set(t.column("model_version").to_pylist()) == {model.model_version}
         assert set(t.column("modality").to_pylist()) == {m}
         vec = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(t.num_rows, D)

@@ -16,7 +16,7 @@ import pytest
 
 from raretarget import Engine, cohort
 from raretarget.index.generations import Generations, vectors_of
-from raretarget.nightly import STAGES, KILL_ENV
+from raretarget.apps.nightly import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 16,
@@ -217,12 +217,13 @@ def test_killed_run_converges(base):
     Engine.open(ref).update([base["night"]])
     want = _state(ref)
     _assert_consistent(want)
-    code = ("import sys; from raretarget import Engine; "
-            "Engine.open(sys.argv[1]).update([sys.argv[2]], batch_files=4)")
+    # the run is killed with SIGKILL right after a stage, through nightly's after_stage callback (test-side only)
+    code = ("import os, signal, sys; from raretarget import Engine; from raretarget.apps.nightly import update; "
+            "kill = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == sys.argv[3] else None; "
+            "update(Engine.open(sys.argv[1]), [sys.argv[2]], after_stage=kill, batch_files=4)")
     for stage in STAGES:
         path = _clone(base, f"s_kill_{stage}")
-        env = {**os.environ, KILL_ENV: stage}
-        r = subprocess.run([sys.executable, "-c", code, str(path), str(base["night"])], env=env,
+        r = subprocess.run([sys.executable, "-c", code, str(path), str(base["night"]), stage],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == -9, (stage, r.stderr[-2000:])
         log = Engine.open(path).update([base["night"]])

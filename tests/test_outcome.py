@@ -102,14 +102,8 @@ def test_stratified_hash_split_is_deterministic_and_stratified():
 
 # ---- end to end on a tiny trained store -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    from raretarget import Engine
-    from raretarget.cohort import generate
-
-    work = tmp_path_factory.mktemp("outcome")
-    generate(work / "cohort", n_patients=30, seed=0)
-    eng = Engine.open(work / "store", create=True)
-    eng.ingest([work / "cohort" / "fhir", work / "cohort" / "dicom", work / "cohort" / "vcf"])
+def tiny_store(cohort_store):
+    eng = cohort_store(30, 0).eng
     eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 16,
                  "model.knowledge.steps": 0})
     eng.embed()

@@ -85,12 +85,8 @@ def parse(path: Path) -> _Collect:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("report")
-    generate(tmp / "c", n_patients=20, seed=3)
-    eng = Engine.open(tmp / "s", create=True)
-    eng.ingest([tmp / "c" / "fhir", tmp / "c" / "dicom", tmp / "c" / "vcf"])
-    truth = json.loads((tmp / "c" / "truth.json").read_text())
+def built(cohort_store):
+    tmp, eng, truth = cohort_store(20, 3)
     dis = truth["diseases"][0]
     ranked = eng.rank_targets(phenotypes=dis["hpo"][:6], k=10)
     index = write_report(eng, tmp / "r", ranked=ranked, max_patients=15)

@@ -18,12 +18,8 @@ from conftest import DATA, store_text
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("review")
-    generate(tmp / "c", n_patients=16, seed=3)
-    eng = Engine.open(tmp / "s", create=True)
-    eng.ingest([tmp / "c" / "fhir", tmp / "c" / "vcf"])
-    truth = json.loads((tmp / "c" / "truth.json").read_text())
+def cohort(cohort_store):
+    tmp, eng, truth = cohort_store(16, 3, kinds=("fhir", "vcf"))
     return tmp, eng, truth, truth["diseases"][0]
 
 

@@ -21,13 +21,10 @@ from raretarget.cohort import generate
 
 
 @pytest.fixture(scope="module")
-def app_store(tmp_path_factory):
+def app_store(cohort_store):
     pytest.importorskip("flask")
-    tmp = tmp_path_factory.mktemp("serve")
-    generate(tmp / "c", n_patients=12, seed=3)
-    eng = Engine.open(tmp / "s", create=True)
-    eng.ingest([tmp / "c" / "fhir", tmp / "c" / "vcf"])
-    dis = json.loads((tmp / "c" / "truth.json").read_text())["diseases"][0]
+    tmp, eng, truth = cohort_store(12, 3, kinds=("fhir", "vcf"))
+    dis = truth["diseases"][0]
     return tmp, eng, dis
 
 

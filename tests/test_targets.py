@@ -11,14 +11,8 @@ from raretarget import Engine
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from raretarget.cohort import generate
-
-    tmp = tmp_path_factory.mktemp("targets")
-    generate(tmp / "c", n_patients=60, seed=4)
-    eng = Engine.open(tmp / "s", create=True)
-    eng.ingest([tmp / "c" / "fhir", tmp / "c" / "dicom", tmp / "c" / "vcf"])
-    truth = json.loads((tmp / "c" / "truth.json").read_text())
+def cohort(cohort_store):
+    tmp, eng, truth = cohort_store(60, 4)
     counts = {}
     for p in truth["patients"]:
         if p["disease_id"]:

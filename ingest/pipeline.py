@@ -1,0 +1,205 @@
+"""One ingest call: discover the inputs, skip files already ingested (by content hash), read each batch of files
+(here, in worker processes or in Ray actors) and hand the rows to the store writer, which commits each batch
+atomically (:class:`raretarget.store.writer.StoreWriter`). ``Engine.ingest`` is this function over the
+engine's writer and reference resources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from . import core
+from .core import BatchState, discover, read_file, sha256_file
+
+
+@dataclass
+class IngestReport:
+    """What one ``Engine.ingest`` call did.
+
+    ``accepted``: rows added per table (after de-duplication against the store).
+    ``quarantined``: number of rejected records/files; ``quarantine`` has (file, record, reason) each.
+    ``records``: input records read, ``ignored``: valid records of resource types raretarget does not
+    store (by type), ``duplicates``: rows already in the store or met earlier with the same content,
+    ``conflicts``: resources met again in the same ``ingest`` call with the same id and other content (the
+    first version is kept, each later one is listed in ``quarantine`` with code ``conflicting_duplicate``).
+    For every file ``records == accepted records + ignored + quarantined + conflicts``, each term counted
+    from what was written (the ``ingested`` table holds them per file).
+    ``updated``: accepted rows that replace an older version of the same record (same record_id,
+    other content; included in ``accepted``); ``deleted``: rows removed by FHIR deletes (Bundle
+    entries with ``request.method = DELETE`` or Bulk Data ``deleted/`` listings).
+    """
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    quarantine: list = field(default_factory=list)
+    records: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    files: int = 0
+    files_already_ingested: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    batches: int = 0
+    updated: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+
+    @property
+    def quarantined(self) -> int:
+        return len(self.quarantine) - self.conflicts
+
+    def summary(self) -> str:
+        acc = ", ".join(f"{k}={v}" for k, v in sorted(self.accepted.items()) if v) or "none"
+        ign = sum(self.ignored.values())
+        return (f"{self.files} file(s) read ({self.files_already_ingested} already ingested), "
+                f"{self.records} record(s): rows accepted {acc}; {ign} ignored (unsupported types); "
+                f"{self.duplicates} duplicate row(s) skipped; {self.quarantined} quarantined"
+                + (f"; {self.conflicts} conflicting duplicate(s)" if self.conflicts else "")
+                + (f"; {self.updated} updated, {self.deleted} deleted" if self.updated or self.deleted else ""))
+
+
+def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_files: int = 64,
+           batch_records: int = 200_000, fhir_validate: str = "none", workers: int = 1,
+           chunk_records: int = 50_000, ray_reader: Callable | None = None,
+           progress: bool | Callable[[int, int], None] = False) -> IngestReport:
+    """Ingest files or folders (FHIR Bundles/NDJSON, DICOM, VCF/BCF, any mix; gzip ok).
+
+    Files are committed in batches (``batch_files`` files or about ``batch_records`` records),
+    each batch atomically. A file whose content was already ingested is skipped, so re-running
+    after a crash completes the store without duplicates. Bad records are quarantined, never fatal.
+    ``fhir_validate="full"`` also validates each stored FHIR resource with the fhir.resources R4B
+    models (about 10x slower; failures are quarantined).
+    ``workers``: files are parsed and de-identified in that many worker processes
+    (:mod:`raretarget.ingest.parallel`) while this process merges them in input order and commits;
+    the store is the same as with ``workers=1``.
+    ``chunk_records``: a large file (:data:`raretarget.ingest.core.LARGE_FILE`) is read here, streamed,
+    and committed every that many records, so memory does not grow with the file.
+    ``ray_reader``: ``(writer, kinds=, local=)`` → a reader pool like :class:`raretarget.ingest.parallel.ParallelReader`
+    whose workers are elsewhere (``Engine.ingest(ray=...)`` passes :class:`raretarget.distributed.RayReader`): the
+    files are read there, merged and committed here the same way.
+    """
+    if fhir_validate not in ("none", "full"):
+        raise ValueError("fhir_validate must be 'none' or 'full'")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError("workers must be an integer >= 1")
+    if not isinstance(chunk_records, int) or chunk_records < 1:
+        raise ValueError("chunk_records must be an integer >= 1")
+    writer.options = {"fhir_validate": fhir_validate}
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    inputs, skipped = discover(paths)
+    report = IngestReport(skipped_files=skipped)
+    writer.seen_resources = {}         # conflicts are found across the batches of this call
+    pseudo = writer.pseudo
+    bar = _progress(progress, len(inputs))
+    with writer.store.writer():
+        # Earlier batches' identifiers, loaded once and then kept current by each commit, so a lookup
+        # gives the same answer whichever process made it (and in whatever batch).
+        writer.known_phi("")
+        writer.known_alias()
+        done = set(writer.store.read("ingested", ["file_ref"]).column("file_ref").to_pylist())
+        pool = None
+        if ray_reader is not None:
+            pool = ray_reader(writer, kinds=[i.kind for i in inputs], local=_is_large)
+        elif workers > 1 and len(inputs) > 1:     # started now: they load while the inputs are hashed
+            from .parallel import ParallelReader
+
+            pool = ParallelReader(writer, workers, kinds=[i.kind for i in inputs], local=_is_large)
+        try:
+            batches: list[list[tuple]] = []
+            pending: list[tuple] = []
+            size = 0
+            for inp in inputs:
+                digest = sha256_file(inp.path)
+                fref = pseudo.file(digest)
+                if fref in done:
+                    report.files_already_ingested += 1
+                    bar(1)
+                    continue
+                done.add(fref)
+                pending.append((inp, digest, fref))
+                size += inp.path.stat().st_size
+                if len(pending) >= batch_files or size >= batch_records * 500:
+                    batches.append(pending)
+                    pending, size = [], 0
+            if pending:
+                batches.append(pending)
+            if pool is not None:
+                pool.plan([f for b in batches for f in b])
+            for b in batches:
+                _ingest_batch(writer, resources, b, report, bar, pool, chunk_records)
+        finally:
+            if pool is not None:
+                pool.close()
+    bar(0, close=True)
+    return report
+
+
+def _ingest_batch(writer, resources, files, report: IngestReport, bar, pool=None,
+                  chunk_records: int = 50_000) -> None:
+    pseudo = writer.pseudo
+    batch = BatchState(pseudo, resources, writer.known_phi)
+    batch.study_patient.update(writer.known_studies())
+    batch.known_alias = writer.known_alias()
+    batch.options = dict(writer.options)
+    batch.seen_resources = writer.seen_resources
+    batch_id = "b" + hashlib.blake2b("|".join(f for _, _, f in files).encode(), digest_size=8).hexdigest()
+    ledger: list[tuple] = []
+    chunks = [0]
+
+    def partial() -> None:
+        """A large file's rows so far (and the files finished before it) committed as their own part, so
+        memory holds at most ``chunk_records`` records of it. The file's ledger row comes with its last
+        part: a killed ingest reads the file again, its committed rows are then duplicates and its
+        quarantine entries (ids from file and position) are not stored twice."""
+        chunks[0] += 1
+        writer.commit_batch(batch, ledger, f"{batch_id}-{chunks[0]}", report)
+        ledger.clear()
+
+    batch.partial = partial
+    batch.chunk_records = chunk_records
+    for inp, digest, fref in files:
+        if pool is not None:            # read by a worker, checked and merged here (or read here)
+            entry, ignored = pool.merge(batch, inp, digest, fref)
+        else:
+            entry, ignored = read_file(batch, inp.path, inp.kind, digest, fref)
+        ledger.append(entry)
+        report.conflicts += entry[6]
+        report.records += entry[2]
+        for k, v in ignored.items():
+            report.ignored[k] = report.ignored.get(k, 0) + v
+        report.files += 1
+        bar(1)
+    writer.commit_batch(batch, ledger, batch_id, report)
+    report.batches += 1
+
+
+def _is_large(inp) -> bool:
+    """Large files are read (streamed, committed in parts) by the committing process, never by a worker."""
+    return inp.path.stat().st_size >= core.LARGE_FILE      # read at call time (tests lower it)
+
+
+def _progress(progress, total: int):
+    """A callable bar(n, close=False). progress=True uses rich; a callable gets (done, total)."""
+    if callable(progress) and not isinstance(progress, bool):
+        state = {"n": 0}
+
+        def cb(n, close=False):
+            state["n"] += n
+            progress(state["n"], total)
+        return cb
+    if not progress:
+        return lambda n, close=False: None
+    from rich.progress import Progress
+
+    p = Progress(transient=False)
+    p.start()
+    task = p.add_task("ingest", total=total)
+
+    def bar(n, close=False):
+        p.advance(task, n)
+        if close:
+            p.stop()
+    return bar

@@ -1,0 +1,267 @@
+"""Nightly incremental update: ingest → changed patients → re-embed only those → patch the index →
+recall check → publish a new index generation. Costs in proportion to what changed.
+
+``Engine.update(paths, **cfg)`` / ``scripts/nightly.py`` (hydra, ``conf/nightly.yaml``).
+
+What "changed" means: every store batch (committed ingest) that the current index generation does
+not cover (a generation records the batch ids it was built from). New rows, updated rows (same
+record_id, other content) and deleted rows of those batches name the patients to re-embed; the
+re-run of a killed night therefore finds the same patients again, even though its ingest adds
+nothing (files already ingested are skipped by content hash).
+
+Crash safety, stage by stage (:func:`update`'s ``after_stage`` callback runs right after each stage: the
+tests kill the process there with SIGKILL):
+
+``ingest``   batches are committed atomically; a killed batch leaves orphan parts, cleaned next write.
+``embed``    embeddings of the current model are rewritten one modality file at a time (atomic
+             rename each); the re-run recomputes the same rows (same model, same patients).
+``index``    the new generation is written beside the current one and is not published; the next
+             run deletes it and builds it again. Index ids are made equal to the embedding ids
+             (base index ids not in the new embeddings are removed), so a half-done earlier run
+             cannot leave stale or missing vectors.
+``publish``  ``index/CURRENT`` is replaced with one atomic rename: readers that loaded a generation
+             keep it; a reader opening now gets either the old or the new one, never a mix.
+
+When the current model differs from the index generation's model (or no generation records its
+batches) the night is a full re-embed + build into a fresh generation.
+A run log (counts, seconds per stage, generation ids, recall; no PHI) goes to ``<store>/runs/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raretarget.store import schema as S
+from raretarget.store import atomic_write_bytes
+from raretarget.store.artifacts import Artifacts, store_batches  # noqa: F401  (store_batches: its old home)
+
+STAGES = ("ingest", "embed", "index", "publish")
+
+#: keys of conf/nightly.yaml that are the hydra app's arguments, not options of :func:`update`
+_APP_KEYS = ("store", "links", "inputs")
+
+
+def defaults() -> dict:
+    """Options of :func:`update` and their defaults: ``conf/nightly.yaml`` (the one source; a fresh dict per call).
+    ``drift`` is ``None`` here: the YAML's thresholds, applied by :mod:`raretarget.drift`."""
+    from raretarget.config import compose
+
+    c = {k: v for k, v in compose("nightly").items() if k not in _APP_KEYS}
+    c["drift"] = None
+    return c
+
+
+def __getattr__(name: str):
+    # ``DEFAULTS`` stays importable, read lazily from the packaged YAML (no file is read at import)
+    if name == "DEFAULTS":
+        return defaults()
+    raise AttributeError(name)
+
+
+def changed_patients(store, batches: set[str]) -> set[str]:
+    """Patients with rows added, updated or deleted by ``batches``."""
+    out: set[str] = set()
+    for name in S.DATA_TABLES + ("deleted",):
+        for p in store.parts(name):
+            if p.stem in batches:
+                col = pq.read_table(p, columns=["patient_id"]).column(0)
+                out.update(v for v in pc.unique(col).to_pylist() if v is not None)
+    return out
+
+
+def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200, k: int = 10,
+                 seed: int = 0, modalities: Sequence[str] | None = None) -> dict:
+    """Per modality: ids of the index == ids of the embeddings, and recall@k of the index against
+    exact search over the embeddings for a random sample of embedded vectors used as queries.
+    ``modalities``: check only these (an incremental night skips the modalities whose index files are
+    hard links of the already-checked current generation)."""
+    from raretarget.index.generations import vectors_of
+
+    indexes = gens.open(generation=info)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m, idx in indexes.items():
+        if modalities is not None and m not in modalities:
+            continue
+        t = gens.read_embeddings(model_version, m)
+        ids = t.column("record_id").to_numpy()
+        same = len(idx) == len(ids) and np.array_equal(np.sort(idx.ids()), np.sort(ids))
+        vecs = vectors_of(t)
+        kk = min(k, len(ids))
+        if kk == 0:
+            out[m] = {"recall": 1.0, "ids_match": same, "queries": 0}
+            continue
+        q = vecs[rng.choice(len(ids), size=min(sample_queries, len(ids)), replace=False)]
+        sims = q @ vecs.T
+        kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]          # k-th best exact score per query
+        got_s, got = idx.search(q, kk)
+        # a returned id counts when its exact score reaches the k-th exact score (ties are not misses)
+        pos = {int(r): i for i, r in enumerate(ids.tolist())}
+        hits = []
+        for qi in range(len(q)):
+            rows = [pos.get(int(r)) for r in got[qi] if r >= 0]
+            hits.append(sum(1 for r in rows if r is not None and sims[qi, r] >= kth[qi] - 1e-5) / kk)
+        out[m] = {"recall": float(np.mean(hits)), "ids_match": bool(same), "queries": int(len(q))}
+    return out
+
+
+def update(eng, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None, *,
+           after_stage: Callable[[str], None] | None = None, **cfg) -> dict:
+    """One nightly run (see module doc). Returns the run log dict; ``log["published"]`` says whether a
+    new generation was published, ``log["ok"]`` whether the run succeeded (nothing to publish is ok).
+    ``after_stage``: called with each stage name of :data:`STAGES` as it completes (crash tests kill the
+    process there); ``cfg``: options of :func:`defaults`."""
+    base = defaults()
+    unknown = set(cfg) - set(base)
+    if unknown:
+        raise TypeError(f"unknown nightly option(s) {sorted(unknown)}")
+    c = {**base, **cfg}
+    art = Artifacts(eng.store.root)
+    started = time.time()
+    log: dict = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "mode": None,
+                 "counts": {}, "seconds": {}, "published": False, "ok": False, "config": c}
+    lock = open(art.nightly_lock, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        _run(eng, paths, c, log, after_stage or (lambda stage: None))
+    except Exception as e:
+        log["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        raise
+    finally:
+        log["seconds"]["total"] = round(time.time() - started, 3)
+        runs = art.runs_dir
+        runs.mkdir(exist_ok=True)
+        # microseconds in the name: two runs within one second (an unchanged night right after a night) must not
+        # overwrite each other's log; names still sort in time order (drift history reads them sorted)
+        name = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + f".{int(started * 1e6) % 1_000_000:06d}Z"
+                + f"-{os.getpid()}.json")
+        atomic_write_bytes(runs / name, json.dumps(log, indent=1, default=str).encode())
+        log["log_path"] = str(runs / name)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+        eng.reset_searcher()
+    return log
+
+
+def _run(eng, paths, c: dict, log: dict, after_stage: Callable[[str], None]) -> None:
+    from raretarget.encoders.training import load_model
+
+    counts, secs = log["counts"], log["seconds"]
+    t = time.time()
+    if paths:
+        rep = eng.ingest(paths, batch_files=c["batch_files"])
+        counts.update({"files": rep.files, "files_already_ingested": rep.files_already_ingested,
+                       "records": rep.records, "in": sum(rep.accepted.values()) - rep.updated,
+                       "updated": rep.updated, "deleted": rep.deleted, "quarantined": rep.quarantined,
+                       "duplicates": rep.duplicates})
+    secs["ingest"] = round(time.time() - t, 3)
+    after_stage("ingest")
+
+    model = eng.require_model()
+    version = model["model_version"]
+    gens = eng.generations()
+    cur = gens.current()
+    log["generation_before"] = cur["generation"] if cur else None
+    log["model_version"] = version
+    batches = store_batches(eng.store)
+    full = (cur is None or cur.get("model_version") != version or "batches" not in cur
+            or not gens.embedding_counts(version))
+    t = time.time()
+    if full:
+        log["mode"] = "full"
+        # a first build is the drift baseline; a new model is another space: no comparison
+        log["drift"] = "baseline" if cur is None or cur.get("model_version") == version else "n/a"
+        emb = eng.embed(batch_size=c["batch_size"], device=c["device"])        # records the batches it covers
+        batches = set(Artifacts(eng.store.root).read_batches(version))
+        counts["embedded"] = sum(emb.values())
+        secs["embed"] = round(time.time() - t, 3)
+        after_stage("embed")
+        t = time.time()
+        info = gens.build(version, factory=c["factory"], publish=False, extra={"batches": sorted(batches)})
+        checked = None
+    else:
+        new = batches - set(cur["batches"])
+        if not new:
+            log.update(mode="unchanged", ok=True, generation_after=cur["generation"], drift="ok", drift_metrics={})
+            return
+        log["mode"] = "incremental"
+        pids = changed_patients(eng.store, new)
+        counts["patients_changed"] = len(pids)
+        net = load_model(model["path"], device=c["device"])
+        tabs = eng.embedding_tables(net, version, batch_size=c["batch_size"], patients=sorted(pids))
+        counts["embedded"] = sum(x.num_rows for x in tabs.values())
+        bdir = Artifacts(eng.store.root).generation_dir(cur["generation"])
+        pid_arr = pa.array(sorted(pids), pa.string())
+        changes = {}
+        from raretarget.apps import drift
+
+        log["drift_metrics"] = {}
+        for m in sorted(set(gens.embedding_counts(version)) | set(tabs)):
+            if m == "gene":
+                continue
+            old = gens.read_embeddings(version, m)
+            newt = tabs.get(m)
+            log["drift_metrics"][m] = drift.table_drift(old, newt, k=c["k"], seed=c["seed"], cfg=c["drift"])
+            keep = old.filter(pc.invert(pc.fill_null(pc.is_in(old.column("patient_id"), value_set=pid_arr), False)))
+            if newt is not None and newt.num_rows:
+                newt = newt.select(keep.column_names).cast(keep.schema) if keep.num_rows else newt
+                merged = pa.concat_tables([keep, newt]) if keep.num_rows else newt
+            else:
+                merged = keep
+            if newt is None and keep.num_rows == old.num_rows:
+                pass                                    # untouched modality: no rewrite
+            elif merged.num_rows:
+                gens.write_embeddings(version, m, merged)
+            else:
+                Artifacts(eng.store.root).embeddings_file(version, m).unlink(missing_ok=True)
+            from raretarget.index.generations import vectors_of
+
+            base_ids = np.load(bdir / m / "ids.npy") if (bdir / m / "ids.npy").exists() else np.zeros(0, np.int64)
+            mids = merged.column("record_id").to_numpy() if merged.num_rows else np.zeros(0, np.int64)
+            rm = np.setdiff1d(base_ids, mids)
+            add_mask = np.isin(mids, base_ids, invert=True)
+            if newt is not None and newt.num_rows:
+                add_mask |= np.isin(mids, newt.column("record_id").to_numpy())
+            add_ids = mids[add_mask]
+            add_vecs = vectors_of(merged)[add_mask] if merged.num_rows else None
+            changes[m] = (rm, add_ids, add_vecs)
+        log["drift"] = drift.status(log["drift_metrics"], c["drift"])
+        counts["index_removed"] = int(sum(len(v[0]) for v in changes.values()))
+        counts["index_added"] = int(sum(len(v[1]) for v in changes.values()))
+        secs["embed"] = round(time.time() - t, 3)
+        after_stage("embed")
+        t = time.time()
+        info = gens.build_incremental(cur, changes, extra={"batches": sorted(batches)})
+        checked = [m for m, (rm, add, _) in changes.items() if len(rm) or len(add)]
+        log["recall_checked"] = checked
+    secs["index"] = round(time.time() - t, 3)
+    log["generation_built"] = info["generation"]
+    after_stage("index")
+
+    t = time.time()
+    rc = recall_check(gens, info, version, c["sample_queries"], c["k"], c["seed"], modalities=checked)
+    secs["recall_check"] = round(time.time() - t, 3)
+    log["recall"] = {m: round(v["recall"], 4) for m, v in rc.items()}
+    log["recall_min"] = min(log["recall"].values()) if rc else 1.0
+    bad = [m for m, v in rc.items() if not v["ids_match"]]
+    if bad or log["recall_min"] < c["recall_threshold"]:
+        log["failure"] = (f"index ids differ from embedding ids in {bad}" if bad else
+                          f"recall@{c['k']} {log['recall_min']:.3f} below threshold {c['recall_threshold']}")
+        gens.discard(info)
+        log["generation_after"] = log["generation_before"]
+        return
+    t = time.time()
+    gens.publish(info, keep=c["keep_generations"])
+    secs["publish"] = round(time.time() - t, 3)
+    log.update(published=True, ok=True, generation_after=info["generation"],
+               index_count=sum(info["counts"].values()))
+    after_stage("publish")

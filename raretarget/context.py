@@ -1,0 +1,110 @@
+"""What an :class:`raretarget.Engine` works over: one store and what is derived from it, with the caches a long-
+lived process keeps. The Engine's methods are a few lines each over this object.
+
+A ``Context`` has the names the lower packages read from "an engine" (``store``, ``resources``, ``sql``,
+``select_where``, ``generations()``, ``current_model()``, ``require_model()``, ``searcher()``, ``knowledge()``,
+``search()``), so a package below the engine takes either, duck-typed, and never imports this module or the
+engine. Nothing is read from disk when it is made; the caches fill on first use.
+
+* ``store`` – :class:`raretarget.store.Store`; ``artifacts`` – the on-disk layout (:mod:`raretarget.store.artifacts`);
+* ``writer`` – the ingest commit rules and their lookups (:class:`raretarget.store.writer.StoreWriter`),
+  kept for the context's lifetime so later ingests reuse the loaded identifiers;
+* ``resources`` – reference vocabularies loaded on first use (units, genes, HPO: :class:`raretarget.ingest.core.Resources`);
+* caches: the knowledge base (``knowledge()``) and the loaded model + index generation (``searcher()``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyarrow as pa
+
+from .store import schema as S
+from .store.artifacts import Artifacts
+from .store.writer import StoreWriter
+
+
+class Context:
+    """One store + its derived artifacts + caches (see module doc). ``device``: where the encoders run."""
+
+    def __init__(self, store, device: str = "auto"):
+        from raretarget.ingest.core import Resources
+
+        self.store = store
+        self.artifacts = Artifacts(store.root)
+        self.writer = StoreWriter(store)
+        self.resources = Resources()
+        self.device = device
+        self.kb = None                  # knowledge base, built on first knowledge()
+        self.cached_searcher = None     # loaded model + indexes, until reset_searcher()
+        self.review_phi = None          # (PHI rows, compiled patterns) of review note scrubbing
+
+    # ---- reading -------------------------------------------------------------------------------
+    def sql(self, query: str, params: Sequence | None = None) -> pa.Table:
+        """One read-only SQL statement over the committed parts (:mod:`raretarget.store.safe_sql`)."""
+        return self.store.sql(query, params)
+
+    def select_where(self, table: str, predicate: str, columns: Sequence[str] = ("patient_id",)) -> pa.Table:
+        from .store.safe_sql import select_where
+
+        if table not in S.TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        con = self.store.duckdb()
+        try:
+            return select_where(con, table, predicate, columns)
+        finally:
+            con.close()
+
+    # ---- models, embeddings, index ------------------------------------------------------------
+    def generations(self):
+        from raretarget.index.generations import Generations
+
+        return Generations(self.store.root)
+
+    def current_model(self) -> dict | None:
+        return self.artifacts.current_model()
+
+    def require_model(self) -> dict:
+        model = self.current_model()
+        if model is None:
+            raise RuntimeError("no trained model in this store: call Engine.train() first")
+        return model
+
+    def reset_searcher(self) -> None:
+        self.cached_searcher = None
+
+    def searcher(self):
+        """The loaded model + indexes of the current generation (:class:`raretarget.query.search.Searcher`),
+        cached until :meth:`reset_searcher`."""
+        if self.cached_searcher is None:
+            from raretarget.query.search import open_searcher
+
+            self.cached_searcher = open_searcher(self, self.require_model(), self.generations(), self.device)
+        return self.cached_searcher
+
+    def knowledge(self):
+        """The gene knowledge base (HPO annotations via hpo3, druggability table), built once per context."""
+        if self.kb is None:
+            from raretarget.prioritize import KnowledgeBase
+
+            self.kb = KnowledgeBase.from_hpo3()
+        return self.kb
+
+    # ---- queries -------------------------------------------------------------------------------
+    def resolve(self, query=None, **forms):
+        """The keywords of a search / ranking → :class:`raretarget.query.spec.QuerySpec` (the one resolver)."""
+        from raretarget.query.spec import QuerySpec
+
+        return QuerySpec.resolve(query, ontology=lambda: self.resources.phenotypes, **forms)
+
+    def search(self, query: str | None = None, *, k: int = 20, modalities: Sequence[str] | None = None,
+               where: str | None = None, genes: Sequence[str] | None = None, pathogenic_only: bool = False,
+               labs=None, **forms) -> pa.Table:
+        """``Engine.search`` without the audit record (see there)."""
+        from raretarget.query.search import search_spec
+        from raretarget.query.spec import require_one_form
+
+        require_one_form(query, **forms)
+        spec = self.resolve(query, **forms)
+        return search_spec(self, spec, k=k, modalities=modalities, where=where, genes=genes,
+                           pathogenic_only=pathogenic_only, labs=labs)
