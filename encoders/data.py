@@ -245,12 +245,12 @@ def verdict_pairs(store: Any) -> list[tuple[list[str], str, str]]:
     """The experts' verdicts of a store as training pairs ``(HPO term labels, gene, verdict)``, verdict
     ``confirmed`` (a positive profile ↔ gene pair) or ``rejected`` (a hard negative); ``unsure`` is left out.
 
-    From :func:`raretarget.review.training_pairs` (the latest verdict per (hypothesis, gene)); each HPO id
+    From :func:`raretarget.store.reviews.training_pairs` (the latest verdict per (hypothesis, gene)); each HPO id
     becomes its label in hpo3's release (ids it does not know are dropped, and a profile with no label
     left). Only public HPO labels and gene symbols: no note, reviewer or patient
     data reaches training. Sorted, so a run's pairs do not depend on file order. ``store``: an Engine, a
     Store or a path."""
-    from raretarget.review import training_pairs
+    from raretarget.store.reviews import training_pairs
     from raretarget.vocab.hpo import ontology
 
     Ontology = ontology()

@@ -105,9 +105,10 @@ def record(engine, action: str, **args) -> dict | None:
     now = dt.datetime.now(dt.timezone.utc)
     ev = {"time": now.isoformat(timespec="milliseconds"), "user": current_user(), "action": action,
           "args": sanitize(engine, args), "pid": os.getpid()}
-    from .store import atomic_write_bytes
+    from .store.artifacts import Artifacts
+    from .store.io import atomic_write_bytes
 
-    d = Path(engine.store.root) / "audit" / now.strftime("%Y-%m-%d")
+    d = Artifacts(engine.store.root).audit_dir / now.strftime("%Y-%m-%d")
     try:
         d.mkdir(parents=True, exist_ok=True)
         name = f"{now.strftime('%H%M%S%f')}-{uuid.uuid4().hex[:8]}.json"
@@ -121,7 +122,9 @@ def record(engine, action: str, **args) -> dict | None:
 def read_audit(store_root, *, action: str | None = None, user: str | None = None,
                since: str | None = None) -> list[dict]:
     """Events in time order, optionally only of one ``action`` / ``user`` / from an ISO date ``since``."""
-    root = Path(store_root) / "audit"
+    from .store.artifacts import Artifacts
+
+    root = Artifacts(store_root).audit_dir
     if not root.exists():
         return []
     out = []

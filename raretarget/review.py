@@ -27,9 +27,10 @@ import json
 import os
 import re
 import uuid
-from pathlib import Path
+
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute in verdicts)
+
+from .store.reviews import VERDICTS_SCHEMA, latest_verdicts, reviews_root, training_pairs, verdicts  # noqa: F401
 
 __all__ = ["VERDICTS", "hypothesis_id", "scrub", "review", "verdicts", "latest_verdicts", "rank", "hypothesis",
            "ReviewError"]
@@ -40,11 +41,7 @@ _GENE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 _REVIEWER = re.compile(r"^[\w.@ -]{1,64}$")
 MAX_NOTE = 4000
 
-SCHEMA = pa.schema([
-    ("review_id", pa.string()), ("time", pa.timestamp("ms", tz="UTC")), ("hypothesis_id", pa.string()),
-    ("gene", pa.string()), ("verdict", pa.string()), ("note", pa.string()), ("reviewer", pa.string()),
-    ("phenotypes", pa.list_(pa.string())), ("excluded", pa.list_(pa.string())),
-])
+SCHEMA = VERDICTS_SCHEMA          # the stored verdict row (raretarget.store.reviews)
 
 
 class ReviewError(ValueError):
@@ -112,18 +109,12 @@ def scrub(engine, text: str) -> str:
 
 
 # ---- storage --------------------------------------------------------------------------------------------
-def _root(engine) -> Path:
-    """``<store>/reviews`` of an Engine, a Store or a store path (training reads verdicts without an Engine)."""
-    if isinstance(engine, (str, os.PathLike)):
-        return Path(engine) / "reviews"          # (a Path's own .root is "/", never the store's)
-    if hasattr(engine, "store"):
-        engine = engine.store
-    return Path(engine.root) / "reviews"
+_root = reviews_root               # <store>/reviews of an Engine, a Store or a store path
 
 
 def register_hypothesis(engine, hid: str, key: dict) -> None:
     """Write the hypothesis (HPO ids, scrubbed text) once; later rankings of the same query find it."""
-    from .store import atomic_write_bytes
+    from .store.io import atomic_write_bytes
 
     p = _root(engine) / "hypotheses" / f"{hid}.json"
     if p.exists():
@@ -151,7 +142,7 @@ def _pseudonymous_reviewer(engine, name: str) -> str:
 def review(engine, hypothesis_id: str, gene: str, verdict: str, note: str = "", reviewer: str | None = None) -> dict:
     """Store one verdict; returns the stored row (note as stored, i.e. scrubbed)."""
     from .audit import current_user
-    from .store import atomic_write_parquet
+    from .store.io import atomic_write_parquet
 
     if not isinstance(hypothesis_id, str) or not _HID.match(hypothesis_id):
         raise ReviewError("hypothesis_id: not a hypothesis id (H + 12 hex digits, shown by `raretarget rank`)")
@@ -179,27 +170,6 @@ def review(engine, hypothesis_id: str, gene: str, verdict: str, note: str = "", 
     path = _root(engine) / "verdicts" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H%M%S%f')}-{row['review_id'][:8]}.parquet"
     atomic_write_parquet(path, pa.Table.from_pylist([row], schema=SCHEMA))
     return row
-
-
-def verdicts(engine, hypothesis_id: str | None = None) -> pa.Table:
-    """Every stored verdict (the full history), oldest first; only one hypothesis' with ``hypothesis_id``."""
-    import pyarrow.parquet as pq
-
-    files = sorted((_root(engine) / "verdicts").glob("*/*.parquet"))
-    if not files:
-        return SCHEMA.empty_table()
-    t = pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
-    if hypothesis_id is not None:
-        t = t.filter(pa.compute.equal(t.column("hypothesis_id"), hypothesis_id))
-    return t.sort_by([("time", "ascending"), ("review_id", "ascending")])
-
-
-def latest_verdicts(engine, hypothesis_id: str) -> dict[str, dict]:
-    """``{gene: latest verdict row}`` of a hypothesis."""
-    out: dict[str, dict] = {}
-    for r in verdicts(engine, hypothesis_id).to_pylist():
-        out[r["gene"]] = r                          # sorted by time: the last one wins
-    return out
 
 
 # ---- ranking with verdicts ------------------------------------------------------------------------------
@@ -237,13 +207,3 @@ def table_hypothesis_id(table: pa.Table) -> str | None:
     meta = table.schema.metadata or {}
     v = meta.get(b"hypothesis_id")
     return v.decode() if v else None
-
-
-def training_pairs(engine) -> list[tuple[list[str], str, str]]:
-    """``(HPO ids, gene, verdict)`` of the latest verdict per (hypothesis, gene) with at least one HPO id:
-    the pairs a later training can use (confirmed → positive, rejected → negative). ``engine``: an Engine,
-    a Store or a store path. Only HPO ids and gene symbols: notes, reviewers and free text never leave here."""
-    latest: dict[tuple[str, str], dict] = {}
-    for r in verdicts(engine).to_pylist():
-        latest[(r["hypothesis_id"], r["gene"])] = r
-    return [(r["phenotypes"], r["gene"], r["verdict"]) for r in latest.values() if r["phenotypes"]]

@@ -15,6 +15,7 @@ Layout (beside the tables, inside ``<store>/``; the format is that of stores wri
     runs/<time>-<pid>.json                       nightly run logs
     .nightly.lock                                one nightly run at a time
     audit/<YYYY-MM-DD>/                          audit events
+    reviews/hypotheses/, reviews/verdicts/       the expert review loop (raretarget.store.reviews)
 
 No file is read or written when an :class:`Artifacts` is made; the methods that read say so.
 """
@@ -127,6 +128,11 @@ class Artifacts:
     @property
     def audit_dir(self) -> Path:
         return self.root / "audit"
+
+    @property
+    def reviews_dir(self) -> Path:
+        """Hypotheses and verdicts of the expert review loop (:mod:`raretarget.store.reviews`)."""
+        return self.root / "reviews"
 
 
 def store_batches(store) -> set[str]:
