@@ -49,13 +49,21 @@ CSQ_AF_FIELDS = ("gnomADe_AF", "gnomAD_AF", "gnomADg_AF", "gnomAD_exomes_AF", "g
 INFO_AF_KEYS = ("gnomAD_AF", "gnomADe_AF", "gnomADg_AF", "GNOMADAF", "gnomad_AF", "AF_EXAC", "EXACAF",
                 "AF_TGP", "1000GAF", "AF_ESP")
 CSQ_CLNSIG_FIELDS = ("CLNSIG", "clnsig", "ClinVar_CLNSIG", "CLIN_SIG")
+#: in-silico predictions read from CSQ entries when a VEP plugin (REVEL, CADD, SpliceAI) or dbNSFP put them there,
+#: first present wins; a value of several transcripts ("0.2&0.7", dbNSFP) counts as its maximum
+CSQ_REVEL_FIELDS = ("REVEL", "REVEL_score")                  # REVEL (Ioannidis et al. 2016), 0-1
+CSQ_CADD_FIELDS = ("CADD_PHRED", "CADD_phred")              # CADD PHRED-scaled score (Kircher et al. 2014), ~0-99
+#: SpliceAI delta scores (Jaganathan et al. 2019), 0-1: the allele's score is the maximum of the four
+CSQ_SPLICEAI_FIELDS = ("SpliceAI_pred_DS_AG", "SpliceAI_pred_DS_AL", "SpliceAI_pred_DS_DG", "SpliceAI_pred_DS_DL",
+                       "SpliceAI_DS_max", "SpliceAI_max")
 ANN_DEFAULT_FORMAT = ("Allele", "Annotation", "Annotation_Impact", "Gene_Name", "Gene_ID", "Feature_Type",
                       "Feature_ID", "Transcript_BioType", "Rank", "HGVS.c", "HGVS.p", "cDNA.pos / cDNA.length",
                       "CDS.pos / CDS.length", "AA.pos / AA.length", "Distance", "ERRORS / WARNINGS / INFO")
 STANDARD_CONTIGS = frozenset([str(i) for i in range(1, 23)] + ["X", "Y", "MT"])
 
 _VARIANT_COLS = ("patient_id", "chrom", "pos", "ref", "alt", "gene", "gene_raw", "gene_status", "consequence",
-                 "impact", "hgvsc", "hgvsp", "clinvar", "af", "zygosity", "qual", "filter", "source_ref")
+                 "impact", "hgvsc", "hgvsp", "clinvar", "af", "revel", "cadd_phred", "spliceai", "zygosity", "qual",
+                 "filter", "source_ref")
 
 _REF_RE = re.compile(rb"[ACGTNacgtn]+")
 _ALT_RE = re.compile(rb"\.|(?:[ACGTNacgtn*]+|<[^<>\t]+>|[^\t,]*[\[\]][^\t,]*|\.[ACGTNacgtn]+|[ACGTNacgtn]+\.)"
@@ -452,6 +460,7 @@ class _Reader:
         c_gene, c_graw, c_gst, c_cons, c_imp = (cols[k] for k in ("gene", "gene_raw", "gene_status", "consequence", "impact"))
         c_hc, c_hp, c_cv, c_af, c_zyg = (cols[k] for k in ("hgvsc", "hgvsp", "clinvar", "af", "zygosity"))
         c_q, c_f, c_sr = cols["qual"], cols["filter"], cols["source_ref"]
+        c_rv, c_cd, c_sa = cols["revel"], cols["cadd_phred"], cols["spliceai"]
         chrom_cache = self._chrom
         sites_only = self.sites_only
         pids = self.pids
@@ -500,6 +509,7 @@ class _Reader:
                         c_pid.append(None); c_chrom.append(chrom); c_pos.append(pos); c_ref.append(ref); c_alt.append(alt)
                         c_gene.append(a[0]); c_graw.append(a[1]); c_gst.append(a[2]); c_cons.append(a[3]); c_imp.append(a[4])
                         c_hc.append(a[5]); c_hp.append(a[6]); c_cv.append(a[7]); c_af.append(a[8]); c_zyg.append(None)
+                        c_rv.append(a[9]); c_cd.append(a[10]); c_sa.append(a[11])
                         c_q.append(qual); c_f.append(filt); c_sr.append(ref_fn(f"{chrom}:{pos}:{ref}:{alt}:-"))
                         rows += 1
                     if not rows:
@@ -549,6 +559,7 @@ class _Reader:
                     c_gene.extend([a[0]] * m); c_graw.extend([a[1]] * m); c_gst.extend([a[2]] * m)
                     c_cons.extend([a[3]] * m); c_imp.extend([a[4]] * m); c_hc.extend([a[5]] * m); c_hp.extend([a[6]] * m)
                     c_cv.extend([a[7]] * m); c_af.extend([a[8]] * m); c_q.extend([qual] * m); c_f.extend([filt] * m)
+                    c_rv.extend([a[9]] * m); c_cd.extend([a[10]] * m); c_sa.extend([a[11]] * m)
                     rows += m
                 if rows < 0:
                     bad_ann += 1
@@ -566,7 +577,8 @@ class _Reader:
 
     # -- per-allele annotation ----------------------------------------------------------------------
     def _annotate(self, v, ref: str, alts: list[str]) -> list[tuple]:
-        """Per alt: (gene, gene_raw, gene_status, consequence, impact, hgvsc, hgvsp, clinvar, af)."""
+        """Per alt: (gene, gene_raw, gene_status, consequence, impact, hgvsc, hgvsp, clinvar, af, revel,
+        cadd_phred, spliceai)."""
         INFO = v.INFO
         csq = INFO.get("CSQ") if self.csq else None
         ann = INFO.get("ANN") if (self.ann and not csq) else None
@@ -607,9 +619,9 @@ class _Reader:
         for k in range(nalt):
             p = picks[k]
             if p is not None:
-                gene_raw, cons, impact, hgvsc, hgvsp, clin_csq, af = p
+                gene_raw, cons, impact, hgvsc, hgvsp, clin_csq, af, rv, cd, sa = p
             else:
-                gene_raw = cons = impact = hgvsc = hgvsp = clin_csq = af = None
+                gene_raw = cons = impact = hgvsc = hgvsp = clin_csq = af = rv = cd = sa = None
             if not gene_raw:
                 gene_raw = gene_fallback
             if cons is None and mc_pick is not None:
@@ -620,16 +632,17 @@ class _Reader:
                 else:
                     af = _num(afv)
             gene, status = self.genes.normalize(gene_raw)
-            out.append((gene, gene_raw, status, cons, impact, hgvsc, hgvsp, clin_info or clin_csq, af))
+            out.append((gene, gene_raw, status, cons, impact, hgvsc, hgvsp, clin_info or clin_csq, af, rv, cd, sa))
         return out
 
     def _pick(self, text: str, fmt: dict, ref: str, alts: list[str], f_allele: str, f_cons: str, f_imp: str,
               f_sym: str, f_hc: str, f_hp: str, vep: bool) -> list:
-        """Most severe entry per alt allele of a CSQ/ANN value → (symbol, term, impact, hgvsc, hgvsp, clnsig, af)."""
+        """Most severe entry per alt allele of a CSQ/ANN value → (symbol, term, impact, hgvsc, hgvsp, clnsig, af,
+        revel, cadd_phred, spliceai); the predictions are those of the picked entry (None when absent)."""
         idx = self._pick_idx.get(id(fmt))
         if idx is None or idx[0] is not fmt:
             idx = self._pick_idx[id(fmt)] = (fmt, *_pick_indices(fmt, f_allele, f_cons, f_imp, f_sym, f_hc, f_hp, vep))
-        _, ia, ic, ii, isy, ihc, ihp, inum, ican, imane, iaf, icl = idx
+        _, ia, ic, ii, isy, ihc, ihp, inum, ican, imane, iaf, icl, irv, icd, isp = idx
         if len(alts) == 1 and inum is None:
             amap = _ONE_ALT                 # one alt allele: every entry is its (see below: k None → 0)
         else:
@@ -693,7 +706,14 @@ class _Reader:
             af = _num((f[iaf] or None) if iaf < nf else None) if iaf is not None else None
             clv = (f[icl] or None) if icl is not None and icl < nf else None
             cl = self._clnsig(clv) if clv else None
-            out.append((sym, term, impact, hc, hp, cl, af))
+            rv = _num(f[irv] or None) if irv is not None and irv < nf else None
+            cd = _num(f[icd] or None) if icd is not None and icd < nf else None
+            sa = None
+            for i in isp:
+                v = _num(f[i] or None) if i < nf else None
+                if v is not None and (sa is None or v > sa):
+                    sa = v
+            out.append((sym, term, impact, hc, hp, cl, af, rv, cd, sa))
         return out
 
     def _clnsig(self, value) -> str | None:
@@ -751,7 +771,10 @@ def _pick_indices(fmt: dict, f_allele, f_cons, f_imp, f_sym, f_hc, f_hp, vep: bo
     return (fmt.get(f_allele), fmt.get(f_cons), fmt.get(f_imp), fmt.get(f_sym), fmt.get(f_hc), fmt.get(f_hp),
             fmt.get("ALLELE_NUM") if vep else None, fmt.get("CANONICAL") if vep else None, imane,
             next((fmt[n] for n in CSQ_AF_FIELDS if n in fmt), None) if vep else None,
-            next((fmt[n] for n in CSQ_CLNSIG_FIELDS if n in fmt), None) if vep else None)
+            next((fmt[n] for n in CSQ_CLNSIG_FIELDS if n in fmt), None) if vep else None,
+            next((fmt[n] for n in CSQ_REVEL_FIELDS if n in fmt), None) if vep else None,
+            next((fmt[n] for n in CSQ_CADD_FIELDS if n in fmt), None) if vep else None,
+            tuple(fmt[n] for n in CSQ_SPLICEAI_FIELDS if n in fmt) if vep else ())
 
 
 def _most_severe_mc(mc) -> tuple[str, str] | None:
@@ -791,9 +814,10 @@ def _msg(e: Exception) -> str:
 
 #: columns of :func:`read_variants`' table, in order (the store's ``variants`` columns without ``patient_id``
 #: and ``source_ref``: nothing that names a sample or the file)
-DIRECT_COLS = ("gene", "consequence", "impact", "hgvsc", "hgvsp", "clinvar", "af", "zygosity", "chrom", "pos",
-               "ref", "alt", "gene_raw", "gene_status", "qual", "filter")
-_DIRECT_TYPES = {"pos": "int64", "af": "float64", "qual": "float64"}
+DIRECT_COLS = ("gene", "consequence", "impact", "hgvsc", "hgvsp", "clinvar", "af", "revel", "cadd_phred", "spliceai",
+               "zygosity", "chrom", "pos", "ref", "alt", "gene_raw", "gene_status", "qual", "filter")
+_DIRECT_TYPES = {"pos": "int64", "af": "float64", "revel": "float64", "cadd_phred": "float64", "spliceai": "float64",
+                 "qual": "float64"}
 
 
 class NoUsableVariant(ValueError):
@@ -1048,7 +1072,7 @@ class _DirectReader(_Reader):
             self.ctx.ignore("vcf_site_without_alt", ia)
         if self._rows:
             names = ("chrom", "pos", "ref", "alt", "gene", "gene_raw", "gene_status", "consequence", "impact",
-                     "hgvsc", "hgvsp", "clinvar", "af", "zygosity", "qual", "filter")
+                     "hgvsc", "hgvsp", "clinvar", "af", "revel", "cadd_phred", "spliceai", "zygosity", "qual", "filter")
             cols = dict(zip(names, map(list, zip(*self._rows))))
             n = len(self._rows)
             cols["patient_id"] = cols["source_ref"] = [""] * n
@@ -1196,7 +1220,7 @@ class _DirectReader(_Reader):
                     for c, x in (("patient_id", ""), ("chrom", chrom), ("pos", v.POS), ("ref", ref), ("alt", alts[k - 1]),
                                  ("gene", a[0]), ("gene_raw", a[1]), ("gene_status", a[2]), ("consequence", a[3]),
                                  ("impact", a[4]), ("hgvsc", a[5]), ("hgvsp", a[6]), ("clinvar", a[7]), ("af", a[8]),
-                                 ("zygosity", zyg), ("qual", v.QUAL), ("filter", filt), ("source_ref", "")):
+                                 ("revel", a[9]), ("cadd_phred", a[10]), ("spliceai", a[11]), ("zygosity", zyg), ("qual", v.QUAL), ("filter", filt), ("source_ref", "")):
                         cols[c].append(x)
         finally:
             self.n_acc += done - ignored_carrier - ignored_alt - bad_ann

@@ -495,11 +495,37 @@ def clinvar_score(clinvar: str | None) -> float | None:
     return c
 
 
-def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: str | None) -> float:
+def predicted_pathogenicity(revel: float | None = None, cadd_phred: float | None = None) -> float | None:
+    """An in-silico missense prediction in [0, 1], or None without one: REVEL as is (it is calibrated on
+    pathogenic vs rare neutral missense), else CADD's PHRED score scaled as Exomiser scales it,
+    ``1 − 10^(−phred/10)`` (PHRED 10 → 0.9, 20 → 0.99)."""
+    if revel is not None and revel == revel:
+        return min(max(float(revel), 0.0), 1.0)
+    if cadd_phred is not None and cadd_phred == cadd_phred:
+        return float(1.0 - 10.0 ** (-max(float(cadd_phred), 0.0) / 10.0))
+    return None
+
+
+def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: str | None,
+                          revel: float | None = None, cadd_phred: float | None = None,
+                          spliceai: float | None = None) -> float:
     """Pathogenicity of one allele in [0, 1]: ClinVar P/LP → max(ClinVar, impact); benign/likely benign →
     the ClinVar value (≤ 0.05); otherwise (VUS, conflicting, absent) the consequence impact
-    (HIGH 0.9, MODERATE 0.6, UNKNOWN 0.3 when neither impact nor consequence is given, LOW 0.15, MODIFIER 0.05) × 0.8, or 0.5 for conflicting when higher."""
-    imp = IMPACT_SCORE[impact_of(impact, consequence)]
+    (HIGH 0.9, MODERATE 0.6, UNKNOWN 0.3 when neither impact nor consequence is given, LOW 0.15, MODIFIER 0.05) × 0.8, or 0.5 for conflicting when higher.
+
+    In-silico predictions, when the VCF's CSQ carries them (Exomiser's rule): for a MODERATE (missense-class)
+    allele :func:`predicted_pathogenicity` (REVEL, else scaled CADD) replaces the impact's 0.6, so a variant
+    predicted benign scores low and one predicted damaging as high as a loss of function; a SpliceAI delta score
+    raises any allele that is not HIGH to at least that score (a cryptic splice variant looks LOW or MODIFIER
+    by consequence)."""
+    imp_class = impact_of(impact, consequence)
+    imp = IMPACT_SCORE[imp_class]
+    if imp_class == "MODERATE":
+        pred = predicted_pathogenicity(revel, cadd_phred)
+        if pred is not None:
+            imp = pred
+    if spliceai is not None and spliceai == spliceai and imp_class != "HIGH":
+        imp = max(imp, min(float(spliceai), 1.0))
     c = clinvar_score(clinvar)
     if c is not None and c >= 0.9:
         return max(c, imp)
@@ -586,6 +612,7 @@ class Variant(Scorer):
             return t.column(n).to_pylist() if n in cols else [None] * t.num_rows
 
         genes, csq, imp, cv, zyg, af = (col(c) for c in ("gene", "consequence", "impact", "clinvar", "zygosity", "af"))
+        rv, cd, sa = col("revel"), col("cadd_phred"), col("spliceai")       # null / absent without VEP plugins
         hgvsc, hgvsp = col("hgvsc"), col("hgvsp")
         per_gene: dict[str, list[tuple[float, str, int]]] = {}
         plp: set[str] = set()
@@ -597,7 +624,7 @@ class Variant(Scorer):
             g = genes[k]
             if not g:
                 continue
-            key = (cv[k], imp[k], csq[k])
+            key = (cv[k], imp[k], csq[k], rv[k], cd[k], sa[k])
             p = path_of.get(key)
             if p is None:
                 p = path_of[key] = variant_pathogenicity(*key)
@@ -628,7 +655,8 @@ class Variant(Scorer):
             vs = []
             for v, z, k in sorted(al, key=lambda a: -a[0])[:5]:
                 vs.append({k2: x for k2, x in (("hgvsc", hgvsc[k]), ("hgvsp", hgvsp[k]), ("consequence", csq[k]),
-                                                ("impact", imp[k]), ("clinvar", cv[k]), ("zygosity", z),
+                                                ("impact", imp[k]), ("clinvar", cv[k]), ("revel", rv[k]),
+                                                ("cadd_phred", cd[k]), ("spliceai", sa[k]), ("zygosity", z),
                                                 ("af", af[k]), ("allele_score", round(v, 3))) if x is not None})
             return {"variants": vs, "fit": modes.get(i, ""),
                     "inheritance": sorted(self.kb.inheritance.get(q.genes[i], ()))}

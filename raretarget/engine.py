@@ -148,12 +148,16 @@ class Engine:
 
     def rank_targets(self, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
                      excluded: Sequence[str] = (), phenopacket=None, patients: Sequence[str] | None = None,
-                     patient: str | None = None, vcf=None, k: int | None = 50, weights=None) -> pa.Table:
+                     patient: str | None = None, vcf=None, k: int | None = 50, weights=None,
+                     sample: str | int | None = None, build: str | None = None) -> pa.Table:
         """Rank candidate genes/targets for a hypothesis; one row per gene with every component score.
 
         Query forms as in :meth:`search` (free text, HPO ``phenotypes`` + ``excluded``, a Phenopacket);
         ``patients``: the cohort of cases (default: patients matching the query's phenotypes);
-        ``patient`` / ``vcf``: the index patient's variants (a store patient, or a VCF file).
+        ``patient`` / ``vcf``: the index patient's variants (a store patient, or a VCF/BCF file read without a
+        store); with ``vcf``, ``sample`` picks the sample column of a multi-sample file (name or 0-based index;
+        default the first, said in the notes) and ``build`` (``GRCh37``/``GRCh38``) places variants without a
+        CSQ/ANN gene by position when the header does not name the build.
         Components: phenotype_ic, knowledge, druggability, variant, cohort, embedding (see
         :mod:`raretarget.prioritize`); weights from ``conf/prioritize/default.yaml`` or ``weights``.
         Works on a store with no patients (knowledge evidence only). Columns: rank, gene, score,
@@ -171,7 +175,8 @@ class Engine:
             return rank_targets(self, q, k=k, **kw)
         with audit.quiet():                 # its internal searches are part of this one audited ranking
             return review.rank(self, run, query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
-                               patients=patients, patient=patient, vcf=vcf, k=k, weights=weights)
+                               patients=patients, patient=patient, vcf=vcf, k=k, weights=weights,
+                               sample=sample, build=build)
 
     def explain(self, gene: str, **query) -> dict:
         """Evidence behind ``gene``'s row for a query (same keywords as :meth:`rank_targets`), with the

@@ -68,6 +68,28 @@ def test_rank_phenopacket_and_vcf(store, capsys):
     assert len(doc["rows"]) == 5 and doc["hypothesis_id"].startswith("H")
     assert "FBN1" in [r["gene"] for r in doc["rows"]]
     assert "variant" in doc["rows"][0]
+    # --vcf-sample picks the sample column (by index or by name: the same ranking, the name never shown);
+    # --build places genes by position in a VCF whose header does not name the build
+    assert main(["rank", str(s), "--phenopacket", str(DATA / "phenopackets" / "marfan_like.json"),
+                 "--vcf", str(DATA / "vcf" / "vep_multi.vcf"), "--vcf-sample", "1", "--top", "5",
+                 "--format", "json"]) == 0
+    by_index = json.loads(capsys.readouterr().out)
+    assert main(["rank", str(s), "--phenopacket", str(DATA / "phenopackets" / "marfan_like.json"),
+                 "--vcf", str(DATA / "vcf" / "vep_multi.vcf"), "--vcf-sample", "SAMPLE_BETA_8842", "--top", "5",
+                 "--format", "json"]) == 0
+    by_name = json.loads(capsys.readouterr().out)
+    assert [r["gene"] for r in by_index["rows"]] == [r["gene"] for r in by_name["rows"]]
+    assert "SAMPLE_BETA_8842" not in json.dumps(by_name)
+    lines = (DATA / "vcf" / "no_csq_grch38.vcf").read_text().splitlines()
+    bare = tmp / "no_build.vcf"
+    bare.write_text("\n".join(l for l in lines if not l.startswith("##contig")) + "\n")
+    assert main(["rank", str(s), "--hpo", "HP:0001166", "--vcf", str(bare), "--top", "3"]) == 2
+    assert "build" in capsys.readouterr().err
+    assert main(["rank", str(s), "--hpo", "HP:0001166", "--vcf", str(bare), "--build", "GRCh38", "--top", "3",
+                 "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "GRCh38" in json.dumps(doc["rows"][0]["evidence"]["query_notes"])
+    assert main(["rank", str(s), "--hpo", "HP:0001166", "--build", "GRCh38"]) == 2      # --build without --vcf
 
 
 @pytest.mark.parametrize("argv, needle", [

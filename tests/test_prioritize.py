@@ -400,3 +400,46 @@ def test_variant_without_consequence_is_unknown_not_modifier():
     unk = variant_pathogenicity(None, None, None)
     mod = variant_pathogenicity(None, "MODERATE", None)
     assert low < unk < mod
+
+
+def test_in_silico_predictions_set_missense_and_splice_pathogenicity():
+    """Exomiser's rule (issue 16): REVEL (else scaled CADD) replaces the missense default, so a missense predicted
+    damaging scores like a loss of function and one predicted benign scores low; SpliceAI lifts a synonymous
+    variant; a HIGH allele and ClinVar benign keep their scores."""
+    from raretarget.prioritize.scorers import predicted_pathogenicity, variant_pathogenicity as vp
+
+    base = vp(None, "MODERATE", "missense_variant")
+    assert vp(None, "MODERATE", "missense_variant", revel=0.05) < 0.1 < base
+    assert vp(None, "MODERATE", "missense_variant", revel=0.93) > base
+    assert vp(None, "MODERATE", "missense_variant", revel=0.93) >= vp(None, "HIGH", "stop_gained") - 0.01
+    assert predicted_pathogenicity(None, 20.0) == pytest.approx(0.99)
+    assert vp(None, "MODERATE", "missense_variant", cadd_phred=3.0) < base < vp(None, "MODERATE", "missense_variant",
+                                                                                 cadd_phred=25.0)
+    assert vp(None, "MODERATE", "missense_variant", revel=0.05, cadd_phred=30.0) < base      # REVEL first
+    syn = vp(None, "LOW", "synonymous_variant")
+    assert vp(None, "LOW", "synonymous_variant", spliceai=0.9) > 4 * syn
+    assert vp(None, "HIGH", "stop_gained", revel=0.0, spliceai=0.0) == vp(None, "HIGH", "stop_gained")
+    assert vp("benign", "MODERATE", "missense_variant", revel=0.99) <= 0.05
+
+
+def test_predictions_reorder_the_variant_column(tiny):
+    """Two genes with one rare het missense each: the one REVEL calls damaging scores above the one it calls
+    benign; without predictions they tie."""
+    by_mode: dict = {}
+    for g in tiny.genes:
+        by_mode.setdefault(frozenset(tiny.inheritance.get(g, ())), []).append(g)
+    genes = next(v for v in by_mode.values() if len(v) >= 2)[:2]          # same inheritance: same genotype fit
+    rows = [{"gene": genes[0], "consequence": "missense_variant", "impact": "MODERATE", "zygosity": "het",
+             "af": 1e-5, "revel": 0.05},
+            {"gene": genes[1], "consequence": "missense_variant", "impact": "MODERATE", "zygosity": "het",
+             "af": 1e-5, "revel": 0.9}]
+    from raretarget.prioritize import Prioritizer
+
+    P = Prioritizer(tiny, {"variant": 1.0}, defaults=False)
+    def scores(rs):
+        t = P.rank([], [], variants=pa.Table.from_pylist(rs), evidence_limit=10)
+        return dict(zip(t.column("gene").to_pylist(), t.column("variant").to_pylist()))
+    s = scores(rows)
+    assert s[genes[1]] > s[genes[0]] > 0
+    s0 = scores([{k: v for k, v in r.items() if k != "revel"} for r in rows])
+    assert s0[genes[0]] == s0[genes[1]]

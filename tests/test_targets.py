@@ -105,11 +105,9 @@ def test_vcf_with_old_symbols_ranks_the_knowledge_base_gene(empty_engine):
     ev = json.loads(row["evidence"])
     assert "the first" in ev["query_notes"]["vcf_sample"]
     assert eng.store.count("variants") == 0
-    # the second sample on request (prioritize.targets.rank_targets(sample=)): CIROZ homozygous, no CPAP variant
-    from raretarget.prioritize.targets import rank_targets
-
-    t2 = rank_targets(eng, phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "old_symbols_two_samples.vcf", k=None,
-                      sample="MOTHER_NAME_Q8")
+    # the second sample on request, through the public Engine method: CIROZ homozygous, no CPAP variant
+    t2 = eng.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "old_symbols_two_samples.vcf", k=None,
+                          sample="MOTHER_NAME_Q8")
     assert _row(t2, "CIROZ")["variant"] >= row["variant"] > 0
     cpap = _row(t2, "CPAP")
     assert cpap is None or not cpap["variant"] > 0
@@ -124,6 +122,19 @@ def test_vcf_without_csq_genes_by_position(empty_engine):
     ev = json.loads(row["evidence"])
     assert all("impact" not in v and "consequence" not in v for v in ev["variant"]["variants"])
     assert "GRCh38" in ev["query_notes"]["vcf_genes_by_position"]
+
+
+def test_vcf_build_given_through_the_engine(empty_engine, tmp_path):
+    """A VCF without CSQ and without contig lengths: the build can't be told, so nothing can be placed (a clear
+    error naming ``build=``); with ``build="GRCh38"`` passed to ``Engine.rank_targets`` the genes come by position."""
+    lines = (VCF_DATA / "no_csq_grch38.vcf").read_text().splitlines()
+    bare = tmp_path / "no_build.vcf"
+    bare.write_text("\n".join(l for l in lines if not l.startswith("##contig")) + "\n")
+    with pytest.raises(ValueError, match="build"):
+        empty_engine.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=bare, k=None)
+    t = empty_engine.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=bare, k=None, build="GRCh38")
+    assert _row(t, "CIROZ")["variant"] > 0
+    assert "GRCh38" in json.loads(_row(t, "CIROZ")["evidence"])["query_notes"]["vcf_genes_by_position"]
 
 
 def test_vcf_with_no_usable_variant_is_a_clear_error(empty_engine):

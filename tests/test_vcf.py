@@ -296,14 +296,15 @@ def test_clinvar_subset_real(tmp_path):
 # ---- store-free reading for ranking (issue 16) -----------------------------------------------------------------
 
 _DIRECT_KEY = ("chrom", "pos", "ref", "alt", "gene", "gene_raw", "gene_status", "consequence", "impact", "hgvsc",
-               "hgvsp", "clinvar", "af", "zygosity", "qual", "filter")
+               "hgvsp", "clinvar", "af", "revel", "cadd_phred", "spliceai", "zygosity", "qual", "filter")
 
 
 def _key(r):
     return tuple(round(r[c], 6) if isinstance(r[c], float) else r[c] for c in _DIRECT_KEY)
 
 
-@pytest.mark.parametrize("name", ["vep_multi.vcf", "snpeff.vcf", "sites_only.vcf", "bad_lines.vcf"])
+@pytest.mark.parametrize("name", ["vep_multi.vcf", "snpeff.vcf", "sites_only.vcf", "bad_lines.vcf",
+                                  "vep_predictions.vcf"])
 def test_read_variants_gives_the_rows_ingest_stores(tmp_path, name):
     """Same reader semantics without a store: per sample, the rows of Engine.ingest (annotation pick, gene
     normalisation, ClinVar, AF, zygosity, QUAL/FILTER) and the same quarantined lines and codes."""
@@ -412,3 +413,41 @@ def test_unknown_build_says_so(tmp_path):
     assert pr.build == "GRCh38" and "CIROZ" in t.column("gene").to_pylist()
     with pytest.raises(V.NoUsableVariant, match="none lies in a GRCh38 gene"):
         V.read_variants(DATA / "bad_lines.vcf")          # chr1:1000-1500: no gene there
+
+
+def test_in_silico_predictions_from_csq(tmp_path):
+    """REVEL / CADD PHRED / SpliceAI from the picked CSQ entry (issue 16): the canonical entry's values, not another
+    transcript's; a dbNSFP-style ``a&b`` value counts as its maximum; SpliceAI is the maximum of the four delta
+    scores; absent or ``.`` is null. Ingest stores the same values."""
+    p = DATA / "vep_predictions.vcf"
+    t, _ = V.read_variants(p)
+    got = {(r["gene"], r["consequence"]): (r["revel"], r["cadd_phred"], r["spliceai"]) for r in t.to_pylist()}
+    assert got[("FBN1", "missense_variant")] == pytest.approx((0.93, 28.1, 0.01))
+    assert got[("TGFBR2", "missense_variant")] == pytest.approx((0.05, 3.2, 0.0))
+    assert got[("SMAD3", "synonymous_variant")][:2] == (None, None)
+    assert got[("SMAD3", "synonymous_variant")][2] == pytest.approx(0.88)
+    assert got[("SMAD3", "missense_variant")][0] is None and got[("SMAD3", "missense_variant")][2] is None
+    eng, _ = _ingest(tmp_path, p)
+    stored = eng.sql("select gene, revel, cadd_phred, spliceai from variants order by pos").to_pylist()
+    assert [r["revel"] for r in stored] == pytest.approx([0.93, 0.05, None, None], nan_ok=True) or \
+        [round(r["revel"], 4) if r["revel"] is not None else None for r in stored] == [0.93, 0.05, None, None]
+    # a file without prediction fields gives null columns
+    t2, _ = V.read_variants(DATA / "vep_multi.vcf")
+    assert t2.column("revel").null_count == t2.num_rows and t2.column("spliceai").null_count == t2.num_rows
+
+
+def test_a_store_written_before_the_prediction_columns_still_reads(tmp_path):
+    """A variants part without ``revel``/``cadd_phred``/``spliceai`` (written by an older release) reads with those
+    columns null, through Store.read and SQL alike."""
+    import pyarrow.parquet as pq
+
+    eng, _ = _ingest(tmp_path, DATA / "vep_multi.vcf")
+    parts = eng.store.parts("variants")
+    assert parts
+    for part in parts:
+        old = pq.read_table(part)
+        pq.write_table(old.drop_columns(["revel", "cadd_phred", "spliceai"]), part)
+    n = eng.store.count("variants")
+    t = eng.store.read("variants")
+    assert t.num_rows == n and t.column("revel").null_count == n
+    assert eng.sql("select count(*) as n from variants where spliceai is null").column("n")[0].as_py() == n

@@ -390,6 +390,12 @@ def _add_query_options(sp, patient: bool = True) -> None:
     g.add_argument("--phenopacket", default=None, metavar="FILE", help="GA4GH Phenopacket (JSON/YAML) of the case")
     if patient:
         g.add_argument("--vcf", default=None, metavar="FILE", help="the index case's VCF (VEP-annotated, .vcf[.gz])")
+        g.add_argument("--vcf-sample", default=None, metavar="NAME|INDEX",
+                       help="with --vcf: the sample column of a multi-sample file (name, or 0-based index; "
+                            "default the first)")
+        g.add_argument("--build", default=None, choices=["GRCh37", "GRCh38"],
+                       help="with --vcf: genome build for genes by position when the file has no CSQ/ANN gene and "
+                            "its header does not name the build")
         g.add_argument("--patient", default=None, metavar="PSEUDO_ID",
                        help="the index case as a store patient (pseudonymous id)")
 
@@ -405,6 +411,13 @@ def _rank_kwargs(args) -> dict:
         q["vcf"] = str(_input_file(args.vcf, "--vcf"))
         if getattr(args, "patient", None):
             raise UsageError("give either --vcf or --patient, not both")
+        sample = getattr(args, "vcf_sample", None)
+        if sample is not None:
+            q["sample"] = int(sample) if sample.isdigit() else sample
+        if getattr(args, "build", None):
+            q["build"] = args.build
+    elif getattr(args, "vcf_sample", None) is not None or getattr(args, "build", None):
+        raise UsageError("--vcf-sample and --build apply to --vcf only")
     if getattr(args, "patient", None):
         q["patient"] = args.patient
     return q

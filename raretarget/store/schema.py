@@ -117,6 +117,11 @@ TABLES: dict[str, pa.Schema] = {
         pa.field("hgvsp", pa.string()),
         pa.field("clinvar", pa.string()),         # CLNSIG, lower-case, '_' separated (e.g. likely_pathogenic)
         pa.field("af", pa.float32()),             # population allele frequency when annotated
+        # in-silico predictions of the picked CSQ entry when VEP plugins / dbNSFP annotated them (else null;
+        # stores written before these columns read them as null): REVEL 0-1, CADD PHRED, SpliceAI max delta 0-1
+        pa.field("revel", pa.float32()),
+        pa.field("cadd_phred", pa.float32()),
+        pa.field("spliceai", pa.float32()),
         pa.field("zygosity", pa.string()),        # het|hom_alt|hemi; null for sites-only files
         pa.field("qual", pa.float32()),
         pa.field("filter", pa.string()),
@@ -267,6 +272,10 @@ EMBEDDINGS = pa.schema([
     pa.field("model_version", pa.string()),
     pa.field("vector", pa.list_(pa.float32(), 1)),   # placeholder width; real width set per model
 ])
+
+
+#: tombstones of a delta embedding file (index/embedding_delta.py): ids removed from the earlier layers
+EMBEDDING_TOMBSTONES = pa.schema([pa.field("record_id", pa.int64(), nullable=False)])
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
