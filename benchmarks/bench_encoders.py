@@ -2,7 +2,7 @@
 
     python benchmarks/bench_encoders.py [--patients 300] [--epochs 3] [--device auto]
 
-A generated cohort (raretarget.cohort) is ingested into a temporary store; the default model
+A generated cohort (raretarget.synth.cohort) is ingested into a temporary store; the default model
 (MiniLM text tower frozen, MONAI image CNN, lab MLP, variant set encoder, embed_dim 256) is trained
 with ``Engine.train`` and each modality is embedded separately. Training samples/s counts patients
 per second of ``Trainer.fit`` (all towers, all modality pairs, knowledge pairs included); embedding
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from raretarget import Engine
-    from raretarget.cohort import generate
+    from raretarget.synth.cohort import generate
     from raretarget.encoders.data import load_store_samples
     from raretarget.encoders.training import embed, load_model
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_gpu.py [--patients 3000] [--max-epochs E] [--knowledge-steps S] [--out FILE]
 
-1. generate ``--patients`` people with the project's cohort generator (``raretarget.cohort.generate``);
+1. generate ``--patients`` people with the project's cohort generator (``raretarget.synth.cohort.generate``);
 2. ingest them into a temporary store (source records/s: FHIR resources + DICOM files + VCF records);
 3. ``eng.train()`` with the default config (MiniLM frozen, knowledge phase on, term tables; on CUDA when
    present) – ``--max-epochs`` / ``--knowledge-steps`` only shorten it for a CPU run;
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     import torch
 
     from raretarget import Engine
-    from raretarget.cohort import generate
+    from raretarget.synth.cohort import generate
     from raretarget.encoders.data import PatientDataset, load_store_samples
     from raretarget.encoders.training import embed, load_model
 

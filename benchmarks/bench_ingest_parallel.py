@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_ingest_parallel.py --patients 1500 --workers 1 2 --repeats 2
 
-One generated cohort (``raretarget.cohort.generate``: FHIR Bundles, DICOM, one multi-sample VCF), then
+One generated cohort (``raretarget.synth.cohort.generate``: FHIR Bundles, DICOM, one multi-sample VCF), then
 same-run A/B: each ``workers`` value ingests it into a fresh store, in its own fresh process, the
 values interleaved ``repeats`` times (so a noisy neighbour hits both sides alike). Reported per run:
 wall seconds of the ``ingest`` call, CPU seconds of the parent and of its workers, records/s; the best
@@ -42,7 +42,8 @@ print(json.dumps({"workers": workers, "wall_s": round(wall, 2), "records": rep.r
 
 COMPARE = r"""
 import json, sys
-from raretarget import Engine, schema as S
+from raretarget import Engine
+from raretarget.store import schema as S
 a, b = Engine.open(sys.argv[1]), Engine.open(sys.argv[2])
 out = {}
 for name in list(S.DATA_TABLES) + ["quarantine", "ingested", "deleted"]:
@@ -73,7 +74,7 @@ def main() -> None:
         tmp = Path(d)
         cohort = Path(a.cohort) if a.cohort else tmp / "cohort"
         if not a.cohort:
-            from raretarget.cohort import generate
+            from raretarget.synth.cohort import generate
 
             t = time.perf_counter()
             generate(cohort, n_patients=a.patients, seed=7)

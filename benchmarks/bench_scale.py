@@ -3,7 +3,7 @@ its own process, timed, with its peak RSS.
 
 ``python benchmarks/bench_scale.py --sizes 1000 3000 10000 [--ray-size 1000] [--steps 60] [--out DIR]``
 
-For each size N: a cohort of N patients (:func:`raretarget.cohort.generate`, deterministic; its answer key
+For each size N: a cohort of N patients (:func:`raretarget.synth.cohort.generate`, deterministic; its answer key
 ``truth.json`` sits beside the fhir/dicom/vcf folders that are ingested) and a night of ``max(1, N/100)``
 new patients. Stages, each a fresh ``python`` process (so a stage's peak RSS is its own, from
 ``os.wait4``: the largest resident set of the process or of any child it waited for, not a sum):
@@ -62,7 +62,7 @@ def stage(name: str, work: Path, n: int, steps: int) -> dict:
     inputs = [cohort / "fhir", cohort / "dicom", cohort / "vcf"]
     out: dict = {}
     if name == "generate":
-        from raretarget import cohort as gen
+        from raretarget.synth import cohort as gen
 
         gen.generate(cohort, n_patients=n, seed=100 + n, n_background_variants=10, image_size=32)
         gen.generate(night, n_patients=max(1, n // 100), seed=10_000 + n, n_background_variants=10, image_size=32)
@@ -126,7 +126,8 @@ def stage(name: str, work: Path, n: int, steps: int) -> dict:
 def _same_store(work: Path) -> bool:
     """The Ray-ingested store equals the one-process store (compared before the night: the Ray stages run
     right after ``index``), every data table row by row, the ledger and the quarantine."""
-    from raretarget import Engine, schema as S
+    from raretarget import Engine
+    from raretarget.store import schema as S
 
     a, b = Engine.open(work / "store"), Engine.open(work / "store_ray")
     return all(a.store.read(t).equals(b.store.read(t)) for t in list(S.DATA_TABLES) + ["quarantine", "ingested"])

@@ -4,7 +4,7 @@ clause dedupe, length-sorted backbone calls of ``forward_tokens`` tokens). Also 
 
     python benchmarks/bench_text_path.py [--patients 200] [--rounds 3] [--device auto]
 
-Notes come from a generated cohort (``raretarget.cohort``) ingested into a temporary store, one text per
+Notes come from a generated cohort (``raretarget.synth.cohort``) ingested into a temporary store, one text per
 patient as ``eng.embed()`` sees it. The model is the default text tower (MiniLM, clause pooling) with a
 seeded projection. Each round runs old then new with a cold clause cache; the best round counts.
 """
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     import torch
 
     from raretarget import Engine
-    from raretarget.cohort import generate
+    from raretarget.synth.cohort import generate
     from raretarget.encoders.data import PatientDataset, load_store_samples
     from raretarget.encoders.device import resolve_device
     from raretarget.encoders.model import MultiModalModel

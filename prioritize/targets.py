@@ -6,6 +6,9 @@ Adds to the knowledge components (phenotype IC, knowledge, druggability, variant
 * ``cohort``: enrichment of rare damaging carriers among the patients that match the query vs the rest
   of the store (:mod:`raretarget.prioritize.cohort`), when the store has patients.
 Works on any store: with no model and no patients only the knowledge evidence ranks the genes.
+
+``engine`` below is what ``Engine.rank_targets`` passes: its :class:`raretarget.context.Context` (or anything with
+the same names: ``store``, ``sql``, ``resources``, ``knowledge()``, ``searcher()``, ``search()``, ...).
 """
 
 from __future__ import annotations

@@ -171,8 +171,8 @@ class Engine:
         audit.record(self, "rank", query=query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
                      patient=patient, vcf=vcf, k=k)
 
-        def run(q, k, **kw):
-            return rank_targets(self, q, k=k, **kw)
+        def run(q, k, **kw):            # over the Context: the ranking never calls back into the Engine
+            return rank_targets(self._sync(), q, k=k, **kw)
         with audit.quiet():                 # its internal searches are part of this one audited ranking
             return review.rank(self, run, query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
                                patients=patients, patient=patient, vcf=vcf, k=k, weights=weights,
@@ -187,7 +187,7 @@ class Engine:
 
         audit.record(self, "explain", gene=gene, **{k: v for k, v in query.items() if k != "patients"})
         with audit.quiet():
-            row = explain(self, gene, **query)
+            row = explain(self._sync(), gene, **query)
         q = {k: query.get(k) for k in ("phenotypes", "excluded", "phenopacket", "patient", "vcf")}
         row["hypothesis_id"] = hid = review.hypothesis_id(query.get("query"), **q)
         row["verdict"] = review.latest_verdicts(self, hid).get(row["gene"], {}).get("verdict")

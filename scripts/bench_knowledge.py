@@ -52,7 +52,7 @@ KS = (1, 10)
 
 def diseases(n: int, seed: int) -> tuple[list[dict], dict[str, list[str]]]:
     """``n`` generator-eligible OMIM diseases ``{id, gene, labels, synonyms}`` and the gene knowledge."""
-    from raretarget import cohort
+    from raretarget.synth import cohort
     from raretarget.encoders.data import hpo_knowledge
 
     h = cohort._Hpo()

@@ -47,7 +47,8 @@ def _rm_store(p: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from raretarget import Engine, cohort
+    from raretarget import Engine
+    from raretarget.synth import cohort
     from raretarget.machine import describe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,10 +1,10 @@
-"""Outcome prediction benchmark: per-modality embeddings vs their fusion (``raretarget.outcome``).
+"""Outcome prediction benchmark: per-modality embeddings vs their fusion (``raretarget.apps.outcome``).
 
     python scripts/bench_outcome.py                         # 300 patients, seed 0, 5 epochs
     python scripts/bench_outcome.py --patients 150 --epochs 2 --out bench_outcome.json
 
 Steps: ``raretarget.synth.cohort.generate`` → ``Engine.ingest`` (fhir, dicom, vcf) → ``Engine.train`` →
-``Engine.embed`` → ``Engine``-level :func:`raretarget.outcome.predict_outcome` for
+``Engine.embed`` → ``Engine``-level :func:`raretarget.apps.outcome.predict_outcome` for
 
 * the 3 most frequent diseases of the cohort (labels from ``truth.json``: a patient with that
   ``disease_id`` = 1, every other patient, controls included = 0; ids mapped with ``eng.pseudo``);
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
     counts = eng.embed()
     times["embed_s"] = time.time() - t0
 
-    from raretarget.outcome import predict_outcome
+    from raretarget.apps.outcome import predict_outcome
 
     disease_of = {eng.pseudo.patient(p["patient"]): p.get("disease_id") for p in truth["patients"]}
     names = {d["disease_id"]: d.get("name") or d.get("label") or d["disease_id"] for d in truth.get("diseases", [])}

@@ -60,7 +60,7 @@ DATA = ROOT.parent / "shared" / "data" / "phenopackets"
 from raretarget.prioritize import KnowledgeBase, Prioritizer, default_config, parse_phenopacket  # noqa: E402
 from raretarget.prioritize.baselines import hpo3_gene_enrichment, phenomizer  # noqa: E402
 from raretarget.prioritize.phenomodel import FEATURES  # noqa: E402
-from raretarget.prioritize.phenopacket import VARIANT_COLUMNS  # noqa: E402
+from raretarget.query.phenopacket import VARIANT_COLUMNS  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- cases

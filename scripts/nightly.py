@@ -2,7 +2,7 @@
 
 Ingests the inputs, re-embeds only the patients whose records were added, updated or deleted,
 patches the index into a new generation, checks its recall against exact search and publishes it
-(see :mod:`raretarget.nightly`). Writes ``<store>/runs/<timestamp>.json``. Exit code 0 when the run
+(see :mod:`raretarget.apps.nightly`). Writes ``<store>/runs/<timestamp>.json``. Exit code 0 when the run
 published (or there was nothing to publish), 1 otherwise. All logic lives in ``Engine.update``.
 """
 

@@ -195,3 +195,18 @@ def test_every_package_folder_is_installed():
     for folder, pkg in MAPPED.items():
         if folder != "raretarget":
             assert f'"{pkg}" = "{folder}"' in text
+
+
+def test_old_module_names_are_the_moved_modules():
+    """Each name of an earlier release imports as the module it moved to (same object: monkeypatching, isinstance
+    and ``from old import X`` keep working), and ``raretarget.store`` keeps every name imported from it before."""
+    import importlib
+
+    for old, new in ALIASES.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from raretarget.store import (FORMAT_VERSION, Store, StoreError, _fsync_dir, atomic_write_bytes,  # noqa: F401
+                                  atomic_write_parquet, private_dir)
+    from raretarget.engine import Engine, IngestReport  # noqa: F401
+    from raretarget.ingest.pipeline import IngestReport as R
+
+    assert IngestReport is R
