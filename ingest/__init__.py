@@ -1,7 +1,8 @@
 """raretarget.ingest: FHIR R4 (Bundles, Bulk NDJSON), DICOM and VCF/BCF readers into the store's tables.
 
 Readers register by input kind in :data:`readers` and are imported lazily (pydicom/cyvcf2 load only
-when such a file is met).
+when such a file is met). Readers emit rows; one ingest call (:func:`raretarget.ingest.pipeline.run_ingest`) hands
+each batch to the store writer (:class:`raretarget.store.writer.StoreWriter`), which alone commits.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from raretarget import Engine
-from raretarget.cohort import generate
 from raretarget.report import png_gray, svg_bars, svg_hist, write_report
 
 

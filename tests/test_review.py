@@ -10,9 +10,7 @@ import stat
 import pyarrow.parquet as pq
 import pytest
 
-from raretarget import Engine
 from raretarget.cli import main
-from raretarget.cohort import generate
 from raretarget.review import ReviewError, hypothesis_id, training_pairs
 from conftest import DATA, store_text
 

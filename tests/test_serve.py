@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from raretarget import Engine
-from raretarget.cohort import generate
 
 
 @pytest.fixture(scope="module")
