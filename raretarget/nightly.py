@@ -13,9 +13,14 @@ Crash safety, stage by stage (``RARETARGET_NIGHTLY_KILL_AT=<stage>`` kills the p
 right after a stage, for tests):
 
 ``ingest``   batches are committed atomically; a killed batch leaves orphan parts, cleaned next write.
-``embed``    embeddings of the current model are rewritten one modality file at a time (atomic
-             rename each); the re-run recomputes the same rows (same model, same patients).
-``index``    the new generation is written beside the current one and is not published; the next
+``embed``    ``delta: true`` (default): one delta commit of every modality's new/changed rows and
+             tombstones (:mod:`raretarget.index.embedding_delta`); the re-run first drops the deltas
+             of attempts the index never covered, then writes the same ones again. ``delta: false``:
+             embeddings are rewritten one modality file at a time (atomic rename each); the re-run
+             recomputes the same rows (same model, same patients).
+``index``    the new generation (``delta: true``: base index files linked, a small exact delta index
+             and a deleted-id mask, :mod:`raretarget.index.delta`; compacted on the schedule of
+             ``compact_fraction`` / ``compact_every``) is written beside the current one and is not published; the next
              run deletes it and builds it again. Index ids are made equal to the embedding ids
              (base index ids not in the new embeddings are removed), so a half-done earlier run
              cannot leave stale or missing vectors.
@@ -97,6 +102,7 @@ def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200
     exact search over the embeddings for a random sample of embedded vectors used as queries.
     ``modalities``: check only these (an incremental night skips the modalities whose index files are
     hard links of the already-checked current generation)."""
+    from raretarget.index.delta import exact_kth
     from raretarget.index.generations import vectors_of
 
     indexes = gens.open(generation=info)
@@ -105,7 +111,7 @@ def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200
     for m, idx in indexes.items():
         if modalities is not None and m not in modalities:
             continue
-        t = gens.read_embeddings(model_version, m)
+        t = gens.read_embeddings(model_version, m, ["record_id", "vector"])
         ids = t.column("record_id").to_numpy()
         same = len(idx) == len(ids) and np.array_equal(np.sort(idx.ids()), np.sort(ids))
         vecs = vectors_of(t)
@@ -114,15 +120,15 @@ def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200
             out[m] = {"recall": 1.0, "ids_match": same, "queries": 0}
             continue
         q = vecs[rng.choice(len(ids), size=min(sample_queries, len(ids)), replace=False)]
-        sims = q @ vecs.T
-        kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]          # k-th best exact score per query
+        kth = exact_kth(q, vecs, kk)                                    # k-th best exact score per query
         got_s, got = idx.search(q, kk)
         # a returned id counts when its exact score reaches the k-th exact score (ties are not misses)
-        pos = {int(r): i for i, r in enumerate(ids.tolist())}
-        hits = []
-        for qi in range(len(q)):
-            rows = [pos.get(int(r)) for r in got[qi] if r >= 0]
-            hits.append(sum(1 for r in rows if r is not None and sims[qi, r] >= kth[qi] - 1e-5) / kk)
+        order = np.argsort(ids, kind="stable")
+        at = np.clip(np.searchsorted(ids[order], got), 0, len(ids) - 1)
+        found = ids[order][at] == got                                   # returned ids that are embedded rows
+        rows = order[at]                                                # (nq, kk) row of each returned id
+        score = np.einsum("qkd,qd->qk", vecs[rows], q)                  # their exact scores
+        hits = ((score >= kth[:, None] - 1e-5) & found).sum(1) / kk
         out[m] = {"recall": float(np.mean(hits)), "ids_match": bool(same), "queries": int(len(q))}
     return out
 
@@ -215,7 +221,11 @@ def _run(eng, paths, c: dict, log: dict) -> None:
         from raretarget import drift
 
         log["drift_metrics"] = {}
-        for m in sorted(set(gens.embedding_counts(version)) | set(tabs)):
+        if c["delta"]:          # delta embedding files and a base + delta index: raretarget/nightly_delta.py
+            from raretarget.nightly_delta import night_changes
+
+            changes = night_changes(gens, cur, version, tabs, pids, c, log, batches=sorted(new))
+        for m in ([] if c["delta"] else sorted(set(gens.embedding_counts(version)) | set(tabs))):
             if m == "gene":
                 continue
             old = gens.read_embeddings(version, m)
@@ -233,9 +243,10 @@ def _run(eng, paths, c: dict, log: dict) -> None:
                 gens.write_embeddings(version, m, merged)
             else:
                 (gens.emb_dir / version / f"{m}.parquet").unlink(missing_ok=True)
+            from raretarget.index.delta import index_ids
             from raretarget.index.generations import vectors_of
 
-            base_ids = np.load(bdir / m / "ids.npy") if (bdir / m / "ids.npy").exists() else np.zeros(0, np.int64)
+            base_ids = index_ids(bdir, m, cur)          # the live ids, also of a base + delta generation
             mids = merged.column("record_id").to_numpy() if merged.num_rows else np.zeros(0, np.int64)
             rm = np.setdiff1d(base_ids, mids)
             add_mask = np.isin(mids, base_ids, invert=True)
@@ -250,7 +261,13 @@ def _run(eng, paths, c: dict, log: dict) -> None:
         secs["embed"] = round(time.time() - t, 3)
         _checkpoint("embed")
         t = time.time()
-        info = gens.build_incremental(cur, changes, extra={"batches": sorted(batches)})
+        if c["delta"]:
+            from raretarget.index.delta import build_generation
+
+            info = build_generation(gens, cur, changes, compact_fraction=c["compact_fraction"],
+                                    compact_every=c["compact_every"], extra={"batches": sorted(batches)})
+        else:
+            info = gens.build_incremental(cur, changes, extra={"batches": sorted(batches)})
         checked = [m for m, (rm, add, _) in changes.items() if len(rm) or len(add)]
         log["recall_checked"] = checked
     secs["index"] = round(time.time() - t, 3)
