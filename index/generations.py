@@ -2,8 +2,10 @@
 
 Layout::
 
-    <store>/embeddings/<model_version>/<modality>.parquet   EMBEDDINGS schema (one file per modality)
+    <store>/embeddings/<model_version>/<modality>.parquet   EMBEDDINGS schema (one base file per modality)
+    <store>/embeddings/<model_version>/_delta/              a night's delta files (index/embedding_delta.py)
     <store>/index/gen-<NNNNNN>/<modality>/                  one VectorIndex per modality (+ manifest.json)
+    <store>/index/gen-<NNNNNN>/_delta/<modality>/           delta index + deleted-id mask over it (index/delta.py)
     <store>/index/CURRENT                                   {"generation", "model_version", "counts"}
 
 One index per modality (not one shared index with a filter): modalities differ in size by orders of
@@ -26,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raretarget import schema as S
 from raretarget.store import atomic_write_bytes, atomic_write_parquet
+from raretarget.store import schema as S
 from raretarget.store.artifacts import GENERATION_GLOB, Artifacts
 
+from . import embedding_delta
 from .vector_index import IndexMismatchError, VectorIndex
 
 
@@ -47,8 +49,9 @@ class Generations:
         t = S.conform_embeddings(table)
         if set(t.column("model_version").unique().to_pylist()) - {model_version}:
             raise ValueError("embedding rows carry another model_version than the folder they go to")
-        path = self.artifacts.embeddings_file(model_version, modality)
-        atomic_write_parquet(path, t)
+        path = embedding_delta.base_path(self.artifacts.embeddings_dir(model_version), modality)
+        # a fresh base id in the footer: delta files written against the old base stop applying
+        atomic_write_parquet(path, embedding_delta.stamp_base(t))
         return path
 
     def model_versions(self) -> list[str]:
@@ -57,19 +60,23 @@ class Generations:
         return sorted((p.name for p in self.emb_dir.iterdir() if p.is_dir()),
                       key=lambda v: (self.emb_dir / v).stat().st_mtime)
 
-    def read_embeddings(self, model_version: str, modality: str | None = None) -> pa.Table:
+    def read_embeddings(self, model_version: str, modality: str | None = None,
+                        columns: list[str] | None = None) -> pa.Table:
+        """The logical embeddings table (base file + delta files, :mod:`.embedding_delta`) of one modality,
+        or of all of them concatenated; ``columns``: only these."""
         d = self.emb_dir / model_version
-        files = [d / f"{modality}.parquet"] if modality else sorted(d.glob("*.parquet"))
-        files = [f for f in files if f.exists()]
-        if not files:
-            return S.EMBEDDINGS.empty_table()
-        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+        mods = [modality] if modality else sorted(embedding_delta.counts(d))
+        tabs = [t for t in (embedding_delta.read(d, m, columns) for m in mods) if t is not None]
+        if not tabs:
+            t = S.EMBEDDINGS.empty_table()
+            return t.select(columns) if columns else t
+        return pa.concat_tables(tabs, promote_options="default")
 
     def embedding_counts(self, model_version: str | None) -> dict[str, int]:
         if not model_version:
             return {}
         d = self.emb_dir / model_version
-        return {f.stem: pq.ParquetFile(f).metadata.num_rows for f in sorted(d.glob("*.parquet"))} if d.exists() else {}
+        return embedding_delta.counts(d) if d.exists() else {}
 
     # ---- index generations -----------------------------------------------------------------------
     def current(self) -> dict | None:
@@ -96,12 +103,10 @@ class Generations:
         gen, gdir = self._new_dir()
         counts = {}
         t0 = time.time()
-        d = self.emb_dir / model_version
-        for f in sorted(d.glob("*.parquet")):
-            modality = f.stem
+        for modality in self.embedding_counts(model_version):
             if modalities and modality not in modalities:
                 continue
-            t = pq.read_table(f, columns=["record_id", "vector"])
+            t = self.read_embeddings(model_version, modality, ["record_id", "vector"])
             if t.num_rows == 0:
                 continue
             vecs = vectors_of(t)
@@ -128,9 +133,10 @@ class Generations:
         bdir = self.artifacts.generation_dir(base["generation"])
         gen, gdir = self._new_dir()
         counts = {}
+        folded = base.get("delta", {})                  # base + delta modalities (index/delta.py): folded here
         for m in sorted(set(base["counts"]) | set(changes)):
             rm, ids, vecs = changes.get(m, (np.zeros(0, np.int64), np.zeros(0, np.int64), None))
-            if m in base["counts"] and not len(rm) and not len(ids):
+            if m in base["counts"] and not len(rm) and not len(ids) and m not in folded:
                 def link(src, dst):
                     try:
                         os.link(src, dst)
@@ -139,7 +145,11 @@ class Generations:
                 shutil.copytree(bdir / m, gdir / m, copy_function=link)
                 counts[m] = base["counts"][m]
                 continue
-            if m in base["counts"]:
+            if m in folded:
+                from .delta import fold
+
+                idx = fold(bdir, m, expect_meta={"model_version": base["model_version"]})
+            elif m in base["counts"]:
                 idx = VectorIndex.load(bdir / m, mmap=False, expect_meta={"model_version": base["model_version"]})
                 if len(rm):
                     idx.remove(rm)
@@ -192,7 +202,12 @@ class Generations:
         out = {}
         for m in info["counts"]:
             expect = {"model_version": info["model_version"]}
-            out[m] = VectorIndex.load(gdir / m, expect_meta=expect)
+            if m in info.get("delta", {}):          # base + delta searched together (a night's generation)
+                from .delta import DeltaIndex
+
+                out[m] = DeltaIndex.load(gdir, m, expect_meta=expect)
+            else:
+                out[m] = VectorIndex.load(gdir / m, expect_meta=expect)
         return out
 
 

@@ -53,6 +53,8 @@ CSQ_CLNSIG_FIELDS = ("CLNSIG", "clnsig", "ClinVar_CLNSIG", "CLIN_SIG")
 #: first present wins; a value of several transcripts ("0.2&0.7", dbNSFP) counts as its maximum
 CSQ_REVEL_FIELDS = ("REVEL", "REVEL_score")                  # REVEL (Ioannidis et al. 2016), 0-1
 CSQ_CADD_FIELDS = ("CADD_PHRED", "CADD_phred")              # CADD PHRED-scaled score (Kircher et al. 2014), ~0-99
+#: CADD PHRED as an INFO field (vcfanno / MIP-style pipelines, e.g. Scout's demo VCFs), used when CSQ has none
+INFO_CADD_KEYS = ("CADD_PHRED", "CADD")
 #: SpliceAI delta scores (Jaganathan et al. 2019), 0-1: the allele's score is the maximum of the four
 CSQ_SPLICEAI_FIELDS = ("SpliceAI_pred_DS_AG", "SpliceAI_pred_DS_AL", "SpliceAI_pred_DS_DG", "SpliceAI_pred_DS_DL",
                        "SpliceAI_DS_max", "SpliceAI_max")
@@ -375,6 +377,7 @@ class _Reader:
         self.sites_only = not self.samples
         keys = (("AF",) if self.sites_only else ()) + INFO_AF_KEYS
         self.af_keys = [k for k in keys if k in info]
+        self.cadd_key = next((k for k in INFO_CADD_KEYS if k in info), None)
         batch = self.ctx.batch
         self.pids = np.array([batch.patient_for_identifier(s) for s in self.samples], dtype=object)
 
@@ -590,17 +593,20 @@ class _Reader:
             afv = INFO.get(key)
             if afv is not None:
                 break
-        key = (ref, tuple(alts), csq, ann, clnsig, geneinfo, mc, afv if not isinstance(afv, list) else tuple(afv))
+        cadd = INFO.get(self.cadd_key) if self.cadd_key else None
+        key = (ref, tuple(alts), csq, ann, clnsig, geneinfo, mc, afv if not isinstance(afv, list) else tuple(afv),
+               cadd if not isinstance(cadd, list) else tuple(cadd))
         hit = self._ann_cache.get(key)
         if hit is not None:
             return hit
-        out = self._annotate_values(ref, alts, csq, ann, clnsig, geneinfo, mc, afv)
+        out = self._annotate_values(ref, alts, csq, ann, clnsig, geneinfo, mc, afv, cadd)
         if len(self._ann_cache) > 20000:
             self._ann_cache.clear()
         self._ann_cache[key] = out
         return out
 
-    def _annotate_values(self, ref: str, alts: list[str], csq, ann, clnsig, geneinfo, mc, afv) -> list[tuple]:
+    def _annotate_values(self, ref: str, alts: list[str], csq, ann, clnsig, geneinfo, mc, afv,
+                         cadd=None) -> list[tuple]:
         """:meth:`_annotate` from the INFO values (no cache)."""
         nalt = len(alts)
         if csq:
@@ -631,6 +637,9 @@ class _Reader:
                     af = _num(afv[k]) if k < len(afv) else None
                 else:
                     af = _num(afv)
+            if cd is None and cadd is not None:
+                cd = _num(cadd[k] if isinstance(cadd, (tuple, list)) and k < len(cadd) else
+                          (None if isinstance(cadd, (tuple, list)) else cadd))
             gene, status = self.genes.normalize(gene_raw)
             out.append((gene, gene_raw, status, cons, impact, hgvsc, hgvsp, clin_info or clin_csq, af, rv, cd, sa))
         return out
@@ -1052,7 +1061,8 @@ class _DirectReader(_Reader):
                 samples = line.split("\t")[9:]
         self._configure(info, samples)
         self._col = 9 + (self.sample_index or 0)
-        self.want_keys = frozenset(k for k in ("CSQ", "ANN", "CLNSIG", "GENEINFO", "MC", *self.af_keys) if k in info)
+        self.want_keys = frozenset(k for k in ("CSQ", "ANN", "CLNSIG", "GENEINFO", "MC", *self.af_keys,
+                                               *((self.cadd_key,) if self.cadd_key else ())) if k in info)
         self._gt_index: dict[bytes, int] = {}
 
     # -- one pass over a text VCF -----------------------------------------------------------------
@@ -1118,7 +1128,7 @@ class _DirectReader(_Reader):
         if not carried:
             self._fast_counts[0 if not self.sites_only else 1] += 1
             return
-        csq = ann = clnsig = geneinfo = mc = afv = None
+        csq = ann = clnsig = geneinfo = mc = afv = cadd = None
         want = self.want_keys
         if want:
             info: dict[str, object] = {}
@@ -1141,9 +1151,10 @@ class _DirectReader(_Reader):
                     afv = info.get(key)
                     if afv is not None:
                         break
+                cadd = info.get(self.cadd_key) if self.cadd_key else None
         ref = p[3].decode()
         try:
-            anns = self._annotate_values(ref, alts, csq, ann, clnsig, geneinfo, mc, afv)
+            anns = self._annotate_values(ref, alts, csq, ann, clnsig, geneinfo, mc, afv, cadd)
         except _BadAnnotation:
             self._fast_counts[2] += 1
             self.ctx.quarantine(f"line {n}", "vcf_bad_annotation", field="INFO/CSQ")

@@ -120,10 +120,9 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 
 def _fisher_greater(a: np.ndarray, n_cases: int, k: np.ndarray, n_total: int) -> np.ndarray:
     """One-sided Fisher exact p (enrichment of carriers among cases) = P(X ≥ a), X ~ Hypergeom(N, K, n)."""
-    from scipy.stats import hypergeom
+    from .stats import hypergeom_sf
 
-    p = hypergeom.sf(a - 1, n_total, k, n_cases)
-    return np.clip(p, 0.0, 1.0)
+    return np.clip(hypergeom_sf(a, n_total, k, n_cases), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- phenotypes

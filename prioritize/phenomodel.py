@@ -259,7 +259,7 @@ class PhenotypeModel:
     def hypergeom(self, observed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """hpo3's gene enrichment: ``−log10 P(X ≥ k_g)``, X ~ Hypergeom(N gene-term pairs, K_g pairs of gene g,
         n pairs of the query terms); and ``k_g`` (query terms the gene carries), both ``[G]``."""
-        from scipy.stats import hypergeom
+        from .stats import hypergeom_logsf
 
         C = self.gene_closure
         k = np.zeros(C.shape[0])
@@ -268,8 +268,9 @@ class PhenotypeModel:
             s, e = C.indptr[q], C.indptr[q + 1]
             k[C.indices[s:e]] += 1
             n += e - s
-        p = hypergeom.sf(k - 1, self.population, self.terms_per_gene, n)
-        return -np.log10(np.clip(np.nan_to_num(p, nan=1.0), 1e-300, 1.0)), k
+        lp = hypergeom_logsf(k, self.population, self.terms_per_gene, n)
+        # hpo3 reports p; its floor (1e-300) keeps −log10 p finite where the tail underflows
+        return np.minimum(-lp / np.log(10.0), 300.0), k
 
     def features(self, observed: Sequence[int], excluded: Sequence[int], resnik: Mapping[str, np.ndarray]
                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -319,6 +319,21 @@ def qualifying(kb, vt: pa.Table, gene_pos: dict[str, int], n: int) -> tuple[np.n
 
 
 # ---------------------------------------------------------------------------------------------- fitting
+def novel_category(kb, case: dict, vt: pa.Table) -> str:
+    """Why a novel causal variant may be hard to rank: its gene has no HPO annotation; a recessive-only gene with
+    a single het allele listed; else the causal alleles' most severe impact class."""
+    g = case["truth"][0]
+    if not (g in kb.gene_index and kb.n_gene_terms[kb.gene_index[g]] > 0):
+        return "unannotated gene"
+    rows = [x for x in vt.select(["gene", "impact", "zygosity"]).to_pylist() if x["gene"] in case["truth"]]
+    n_alleles = sum(2 if x["zygosity"] in ("hom_alt", "hemi") else 1 for x in rows)
+    if kb.inheritance.get(g, set()) == {"AR"} and n_alleles < 2:
+        return "AR gene, one het allele"
+    order = {"HIGH": 3, "MODERATE": 2, "LOW": 1}
+    imp = max((x["impact"] or "" for x in rows), key=lambda i: order.get(i, 0), default="")
+    return f"annotated gene, {imp or 'no impact'} allele"
+
+
 def fit_conditional_logit(X: list[np.ndarray], y: list[int], l2: float = 1e-3, fixed: list[np.ndarray] | None = None
                           ) -> np.ndarray:
     """Multinomial (conditional) logit over each case's genes: maximise Σ_cases log softmax(X_c w + fixed_c)[y_c].
@@ -328,9 +343,27 @@ def fit_conditional_logit(X: list[np.ndarray], y: list[int], l2: float = 1e-3, f
 
     allx = np.concatenate(X)
     mu, sd = allx.mean(0), allx.std(0) + 1e-9
+    K = allx.shape[1]
+    del allx
+    if fixed is None and len({x.shape for x in X}) == 1:
+        # every case ranks the same genes (phenotype only): one [C, G, K] tensor, one matmul per step
+        Xb = torch.tensor(np.stack([((x - mu) / sd).astype(np.float32) for x in X]))
+        yb = torch.tensor(y)
+        w = torch.zeros(Xb.shape[2], dtype=torch.float32, requires_grad=True)
+        opt = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe")
+
+        def closure_b():
+            opt.zero_grad()
+            lp = torch.log_softmax(Xb @ w, 1)
+            loss = -lp[torch.arange(len(yb)), yb].mean() + l2 * (w ** 2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure_b)
+        return w.detach().double().numpy() / sd
     Xt = [torch.tensor((x - mu) / sd, dtype=torch.float64) for x in X]
     Ft = [torch.tensor(f, dtype=torch.float64) for f in fixed] if fixed is not None else None
-    w = torch.zeros(allx.shape[1], dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(K, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe")
 
     def closure():
@@ -492,8 +525,10 @@ def main(argv: list[str] | None = None) -> None:
         d = {k: [] for k in ("relevance", "priority", "hypergeometric_qualifying", "variant_severity_only",
                              "variant_column")}
         t_sum, no_variant_top1 = 0.0, 0
+        cats: list[str] = []
         for r, hs in zip(vrep, h3v):
             vt = simulate(r, a.seed, known, pool, ar_genes)
+            cats.append(novel_category(kb, r, vt))
             t1 = time.time()
             tab = P.rank(r["observed"], r["excluded"], variants=vt, evidence_limit=0)
             t_sum += time.time() - t1
@@ -516,12 +551,22 @@ def main(argv: list[str] | None = None) -> None:
         vres[tag] = d
         vsecs[tag] = t_sum / max(len(vrep), 1)
         vres[tag + "_no_variant_gene_first"] = no_variant_top1  # type: ignore[assignment]
+        # where the relevance order loses its top-1s: per category, its share of cases and of top-1 losses
+        by_cat = {}
+        for c in sorted(set(cats)):
+            rk = [x for x, cc in zip(d["relevance"], cats) if cc == c]
+            by_cat[c] = {"n": len(rk), "share": len(rk) / len(cats), "top1": float(np.mean([x <= 1 for x in rk])),
+                         "top10": float(np.mean([x <= 10 for x in rk])),
+                         "top1_lost_points": sum(x > 1 for x in rk) / len(cats)}
+        vres[tag + "_by_category"] = by_cat  # type: ignore[assignment]
+        print(f"phenotype + VCF ({tag}) by category:", json.dumps(by_cat), file=sys.stderr, flush=True)
         print(f"phenotype + VCF ({tag}):", {k: round(summarise(v).get("top1", float("nan")), 3) for k, v in d.items()},
               file=sys.stderr, flush=True)
     vcf_out = {tag: {k: summarise(v) for k, v in vres[tag].items()} for tag in ("novel", "known")}
     for tag in ("novel", "known"):
         vcf_out[tag]["seconds_per_case_scoring"] = vsecs[tag]
         vcf_out[tag]["cases_with_a_no_variant_gene_first"] = vres[tag + "_no_variant_gene_first"]
+        vcf_out[tag]["relevance_by_category"] = vres[tag + "_by_category"]
 
     import tempfile
 

@@ -54,7 +54,8 @@ ALIASES = {"raretarget.schema": "raretarget.store.schema", "raretarget.pseudo": 
            "raretarget.nightly": "raretarget.apps.nightly", "raretarget.outcome": "raretarget.apps.outcome",
            "raretarget.report": "raretarget.apps.report", "raretarget.cli": "raretarget.apps.cli",
            "raretarget.serve": "raretarget.apps.serve", "raretarget.drift": "raretarget.apps.drift",
-           "raretarget.prioritize.phenopacket": "raretarget.query.phenopacket"}
+           "raretarget.prioritize.phenopacket": "raretarget.query.phenopacket",
+           "raretarget.nightly_delta": "raretarget.apps.nightly_delta"}
 #: names an Engine goes by in the code
 ENGINE_NAMES = {"eng", "engine"}
 

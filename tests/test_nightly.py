@@ -326,3 +326,111 @@ def test_cli_embed_split_over_machines(base, capsys):
     assert after["index"]["generation"] == before["index"]["generation"] + 1
     assert main(["embed", str(path), "--merge", "3"]) == 2                  # parts are gone: clear error
     assert "missing" in capsys.readouterr().err
+
+
+# ---- delta nights (issue 20): delta embedding files + a base + delta index -------------------------------
+NO_COMPACT = {"compact_fraction": 1.0, "compact_every": 99}
+
+
+def _labs_night(base, name: str, obs_id: str) -> Path:
+    night = base["dir"] / name
+    night.mkdir(exist_ok=True)
+    obs = _observations(base["cohort"], 1)[0]
+    obs["id"] = obs_id
+    obs["valueQuantity"]["value"] = float(obs["valueQuantity"]["value"]) + 11
+    (night / "obs.ndjson").write_text(json.dumps(obs) + "\n")
+    return night
+
+
+def _exact_search_matches(path: Path) -> None:
+    """Every indexed modality: the published index's search == exact search over the logical table."""
+    eng = Engine.open(path)
+    ver = eng.current_model()["model_version"]
+    gens = Generations(path)
+    rng = np.random.default_rng(0)
+    for m, idx in gens.open(model_version=ver).items():
+        t = gens.read_embeddings(ver, m)
+        ids, vecs = t.column("record_id").to_numpy(), vectors_of(t)
+        q = vecs[rng.choice(len(ids), min(20, len(ids)), replace=False)]
+        k = min(10, len(ids))
+        s, i = idx.search(q, k)
+        ex = q @ vecs.T
+        np.testing.assert_allclose(s, -np.sort(-ex, axis=1)[:, :k], atol=1e-4)
+        for qi in range(len(q)):          # ids: equal up to ties at the k-th score
+            assert set(i[qi].tolist()) == set(ids[np.argsort(-ex[qi], kind="stable")[:k]].tolist()) or \
+                np.isclose(s[qi, -1], s[qi, -2], atol=1e-6), (m, qi)
+
+
+def test_delta_night_equals_rewrite_night(base):
+    """A delta night (only delta files beside the base, a base + delta index) gives the same logical store,
+    index ids and search results as a night that rewrites whole files; later nights accumulate deltas, and a
+    compaction folds them into new base files and a plain index with the same contents."""
+    delta, full = _clone(base, "s_delta"), _clone(base, "s_rewrite")
+    ver = Engine.open(delta).current_model()["model_version"]
+    vdir = delta / "embeddings" / ver
+    stamps = {f.name: f.stat().st_mtime_ns for f in vdir.glob("*.parquet")}
+    night2 = _labs_night(base, "night_delta2", "night-delta-obs-2")
+    logs = []
+    for night in (base["night"], night2):
+        logs.append(Engine.open(delta).update([night], **NO_COMPACT))
+        ref = Engine.open(full).update([night], delta=False)
+        assert logs[-1]["published"] and ref["published"] and logs[-1]["recall_min"] >= 0.95
+        _assert_same(_state(delta), _state(full))
+        _exact_search_matches(delta)
+    # nothing rewritten: the base embedding files are the ones the full embed wrote
+    assert {f.name: f.stat().st_mtime_ns for f in vdir.glob("*.parquet")} == stamps
+    man = json.loads((vdir / "_delta" / "DELTAS.json").read_text())
+    assert [d["seq"] for d in man["deltas"]] == [1, 2] and "patient" in man["deltas"][1]["modalities"]
+    cur = Generations(delta).current()
+    assert cur["delta"]["patient"]["nights"] == 2 and not cur["compacted"] and "gene" not in cur["delta"]
+    assert logs[0]["embeddings_delta"]["patient"]["upserts"] == logs[0]["counts"]["patients_changed"]
+    # the patient whose labs changed is found by its new vector
+    eng = Engine.open(delta)
+    pid = eng.sql("select patient_id from patients order by 1 limit 1").column(0)[0].as_py()
+    assert eng.search(patient=pid, k=5, modalities=["patient"]).num_rows == 5
+    # a night without deltas (delta=False) on a store in the delta state folds them and rewrites whole files
+    night3 = _labs_night(base, "night_delta3", "night-delta-obs-3")
+    for p in (delta, full):
+        assert Engine.open(p).update([night3], delta=False)["published"]
+    _assert_same(_state(delta), _state(full))
+    cur = Generations(delta).current()
+    assert "delta" not in cur and (vdir / "patient.parquet").stat().st_mtime_ns != stamps["patient.parquet"]
+    # a night under a schedule that compacts: new base files, no live deltas, a plain index
+    night4 = _labs_night(base, "night_delta4", "night-delta-obs-4")
+    stamp = (vdir / "patient.parquet").stat().st_mtime_ns
+    log = Engine.open(delta).update([night4], compact_every=1)
+    Engine.open(full).update([night4], delta=False)
+    assert log["published"] and "patient" in log["embeddings_compacted"]
+    cur = Generations(delta).current()
+    assert "patient" in cur["compacted"] and "patient" not in cur["delta"]
+    from raretarget.index import embedding_delta as ED
+
+    assert ED.live(vdir, "patient") == [] and (vdir / "patient.parquet").stat().st_mtime_ns != stamp
+    _assert_same(_state(delta), _state(full))
+    _exact_search_matches(delta)
+
+
+@pytest.mark.parametrize("stage", ["embed", "index"])
+def test_killed_delta_night_converges(base, stage):
+    """SIGKILL after the delta files are committed (or after the base + delta generation is written): the
+    re-run drops the unpublished attempt's deltas and ends with the same store as an uninterrupted night."""
+    ref = _clone(base, f"s_dref_{stage}")
+    Engine.open(ref).update([base["night"]], **NO_COMPACT)
+    want = _state(ref)
+    path = _clone(base, f"s_dkill_{stage}")
+    code = ("import os, signal, sys; from raretarget import Engine; from raretarget.apps.nightly import update; "
+            "kill = lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == sys.argv[3] else None; "
+            "update(Engine.open(sys.argv[1]), [sys.argv[2]], after_stage=kill, compact_fraction=1.0, compact_every=99)")
+    r = subprocess.run([sys.executable, "-c", code, str(path), str(base["night"]), stage],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    log = Engine.open(path).update([base["night"]], **NO_COMPACT)
+    assert log["ok"] and log["published"], log
+    got = _state(path)
+    _assert_consistent(got)
+    _assert_same(got, want)
+    ver = Engine.open(path).current_model()["model_version"]
+    man = json.loads((path / "embeddings" / ver / "_delta" / "DELTAS.json").read_text())
+    assert len(man["deltas"]) == 1                      # the killed attempt's delta was dropped, not stacked
+    names = {f.name for f in (path / "embeddings" / ver / "_delta").iterdir()}
+    assert names == {f.name for f in (ref / "embeddings" / ver / "_delta").iterdir()}

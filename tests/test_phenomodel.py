@@ -147,3 +147,28 @@ def test_bad_query_input_is_reported_not_silent(kb):
     t = rank_genes([], kb=kb, top=5)
     notes = json.loads(t.schema.metadata[b"input_notes"])
     assert "no_evidence" in notes
+
+
+def test_hypergeometric_tail_matches_scipy():
+    """prioritize.stats (no scipy.stats import on the ranking path) = scipy.stats.hypergeom.sf: every (k, K, n) of
+    small populations exhaustively, and random large ones down to p ~ 1e-150 (in ln p)."""
+    from scipy.stats import hypergeom
+
+    from raretarget.prioritize.stats import hypergeom_logsf, hypergeom_sf
+
+    for N in (1, 7, 25):
+        for K in range(N + 1):
+            for n in range(N + 1):
+                k = np.arange(-1, N + 2, dtype=float)
+                np.testing.assert_allclose(hypergeom_sf(k, N, K, n), hypergeom.sf(k - 1, N, K, n), rtol=1e-9,
+                                           atol=1e-14)
+    rng = np.random.default_rng(0)
+    N = 1_500_000
+    K, n, k = rng.integers(1, 3000, 5000), rng.integers(1, 8000, 5000), rng.integers(0, 40, 5000)
+    with np.errstate(divide="ignore"):                      # p = 0 above the support
+        ref = np.log(hypergeom.sf(k - 1, N, K, n))
+    ours = hypergeom_logsf(k, N, K, n)
+    m = np.isfinite(ref) & (ref > -700)
+    assert m.sum() > 4500 and ref[m].min() < -150
+    np.testing.assert_allclose(ours[m], ref[m], rtol=1e-7, atol=1e-9)
+    assert np.all(np.isneginf(ours[k > np.minimum(K, n)]))

@@ -417,14 +417,15 @@ def test_unknown_build_says_so(tmp_path):
 
 def test_in_silico_predictions_from_csq(tmp_path):
     """REVEL / CADD PHRED / SpliceAI from the picked CSQ entry (issue 16): the canonical entry's values, not another
-    transcript's; a dbNSFP-style ``a&b`` value counts as its maximum; SpliceAI is the maximum of the four delta
-    scores; absent or ``.`` is null. Ingest stores the same values."""
+    transcript's, and CSQ's CADD before an INFO ``CADD``; a dbNSFP-style ``a&b`` value counts as its maximum;
+    SpliceAI is the maximum of the four delta scores; absent or ``.`` is null. Ingest stores the same values."""
     p = DATA / "vep_predictions.vcf"
     t, _ = V.read_variants(p)
     got = {(r["gene"], r["consequence"]): (r["revel"], r["cadd_phred"], r["spliceai"]) for r in t.to_pylist()}
     assert got[("FBN1", "missense_variant")] == pytest.approx((0.93, 28.1, 0.01))
     assert got[("TGFBR2", "missense_variant")] == pytest.approx((0.05, 3.2, 0.0))
-    assert got[("SMAD3", "synonymous_variant")][:2] == (None, None)
+    assert got[("SMAD3", "synonymous_variant")][0] is None
+    assert got[("SMAD3", "synonymous_variant")][1] == pytest.approx(22.5)       # INFO CADD when CSQ has none
     assert got[("SMAD3", "synonymous_variant")][2] == pytest.approx(0.88)
     assert got[("SMAD3", "missense_variant")][0] is None and got[("SMAD3", "missense_variant")][2] is None
     eng, _ = _ingest(tmp_path, p)
@@ -451,3 +452,14 @@ def test_a_store_written_before_the_prediction_columns_still_reads(tmp_path):
     t = eng.store.read("variants")
     assert t.num_rows == n and t.column("revel").null_count == n
     assert eng.sql("select count(*) as n from variants where spliceai is null").column("n")[0].as_py() == n
+
+
+@pytest.mark.realdata
+def test_scout_vep104_predictions_real():
+    """Scout's demo VEP 104 output: REVEL and the SpliceAI plugin's delta scores in CSQ, CADD as an INFO field
+    (MIP/vcfanno style); the values of the file, read for ranking."""
+    t, _ = V.read_variants(_need(SHARED_VCF / "scout_demo_trio" / "vep104_annotated.vcf"), require_gene=False)
+    r = t.to_pylist()[0]
+    assert r["gene"] == "NPHP4" and r["consequence"] == "missense_variant"
+    assert r["revel"] == pytest.approx(0.664) and r["cadd_phred"] == pytest.approx(24.3, abs=1e-4)
+    assert r["spliceai"] == pytest.approx(0.04)

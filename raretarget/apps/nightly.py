@@ -13,9 +13,14 @@ Crash safety, stage by stage (:func:`update`'s ``after_stage`` callback runs rig
 tests kill the process there with SIGKILL):
 
 ``ingest``   batches are committed atomically; a killed batch leaves orphan parts, cleaned next write.
-``embed``    embeddings of the current model are rewritten one modality file at a time (atomic
-             rename each); the re-run recomputes the same rows (same model, same patients).
-``index``    the new generation is written beside the current one and is not published; the next
+``embed``    ``delta: true`` (default): one delta commit of every modality's new/changed rows and
+             tombstones (:mod:`raretarget.index.embedding_delta`); the re-run first drops the deltas
+             of attempts the index never covered, then writes the same ones again. ``delta: false``:
+             embeddings are rewritten one modality file at a time (atomic rename each); the re-run
+             recomputes the same rows (same model, same patients).
+``index``    the new generation (``delta: true``: base index files linked, a small exact delta index
+             and a deleted-id mask, :mod:`raretarget.index.delta`; compacted on the schedule of
+             ``compact_fraction`` / ``compact_every``) is written beside the current one and is not published; the next
              run deletes it and builds it again. Index ids are made equal to the embedding ids
              (base index ids not in the new embeddings are removed), so a half-done earlier run
              cannot leave stale or missing vectors.
@@ -170,7 +175,11 @@ def _run(eng, paths, c: dict, log: dict, after_stage: Callable[[str], None]) -> 
         from raretarget.apps import drift
 
         log["drift_metrics"] = {}
-        for m in sorted(set(gens.embedding_counts(version)) | set(tabs)):
+        if c["delta"]:          # delta embedding files and a base + delta index: raretarget/apps/nightly_delta.py
+            from raretarget.apps.nightly_delta import night_changes
+
+            changes = night_changes(gens, cur, version, tabs, pids, c, log, batches=sorted(new))
+        for m in ([] if c["delta"] else sorted(set(gens.embedding_counts(version)) | set(tabs))):
             if m == "gene":
                 continue
             old = gens.read_embeddings(version, m)
@@ -188,9 +197,10 @@ def _run(eng, paths, c: dict, log: dict, after_stage: Callable[[str], None]) -> 
                 gens.write_embeddings(version, m, merged)
             else:
                 Artifacts(eng.store.root).embeddings_file(version, m).unlink(missing_ok=True)
+            from raretarget.index.delta import index_ids
             from raretarget.index.generations import vectors_of
 
-            base_ids = np.load(bdir / m / "ids.npy") if (bdir / m / "ids.npy").exists() else np.zeros(0, np.int64)
+            base_ids = index_ids(bdir, m, cur)          # the live ids, also of a base + delta generation
             mids = merged.column("record_id").to_numpy() if merged.num_rows else np.zeros(0, np.int64)
             rm = np.setdiff1d(base_ids, mids)
             add_mask = np.isin(mids, base_ids, invert=True)
@@ -205,7 +215,13 @@ def _run(eng, paths, c: dict, log: dict, after_stage: Callable[[str], None]) -> 
         secs["embed"] = round(time.time() - t, 3)
         after_stage("embed")
         t = time.time()
-        info = gens.build_incremental(cur, changes, extra={"batches": sorted(batches)})
+        if c["delta"]:
+            from raretarget.index.delta import build_generation
+
+            info = build_generation(gens, cur, changes, compact_fraction=c["compact_fraction"],
+                                    compact_every=c["compact_every"], extra={"batches": sorted(batches)})
+        else:
+            info = gens.build_incremental(cur, changes, extra={"batches": sorted(batches)})
         checked = [m for m, (rm, add, _) in changes.items() if len(rm) or len(add)]
         log["recall_checked"] = checked
     secs["index"] = round(time.time() - t, 3)
