@@ -9,9 +9,11 @@ Layout (beside the tables, inside ``<store>/``; the format is that of stores wri
     models/cache/                                label features of the knowledge phase (public HPO labels only)
     embeddings/<v>/<modality>.parquet            EMBEDDINGS rows of model v, one file per modality
     embeddings/<v>/_batches.json                 sorted store batch ids those embeddings cover
+    embeddings/<v>/_delta/                       a night's delta files (inside: raretarget.index.embedding_delta)
     embeddings/<v>/_shards/of-<n>/<i:04d>/       shard i of n (Engine.embed_shard), DONE.json written last
     index/CURRENT                                {"generation", "model_version", "counts", "batches"?}
     index/gen-<NNNNNN>/<modality>/               one VectorIndex per modality
+    index/gen-<NNNNNN>/_delta/<modality>/        delta index + deleted-id mask (inside: raretarget.index.delta)
     runs/<time>-<pid>.json                       nightly run logs
     .nightly.lock                                one nightly run at a time
     audit/<YYYY-MM-DD>/                          audit events
