@@ -371,3 +371,28 @@ def test_no_disease_gets_an_unnamed_gene():
     assert unnamed                                        # the case exists in the packaged ontology
     assert all(_unique_gene(h, c[2], c[4]) is None for c in unnamed)
     assert all(_unique_gene(h, c[2], c[4]) != "-" for c in cands)
+
+
+def test_vcf_split_into_sample_blocks_gives_the_same_variants(tmp_path):
+    """Above ``vcf_samples_per_file`` people the genotypes go into one VCF per block of samples (memory and file
+    size linear in the cohort, issue 20); ingesting them stores the same variants as the single joint file."""
+    from raretarget import Engine
+
+    kw = dict(n_patients=25, seed=11, n_diseases=3, image_size=16, imaging_fraction=0.0)
+    generate(tmp_path / "one", **kw)
+    generate(tmp_path / "split", vcf_samples_per_file=10, **kw)
+    one = sorted(p.name for p in (tmp_path / "one" / "vcf").iterdir())
+    split = sorted(p.name for p in (tmp_path / "split" / "vcf").iterdir())
+    assert one == ["cohort.vcf.gz", "cohort.vcf.gz.tbi"]
+    assert [n for n in split if n.endswith(".vcf.gz")] == ["cohort.00000.vcf.gz", "cohort.00001.vcf.gz",
+                                                           "cohort.00002.vcf.gz"]
+    got = []
+    for name in ("one", "split"):
+        eng = Engine.open(tmp_path / f"store_{name}", create=True)
+        eng.ingest([tmp_path / name / "fhir", tmp_path / name / "vcf"])
+        per_patient: dict = {}
+        for r in eng.sql("select patient_id, chrom, pos, ref, alt, gene, zygosity, clinvar from variants").to_pylist():
+            per_patient.setdefault(r.pop("patient_id"), []).append(tuple(r.values()))
+        # pseudonyms are per store: compare each patient's variants, as a sorted list of patients
+        got.append(sorted(tuple(sorted(v)) for v in per_patient.values()))
+    assert got[0] == got[1] and len(got[0]) == 25

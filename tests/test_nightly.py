@@ -332,12 +332,15 @@ def test_cli_embed_split_over_machines(base, capsys):
 NO_COMPACT = {"compact_fraction": 1.0, "compact_every": 99}
 
 
-def _labs_night(base, name: str, obs_id: str) -> Path:
+def _labs_night(base, name: str, obs_id: str, n: int) -> Path:
+    """A night with one new lab Observation of the first patient: the latest of that lab (a later date each
+    night, so which value the labs encoder takes does not depend on ties) with another value."""
     night = base["dir"] / name
     night.mkdir(exist_ok=True)
     obs = _observations(base["cohort"], 1)[0]
     obs["id"] = obs_id
-    obs["valueQuantity"]["value"] = float(obs["valueQuantity"]["value"]) + 11
+    obs["valueQuantity"]["value"] = float(obs["valueQuantity"]["value"]) + 11 * n
+    obs["effectiveDateTime"] = f"2031-01-{n:02d}T00:00:00Z"
     (night / "obs.ndjson").write_text(json.dumps(obs) + "\n")
     return night
 
@@ -369,7 +372,7 @@ def test_delta_night_equals_rewrite_night(base):
     ver = Engine.open(delta).current_model()["model_version"]
     vdir = delta / "embeddings" / ver
     stamps = {f.name: f.stat().st_mtime_ns for f in vdir.glob("*.parquet")}
-    night2 = _labs_night(base, "night_delta2", "night-delta-obs-2")
+    night2 = _labs_night(base, "night_delta2", "night-delta-obs-2", 2)
     logs = []
     for night in (base["night"], night2):
         logs.append(Engine.open(delta).update([night], **NO_COMPACT))
@@ -389,14 +392,14 @@ def test_delta_night_equals_rewrite_night(base):
     pid = eng.sql("select patient_id from patients order by 1 limit 1").column(0)[0].as_py()
     assert eng.search(patient=pid, k=5, modalities=["patient"]).num_rows == 5
     # a night without deltas (delta=False) on a store in the delta state folds them and rewrites whole files
-    night3 = _labs_night(base, "night_delta3", "night-delta-obs-3")
+    night3 = _labs_night(base, "night_delta3", "night-delta-obs-3", 3)
     for p in (delta, full):
         assert Engine.open(p).update([night3], delta=False)["published"]
     _assert_same(_state(delta), _state(full))
     cur = Generations(delta).current()
     assert "delta" not in cur and (vdir / "patient.parquet").stat().st_mtime_ns != stamps["patient.parquet"]
     # a night under a schedule that compacts: new base files, no live deltas, a plain index
-    night4 = _labs_night(base, "night_delta4", "night-delta-obs-4")
+    night4 = _labs_night(base, "night_delta4", "night-delta-obs-4", 4)
     stamp = (vdir / "patient.parquet").stat().st_mtime_ns
     log = Engine.open(delta).update([night4], compact_every=1)
     Engine.open(full).update([night4], delta=False)

@@ -8,7 +8,10 @@
     out/dicom/<patient-id>/<SOPInstanceUID>.dcm
                                     DICOM (Explicit VR Little Endian, MONOCHROME2, 16-bit unsigned
                                     stored values; real value = stored * RescaleSlope + RescaleIntercept)
-    out/vcf/cohort.vcf.gz           one multi-sample VCF 4.2, BGZF-compressed (a valid gzip file);
+    out/vcf/cohort.vcf.gz           one multi-sample VCF 4.2, BGZF-compressed (a valid gzip file); above
+                                    ``vcf_samples_per_file`` people, one such file per block of that many
+                                    samples (cohort.00000.vcf.gz, ...: a joint VCF of everybody is sites ×
+                                    samples, and its text alone was 3 GB at 30k people);
                                     sample names = FHIR Patient.id; POS is 1-based (VCF convention)
     out/vcf/cohort.vcf.gz.tbi       its tabix index (written in pure Python)
     out/truth.json                  the answers (diseases, each patient's disease/gene/variants/HPO)
@@ -957,13 +960,14 @@ class CohortParams:
     imaging_fraction: float = 0.85
     comorbidity_rate: float = 0.4
     diseases: list | None = None
+    vcf_samples_per_file: int = 2000
 
 
 def generate(out: str | Path, n_patients: int = 50, seed: int = 0, n_diseases: int = 10,
              fraction_affected: float = 0.5, phenotype_noise: float = 0.2, image_difficulty: float = 0.5,
              n_background_variants: int = 40, fmt: str = "bundle", image_size: int | Sequence[int] = 64,
              imaging_fraction: float = 0.85, comorbidity_rate: float = 0.4,
-             diseases: Sequence[str] | None = None) -> dict:
+             diseases: Sequence[str] | None = None, vcf_samples_per_file: int = 2000) -> dict:
     """Write a synthetic cohort under ``out`` (see the module docstring) and return the truth dict.
 
     ``n_patients``: number of people; ``fraction_affected`` of them (rounded) have one of
@@ -978,6 +982,9 @@ def generate(out: str | Path, n_patients: int = 50, seed: int = 0, n_diseases: i
     ``image_size``: int ``n`` → one 2D ``n×n`` slice; ``(d, h, w)`` → a ``d``-slice series.
     ``imaging_fraction``: share of patients (affected and controls alike) with an imaging study.
     ``comorbidity_rate``: chance of each person having ≥ 1 common comorbidity.
+    ``vcf_samples_per_file``: people per VCF file (the files hold the sites their samples carry; the genotypes
+    are the same whatever the split, so the stored variants are too). Memory stays bounded by this, not by
+    ``n_patients``.
     """
     if fmt not in ("bundle", "ndjson"):
         raise ValueError("fmt must be 'bundle' or 'ndjson'")
@@ -991,7 +998,8 @@ def generate(out: str | Path, n_patients: int = 50, seed: int = 0, n_diseases: i
             raise ValueError("image_size: int, (h, w) or (d, h, w)")
     params = CohortParams(n_patients, seed, n_diseases, fraction_affected, phenotype_noise, image_difficulty,
                           n_background_variants, fmt, image_size if isinstance(image_size, int) else list(shape),
-                          imaging_fraction, comorbidity_rate, list(diseases) if diseases else None)
+                          imaging_fraction, comorbidity_rate, list(diseases) if diseases else None,
+                          int(vcf_samples_per_file))
     out = Path(out)
     for sub in ("fhir", "dicom", "vcf"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -1079,9 +1087,17 @@ def generate(out: str | Path, n_patients: int = 50, seed: int = 0, n_diseases: i
     sites, G, causal = _genomes(seed, patients, dis, chroms, n_background_variants)
     sample_ids = [p["id"] for p in patients]
     males = np.array([p["sex"] == "male" for p in patients])
-    vcf = _vcf_text(sites, G, sample_ids, males, seed)
-    starts = write_bgzf(out / "vcf" / "cohort.vcf.gz", vcf)
-    write_bgzf(out / "vcf" / "cohort.vcf.gz.tbi", tabix_index(vcf, starts))
+    per = max(int(vcf_samples_per_file), 1)
+    blocks = [(0, len(patients))] if len(patients) <= per else \
+        [(a, min(a + per, len(patients))) for a in range(0, len(patients), per)]
+    for b, (a, z) in enumerate(blocks):
+        name = "cohort.vcf.gz" if len(blocks) == 1 else f"cohort.{b:05d}.vcf.gz"
+        Gb = G[:, a:z]
+        rows = np.flatnonzero(Gb.any(axis=1)) if len(blocks) > 1 else np.arange(len(sites))
+        vcf = _vcf_text([sites[k] for k in rows], Gb[rows], sample_ids[a:z], males[a:z], seed)
+        starts = write_bgzf(out / "vcf" / name, vcf)
+        write_bgzf(out / "vcf" / f"{name}.tbi", tabix_index(vcf, starts))
+        del vcf
 
     # ---- per-patient FHIR + DICOM ---------------------------------------------------------------------
     ndjson: dict[str, list[bytes]] = {k: [] for k in
