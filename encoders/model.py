@@ -24,12 +24,40 @@ from . import _plain, build_encoder
 from .base import normalize
 
 
+def gather_features(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matched rows of every rank, as open_clip's ``gather_features`` (``gather_with_grad=False``): under
+    ``torch.distributed`` with more than one process, ``all_gather`` of ``a`` and ``b`` ``(n_rank, D)`` from every
+    rank (ranks may hold different numbers of rows: padded for the exchange, trimmed after), this rank's own rows
+    put back with their gradients. Single process: ``(a, b)`` unchanged. Returns ``(N, D)`` each, rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return a, b
+    ws, rank = dist.get_world_size(), dist.get_rank()
+    n = torch.tensor([a.shape[0]], device=a.device, dtype=torch.long)
+    counts = [torch.zeros_like(n) for _ in range(ws)]
+    dist.all_gather(counts, n)
+    counts_l = [int(c) for c in counts]
+    m = max(counts_l)
+    out = []
+    for x in (a, b):
+        xp = F.pad(x.detach(), (0, 0, 0, m - x.shape[0])).contiguous()
+        parts = [torch.zeros_like(xp) for _ in range(ws)]
+        dist.all_gather(parts, xp)
+        parts = [p[:c] for p, c in zip(parts, counts_l)]
+        parts[rank] = x                                  # the local rows keep their gradients
+        out.append(torch.cat(parts))
+    return out[0], out[1]
+
+
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Symmetric InfoNCE over matched rows: ``a``, ``b`` ``(n, D)`` L2-normalised, row i of ``a`` ↔ row i of ``b``.
 
     ``logit_scale`` is the *multiplier* (``exp`` of the learnable log-scale). Returns a scalar:
-    ``(CE(s·a·bᵀ, arange) + CE(s·b·aᵀ, arange)) / 2``.
+    ``(CE(s·a·bᵀ, arange) + CE(s·b·aᵀ, arange)) / 2``. Under multi-process training (DDP) the rows of every
+    rank are the negatives (:func:`gather_features`), as open_clip does, so the loss is that of the global batch.
     """
+    a, b = gather_features(a, b)
     logits = logit_scale * a @ b.t()
     labels = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
@@ -52,16 +80,38 @@ def pair_rows(index_a: torch.Tensor, index_b: torch.Tensor, size: int) -> tuple[
 
 def multimodal_loss(embs: Mapping[str, torch.Tensor], index: Mapping[str, torch.Tensor], size: int,
                     logit_scale: torch.Tensor, min_pairs: int = 2) -> tuple[torch.Tensor | None, dict[str, float]]:
-    """Mean :func:`clip_loss` over all modality pairs with at least ``min_pairs`` shared patients.
+    """Mean :func:`clip_loss` over all modality pairs with at least ``min_pairs`` shared patients (over all ranks
+    under multi-process training, where each pair's rows are gathered across ranks: :func:`gather_features`).
 
     Returns ``(loss or None, {"a|b": loss value})``.
     """
+    import torch.distributed as dist
+
     losses, parts = [], {}
-    for a, b in itertools.combinations(sorted(embs), 2):
-        ra, rb = pair_rows(index[a], index[b], size)
-        if len(ra) < min_pairs:
+    names = sorted(embs)
+    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if multi:
+        # every rank must make the same collective calls in the same order: the union of the modalities present
+        # on any rank, and each pair's global count of shared patients decides whether it is scored
+        seen: list = [None] * dist.get_world_size()
+        dist.all_gather_object(seen, names)
+        names = sorted(set().union(*seen))
+        ref = next(iter(embs.values()))
+        dim, dev, dt = int(ref.shape[1]), ref.device, ref.dtype
+    for a, b in itertools.combinations(names, 2):
+        if a in embs and b in embs:
+            ra, rb = pair_rows(index[a], index[b], size)
+            xa, xb = embs[a][ra], embs[b][rb]
+        else:
+            xa = xb = torch.zeros((0, dim), device=dev, dtype=dt)
+        n = len(xa)
+        if multi:
+            t = torch.tensor([n], device=dev, dtype=torch.long)
+            dist.all_reduce(t)
+            n = int(t)
+        if n < min_pairs:
             continue
-        loss = clip_loss(embs[a][ra], embs[b][rb], logit_scale)
+        loss = clip_loss(xa, xb, logit_scale)
         losses.append(loss)
         parts[f"{a}|{b}"] = float(loss.detach())
     if not losses:
