@@ -688,12 +688,20 @@ class _Precomputed(Scorer):
 
 @register_scorer("cohort")
 class Cohort(_Precomputed):
-    """Cohort evidence (e.g. burden in phenotypically similar patients) – precomputed, [0, 1]. TODO: lead."""
+    """Cohort enrichment, relevance logit ``weight · s``: ``s`` in [0, 1] per gene from
+    :func:`raretarget.prioritize.cohort.cohort_scores` (carriers of qualifying variants among the store's patients
+    that match the query vs the rest, one-sided Fisher test, FDR). It needs the store, which scorers do not see
+    (they work over the knowledge base and one query), so :func:`raretarget.prioritize.targets.rank_targets`
+    computes it and hands it in as ``extra["cohort"]``; absent without patients."""
 
 
 @register_scorer("embedding")
 class Embedding(_Precomputed):
-    """Cross-modal embedding similarity of the patient to the gene's patients – precomputed, [0, 1]. TODO: lead."""
+    """Embedding similarity of the query to each gene's vector in the current model, relevance logit
+    ``weight · s``: ``s`` = cosine min-max scaled to [0, 1] over the genes, computed by
+    :func:`raretarget.prioritize.targets.rank_targets` from the store's gene embeddings (needs a trained model)
+    and handed in as ``extra["embedding"]``; absent without a model. Its weight is not fitted: the phenopacket
+    benchmark has no trained store."""
 
 
 def build_scorers(config: Mapping[str, Any], kb: KnowledgeBase) -> list[Scorer]:
