@@ -689,7 +689,7 @@ class _Precomputed(Scorer):
 @register_scorer("cohort")
 class Cohort(_Precomputed):
     """Cohort enrichment, relevance logit ``weight · s``: ``s`` in [0, 1] per gene from
-    :func:`raretarget.prioritize.cohort.cohort_scores` (carriers of qualifying variants among the store's patients
+    :func:`raretarget.prioritize.enrichment.cohort_scores` (carriers of qualifying variants among the store's patients
     that match the query vs the rest, one-sided Fisher test, FDR). It needs the store, which scorers do not see
     (they work over the knowledge base and one query), so :func:`raretarget.prioritize.targets.rank_targets`
     computes it and hands it in as ``extra["cohort"]``; absent without patients."""

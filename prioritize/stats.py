@@ -1,7 +1,7 @@
 """Exact hypergeometric tail over arrays, without ``scipy.stats``.
 
 Ranking uses it twice (hpo3-style gene enrichment in :mod:`raretarget.prioritize.phenomodel`, the one-sided
-Fisher test of :mod:`raretarget.prioritize.cohort`). ``scipy.stats`` costs about half a second to import, a
+Fisher test of :mod:`raretarget.prioritize.enrichment`). ``scipy.stats`` costs about half a second to import, a
 tenth of a first ranking's budget, for one function; ``scipy.special.gammaln`` is already loaded with
 ``scipy.sparse``. Agrees with ``scipy.stats.hypergeom.sf`` to 1e-8 in ``ln p`` (tested), also far in the tail.
 """

@@ -4,7 +4,7 @@ Adds to the knowledge components (phenotype IC, knowledge, druggability, variant
 * ``embedding``: cosine of the query vector with each gene's vector in the shared space (min-max scaled
   to [0, 1] over genes), when the store has a trained model and gene embeddings;
 * ``cohort``: enrichment of rare damaging carriers among the patients that match the query vs the rest
-  of the store (:mod:`raretarget.prioritize.cohort`), when the store has patients.
+  of the store (:mod:`raretarget.prioritize.enrichment`), when the store has patients.
 Works on any store: with no model and no patients only the knowledge evidence ranks the genes.
 
 ``engine`` below is what ``Engine.rank_targets`` passes: its :class:`raretarget.context.Context` (or anything with
@@ -54,7 +54,7 @@ def _embedding_scores(engine, text: str | None, obs, exc) -> dict[str, float]:
 
 
 def _cases(engine, text, obs, max_cases: int = 50) -> list[str]:
-    from .cohort import matching_patients
+    from .enrichment import matching_patients
 
     if obs:
         # a long term list (a whole disease profile) is rarely covered at half by one patient: on the
@@ -91,7 +91,7 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
         extra["embedding"] = emb
     has_patients = engine.store.count("patients") > 0
     if has_patients:
-        from .cohort import cohort_evidence, cohort_scores
+        from .enrichment import cohort_evidence, cohort_scores
 
         cases = list(patients) if patients is not None else _cases(engine, text, obs)
         if cases:

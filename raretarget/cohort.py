@@ -1,5 +1,5 @@
 """Moved to :mod:`raretarget.synth.cohort` (issue 18: the generator is not public API and is no relation of
-:mod:`raretarget.prioritize.cohort`); this name stays for a release: it *is* that module."""
+:mod:`raretarget.prioritize.enrichment`, the enrichment statistics); this name stays for a release: it *is* that module."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Cohort evidence (prioritize/cohort.py): burden of rare damaging variants in a case group vs the rest.
+"""Cohort evidence (prioritize/enrichment.py): burden of rare damaging variants in a case group vs the rest.
 
 A hand-made DuckDB store checks the 2x2 counts, Haldane–Anscombe odds ratio, one-sided Fisher p and BH q
 against scipy; the generated cohort checks that each disease's causal gene comes out on top, that counts
@@ -17,7 +17,7 @@ import pytest
 from scipy.stats import false_discovery_control, fisher_exact
 
 from raretarget.prioritize import KnowledgeBase, rank_genes
-from raretarget.prioritize.cohort import (COHORT_SCHEMA, benjamini_hochberg, cohort_evidence, cohort_for_phenotypes,
+from raretarget.prioritize.enrichment import (COHORT_SCHEMA, benjamini_hochberg, cohort_evidence, cohort_for_phenotypes,
                                           cohort_scores, matching_patients, phenotype_coverage)
 
 

@@ -55,7 +55,8 @@ ALIASES = {"raretarget.schema": "raretarget.store.schema", "raretarget.pseudo": 
            "raretarget.report": "raretarget.apps.report", "raretarget.cli": "raretarget.apps.cli",
            "raretarget.serve": "raretarget.apps.serve", "raretarget.drift": "raretarget.apps.drift",
            "raretarget.prioritize.phenopacket": "raretarget.query.phenopacket",
-           "raretarget.nightly_delta": "raretarget.apps.nightly_delta"}
+           "raretarget.nightly_delta": "raretarget.apps.nightly_delta",
+           "raretarget.prioritize.cohort": "raretarget.prioritize.enrichment"}
 #: names an Engine goes by in the code
 ENGINE_NAMES = {"eng", "engine"}
 

@@ -27,7 +27,7 @@ CLINVAR_EXAMPLES = {
 def test_readers_scorers_encoders_share_the_one_table():
     from raretarget.encoders import variants as EV
     from raretarget.ingest import vcf
-    from raretarget.prioritize import cohort, scorers
+    from raretarget.prioritize import enrichment as cohort, scorers
 
     assert vcf.TERM_IMPACT is VV.TERM_IMPACT and vcf.CONSEQUENCE_ORDER is VV.CONSEQUENCE_ORDER
     assert vcf.SEVERITY is VV.SEVERITY and vcf.TERM_ALIASES is VV.TERM_ALIASES
@@ -91,7 +91,7 @@ def test_one_plp_predicate_python_and_sql():
 
 def test_query_filter_and_cohort_enrichment_use_the_plp_predicate():
     """pathogenic_only (query filters) and the qualifying-allele rule (cohort) keep exactly the P/LP rows."""
-    from raretarget.prioritize.cohort import _qualify_sql
+    from raretarget.prioritize.enrichment import _qualify_sql
     from raretarget.query.filters import allowed_patients
 
     vals = [v for v in CLINVAR_EXAMPLES if v]
