@@ -380,6 +380,7 @@ class _Reader:
         self.cadd_key = next((k for k in INFO_CADD_KEYS if k in info), None)
         batch = self.ctx.batch
         self.pids = np.array([batch.patient_for_identifier(s) for s in self.samples], dtype=object)
+        self.gt_columns: list[int] | None = None     # sample columns read (None: all of them)
 
     # -- running --------------------------------------------------------------------------------
     def run_text(self, scan: _Scan) -> None:
@@ -523,6 +524,8 @@ class _Reader:
                     ignored_carrier += 1
                     continue
                 arr = g.array()[:, :-1]
+                if self.gt_columns is not None:
+                    arr = arr[self.gt_columns]
                 if arr.shape[1] == 1:
                     ploidy = None                           # all haploid
                 else:
@@ -1036,6 +1039,9 @@ class _DirectReader(_Reader):
                                            f"(it has {n} sample column(s))")
             idx = 0
         self.sample_index = idx
+        # BCF goes through the ingest loop (:meth:`_Reader._iterate`) restricted to this one genotype column
+        self.gt_columns = [idx]
+        self.pids = self.pids[[idx]]
 
     def _header_from_lines(self, header: list[bytes]) -> None:
         info: dict[str, str] = {}
@@ -1172,74 +1178,6 @@ class _DirectReader(_Reader):
         rows = self._rows
         for k in carried:
             rows.append((chrom, pos, ref, alts[k - 1], *anns[k - 1], zyg_of[k], qual, filt))
-
-    def _iterate(self, vcf) -> int:
-        if self.sites_only or self.n_samples == 1:
-            return super()._iterate(vcf)
-        return self._iterate_one(vcf)
-
-    def _iterate_one(self, vcf) -> int:
-        """Multi-sample file through cyvcf2 (BCF): the chosen sample's genotype only."""
-        ctx = self.ctx
-        cols = self.cols
-        idx = self.sample_index
-        annotate = self._annotate
-        chrom_cache = self._chrom
-        ignored_carrier = ignored_alt = bad_ann = 0
-        done = 0
-        it = iter(vcf)
-        try:
-            while True:
-                try:
-                    v = next(it)
-                except StopIteration:
-                    break
-                except Exception as e:
-                    raise _IterError(done, e) from None
-                done += 1
-                ctx.record()
-                alts = v.ALT
-                if not alts:
-                    ignored_alt += 1
-                    continue
-                g = v.genotype
-                if g is None:
-                    ignored_carrier += 1
-                    continue
-                call = [a for a in g.array()[idx, :-1].tolist() if a != -2]
-                carried = sorted({a for a in call if 0 < a <= len(alts) and alts[a - 1] != "*"})
-                if not carried:
-                    ignored_carrier += 1
-                    continue
-                ref = v.REF
-                try:
-                    anns = annotate(v, ref, alts)
-                except _BadAnnotation:
-                    bad_ann += 1
-                    ctx.quarantine(self._where(done), "vcf_bad_annotation", field="INFO/CSQ")
-                    continue
-                raw_chrom = v.CHROM
-                chrom = chrom_cache.get(raw_chrom)
-                if chrom is None:
-                    chrom = chrom_cache[raw_chrom] = normalize_chrom(raw_chrom)
-                filt = v.FILTERS
-                filt = ";".join(filt) if filt else None
-                for k in carried:
-                    a = anns[k - 1]
-                    cnt = call.count(k)
-                    zyg = "hemi" if len(call) == 1 else ("hom_alt" if cnt >= len(call) else "het")
-                    for c, x in (("patient_id", ""), ("chrom", chrom), ("pos", v.POS), ("ref", ref), ("alt", alts[k - 1]),
-                                 ("gene", a[0]), ("gene_raw", a[1]), ("gene_status", a[2]), ("consequence", a[3]),
-                                 ("impact", a[4]), ("hgvsc", a[5]), ("hgvsp", a[6]), ("clinvar", a[7]), ("af", a[8]),
-                                 ("revel", a[9]), ("cadd_phred", a[10]), ("spliceai", a[11]), ("zygosity", zyg), ("qual", v.QUAL), ("filter", filt), ("source_ref", "")):
-                        cols[c].append(x)
-        finally:
-            self.n_acc += done - ignored_carrier - ignored_alt - bad_ann
-            if ignored_carrier:
-                ctx.ignore("vcf_site_without_carrier", ignored_carrier)
-            if ignored_alt:
-                ctx.ignore("vcf_site_without_alt", ignored_alt)
-        return done
 
 
 _MISS = object()
