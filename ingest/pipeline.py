@@ -63,22 +63,11 @@ def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.P
            batch_records: int = 200_000, fhir_validate: str = "none", workers: int = 1,
            chunk_records: int = 50_000, ray_reader: Callable | None = None,
            progress: bool | Callable[[int, int], None] = False) -> IngestReport:
-    """Ingest files or folders (FHIR Bundles/NDJSON, DICOM, VCF/BCF, any mix; gzip ok).
-
-    Files are committed in batches (``batch_files`` files or about ``batch_records`` records),
-    each batch atomically. A file whose content was already ingested is skipped, so re-running
-    after a crash completes the store without duplicates. Bad records are quarantined, never fatal.
-    ``fhir_validate="full"`` also validates each stored FHIR resource with the fhir.resources R4B
-    models (about 10x slower; failures are quarantined).
-    ``workers``: files are parsed and de-identified in that many worker processes
-    (:mod:`raretarget.ingest.parallel`) while this process merges them in input order and commits;
-    the store is the same as with ``workers=1``.
-    ``chunk_records``: a large file (:data:`raretarget.ingest.core.LARGE_FILE`) is read here, streamed,
-    and committed every that many records, so memory does not grow with the file.
-    ``ray_reader``: ``(writer, kinds=, local=)`` → a reader pool like :class:`raretarget.ingest.parallel.ParallelReader`
-    whose workers are elsewhere (``Engine.ingest(ray=...)`` passes :class:`raretarget.distributed.RayReader`): the
-    files are read there, merged and committed here the same way.
-    """
+    """The ingest of :meth:`raretarget.Engine.ingest` (whose docstring gives every argument), over a store
+    ``writer`` and the reference ``resources`` instead of an Engine. ``ray_reader``: ``(writer, kinds=, local=)`` →
+    a reader pool like :class:`raretarget.ingest.parallel.ParallelReader` whose workers are elsewhere
+    (``Engine.ingest(ray=...)`` passes :class:`raretarget.distributed.RayReader`): the files are read there,
+    merged and committed here the same way."""
     if fhir_validate not in ("none", "full"):
         raise ValueError("fhir_validate must be 'none' or 'full'")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
