@@ -56,8 +56,9 @@ def _zyg(state: Mapping | None) -> str | None:
 def parse_phenopacket(src: str | os.PathLike | Mapping[str, Any], kb: "KnowledgeBase | None" = None) -> ParsedPhenopacket:
     """Phenopacket v2 JSON (path, JSON text or dict) → :class:`ParsedPhenopacket`.
 
-    With ``kb``, obsolete HPO ids are replaced by their ``replaced_by`` term and unknown/obsolete-without-
-    replacement ids are dropped (both listed in ``notes``); without it ids are returned as written.
+    With ``kb``, ids go through :meth:`KnowledgeBase.resolve_terms`: obsolete ids are replaced by their
+    ``replaced_by`` term, unknown, obsolete-without-replacement and out-of-scope ids are dropped (all listed in
+    ``notes``); without it ids are returned as written.
     Unpacks as ``observed, excluded, genes, variants = parse_phenopacket(p)``."""
     if isinstance(src, Mapping):
         pp = src
@@ -75,18 +76,13 @@ def parse_phenopacket(src: str | os.PathLike | Mapping[str, Any], kb: "Knowledge
         tid = ((feat.get("type") or {}).get("id") or "").strip()
         if not tid:
             continue
-        if kb is not None:
-            if tid in kb.replaced_by:
-                r = kb.replaced_by[tid]
-                if r and r in kb.term_index:
-                    notes[tid] = f"replaced_by {r}"
-                    tid = r
-                else:
-                    notes[tid] = "obsolete, no replacement: skipped"
-                    continue
-            elif tid not in kb.term_index:
-                notes[tid] = "unknown: skipped"
+        if kb is not None:                   # the knowledge base's one rule (KnowledgeBase.resolve_terms)
+            idx, why = kb.resolve_terms([tid])
+            if tid in why:
+                notes[tid] = why[tid] if idx else f"{why[tid]}: skipped"
+            if not idx:
                 continue
+            tid = kb.term_ids[idx[0]]
         (exc if feat.get("excluded") else obs).append(tid)
     obs = list(dict.fromkeys(obs))
     exc = [e for e in dict.fromkeys(exc) if e not in obs]
