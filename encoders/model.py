@@ -31,7 +31,7 @@ def gather_features(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
     put back with their gradients. Single process: ``(a, b)`` unchanged. Returns ``(N, D)`` each, rank order."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not distributed():
         return a, b
     ws, rank = dist.get_world_size(), dist.get_rank()
     n = torch.tensor([a.shape[0]], device=a.device, dtype=torch.long)
@@ -48,6 +48,25 @@ def gather_features(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
         parts[rank] = x                                  # the local rows keep their gradients
         out.append(torch.cat(parts))
     return out[0], out[1]
+
+
+def distributed() -> bool:
+    """True under multi-process training (``torch.distributed`` initialised with more than one process)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_count(n: int, device) -> int:
+    """``n`` summed over all processes (``n`` itself in one process). Every rank must call :func:`clip_loss` or
+    none: callers decide on this global count, never on their own batch alone, so no collective is left waiting."""
+    if not distributed():
+        return n
+    import torch.distributed as dist
+
+    t = torch.tensor([n], device=device, dtype=torch.long)
+    dist.all_reduce(t)
+    return int(t)
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
@@ -89,7 +108,7 @@ def multimodal_loss(embs: Mapping[str, torch.Tensor], index: Mapping[str, torch.
 
     losses, parts = [], {}
     names = sorted(embs)
-    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    multi = distributed()
     if multi:
         # every rank must make the same collective calls in the same order: the union of the modalities present
         # on any rank, and each pair's global count of shared patients decides whether it is scored
@@ -104,12 +123,7 @@ def multimodal_loss(embs: Mapping[str, torch.Tensor], index: Mapping[str, torch.
             xa, xb = embs[a][ra], embs[b][rb]
         else:
             xa = xb = torch.zeros((0, dim), device=dev, dtype=dt)
-        n = len(xa)
-        if multi:
-            t = torch.tensor([n], device=dev, dtype=torch.long)
-            dist.all_reduce(t)
-            n = int(t)
-        if n < min_pairs:
+        if global_count(len(xa), xa.device) < min_pairs:
             continue
         loss = clip_loss(xa, xb, logit_scale)
         losses.append(loss)

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from . import _plain
-from .model import MultiModalModel, clip_loss, multimodal_loss
+from .model import MultiModalModel, clip_loss, global_count, multimodal_loss
 
 
 def _optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -62,9 +62,14 @@ class ContrastiveModule(L.LightningModule):
         if total is not None:
             out["patient_loss"] = total
         k = batch.get("knowledge")
-        if k is not None and self.knowledge_weight > 0 and len(k["gene_ids"]) >= 2:
-            t = self.model.encode("text", k["text"])
-            g = self.model.encode_gene_ids(k["gene_ids"])
+        n_k = len(k["gene_ids"]) if k is not None and self.knowledge_weight > 0 else 0
+        # under DDP clip_loss gathers across ranks: all of them score the knowledge pairs or none does
+        if self.knowledge_weight > 0 and global_count(n_k, scale.device) >= 2:
+            if n_k:
+                t = self.model.encode("text", k["text"])
+                g = self.model.encode_gene_ids(k["gene_ids"])
+            else:
+                t = g = torch.zeros((0, self.model.embed_dim), device=scale.device)
             out["knowledge_loss"] = clip_loss(t, g, scale)
         loss = out.get("patient_loss", 0.0) + self.knowledge_weight * out.get("knowledge_loss", 0.0)
         if not isinstance(loss, torch.Tensor):  # nothing to contrast in this batch

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raretarget.encoders.base import normalize
-from raretarget.encoders.model import clip_loss, multimodal_loss
+from raretarget.encoders.model import clip_loss, global_count, multimodal_loss
 
 
 def _data():
@@ -43,7 +43,14 @@ def _worker(rank, port, out):
         if rank == 0:
             embs["image"], index["image"] = a[5:7], torch.arange(2)
         mm, parts = multimodal_loss(embs, index, 2, torch.tensor(10.0))
-        out[rank] = {"loss": float(loss), "grad": xa.grad.clone(), "mm": float(mm), "parts": sorted(parts)}
+        # knowledge pairs on rank 0 only (as LightningModule.losses decides: on the global count, then every rank
+        # calls clip_loss, an empty one with zero rows)
+        n_k = 3 if rank == 0 else 0
+        assert global_count(n_k, "cpu") == 3
+        kt, kg = (a[:3], b[:3]) if n_k else (a[:0], b[:0])
+        kl = clip_loss(kt, kg, 10.0)
+        out[rank] = {"loss": float(loss), "grad": xa.grad.clone(), "mm": float(mm), "parts": sorted(parts),
+                     "k": float(kl)}
     finally:
         dist.destroy_process_group()
 
@@ -73,5 +80,6 @@ def test_two_processes_score_the_global_batch():
     ref, _ = multimodal_loss({"note": a[0:4], "labs": b[0:4], "image": torch.cat([a[5:7], a[:0]])},
                              {"note": torch.arange(4), "labs": torch.arange(4), "image": torch.arange(2)}, 4,
                              torch.tensor(10.0))
+    assert out[0]["k"] == out[1]["k"] == pytest.approx(clip_loss(a[:3], b[:3], 10.0).item(), rel=1e-5)
     assert out[0]["mm"] == pytest.approx(out[1]["mm"], rel=1e-6)
     assert out[0]["mm"] == pytest.approx(float(ref), rel=1e-5)
