@@ -41,8 +41,6 @@ def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort")
     generate(out / "bundles", n_patients=24, seed=3, image_size=16)
     generate(out / "ndjson", n_patients=12, seed=4, fmt="ndjson", imaging_fraction=0.0)
-    (out / "bundles" / "truth.json").unlink()
-    (out / "ndjson" / "truth.json").unlink()
     return out
 
 
