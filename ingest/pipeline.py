@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
+
+from raretarget.store.compact import IntMap
+
 from . import core
 from .core import BatchState, discover, read_file, sha256_file
 
@@ -80,7 +84,8 @@ def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.P
         paths = [paths]
     inputs, skipped = discover(paths)
     report = IngestReport(skipped_files=skipped)
-    writer.seen_resources = {}         # conflicts are found across the batches of this call
+    # conflicts are found across the batches of this call: every resource's content hash, kept compact
+    writer.seen_resources = IntMap(np.uint64)
     pseudo = writer.pseudo
     bar = _progress(progress, len(inputs))
     with writer.store.writer():
@@ -130,7 +135,7 @@ def _ingest_batch(writer, resources, files, report: IngestReport, bar, pool=None
                   chunk_records: int = 50_000) -> None:
     pseudo = writer.pseudo
     batch = BatchState(pseudo, resources, writer.known_phi)
-    batch.study_patient.update(writer.known_studies())
+    batch.known_studies = writer.known_studies()
     batch.known_alias = writer.known_alias()
     batch.options = dict(writer.options)
     batch.seen_resources = writer.seen_resources
