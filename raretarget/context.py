@@ -10,11 +10,14 @@ engine. Nothing is read from disk when it is made; the caches fill on first use.
 * ``writer`` – the ingest commit rules and their lookups (:class:`raretarget.store.writer.StoreWriter`),
   kept for the context's lifetime so later ingests reuse the loaded identifiers;
 * ``resources`` – reference vocabularies loaded on first use (units, genes, HPO: :class:`raretarget.ingest.core.Resources`);
-* caches: the knowledge base (``knowledge()``) and the loaded model + index generation (``searcher()``).
+* caches: the knowledge base (``knowledge()``), the loaded model + index generation (``searcher()``) and the
+  cohort index of the current store version (``cohort_index()``: who has which phenotypes, who carries what, for
+  ranking; rebuilt when the manifest changes, e.g. after an ingest or update).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import pyarrow as pa
@@ -38,6 +41,8 @@ class Context:
         self.kb = None                  # knowledge base, built on first knowledge()
         self.cached_searcher = None     # loaded model + indexes, until reset_searcher()
         self.review_phi = None          # (PHI rows, compiled patterns) of review note scrubbing
+        self.cached_cohort = None       # CohortIndex of one store version (its .key), until the store changes
+        self.cohort_lock = threading.Lock()   # a server's threads build it once, not once each
 
     # ---- reading -------------------------------------------------------------------------------
     def sql(self, query: str, params: Sequence | None = None) -> pa.Table:
@@ -89,6 +94,36 @@ class Context:
 
             self.kb = KnowledgeBase.from_hpo3()
         return self.kb
+
+    def cohort_key(self) -> tuple:
+        """What the cohort index depends on: the manifest version this context reads and the parts of the
+        tables it is built from (a rewritten manifest with the same counter still changes the key)."""
+        man = self.store.manifest()
+        tables = man.get("tables", {})
+        return (man.get("version", 0),) + tuple(tuple(tables.get(t, ())) for t in
+                                                ("conditions", "variants", "patients", "deleted"))
+
+    def cohort_index(self):
+        """The :class:`raretarget.prioritize.cohort_index.CohortIndex` of the store version this context reads
+        (with ``resources.phenotypes`` as ontology), built on first use (four queries on one connection) and
+        again after the store changed."""
+        key = self.cohort_key()
+        hit = self.cached_cohort
+        if hit is not None and hit.key == key:
+            return hit
+        with self.cohort_lock:
+            hit = self.cached_cohort
+            if hit is None or hit.key != key:
+                from raretarget.prioritize.cohort_index import CohortIndex
+
+                ontology = self.resources.phenotypes
+                con = self.store.duckdb()
+                try:
+                    hit = CohortIndex.build(con, ontology, key=key)
+                finally:
+                    con.close()
+                self.cached_cohort = hit
+        return hit
 
     # ---- queries -------------------------------------------------------------------------------
     def resolve(self, query=None, **forms):
