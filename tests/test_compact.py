@@ -59,3 +59,19 @@ def test_64_bit_keys_that_float64_would_round_together_stay_apart(monkeypatch):
     assert m.get(2**60 + 2) is None
     s = IntSet([2**60, 2**62 + 1], dtype=np.int64)
     assert 2**60 + 1 not in s and 2**62 + 1 in s and 2**62 not in s
+
+
+def test_intmap_many_agrees_with_one_at_a_time(monkeypatch):
+    monkeypatch.setattr(compact, "MERGE_MIN", 4)
+    rng = random.Random(2)
+    a, b = IntMap(np.uint64), IntMap(np.uint64)
+    for _ in range(200):
+        keys = [rng.randrange(0, 40) * (2**58) + rng.randrange(0, 3) for _ in range(rng.randrange(0, 6))]
+        vals = [rng.randrange(0, 2**64) for _ in keys]
+        assert a.get_many(keys) == [b.get(k) for k in keys]
+        a.setdefault_many(keys, vals)
+        for k, v in zip(keys, vals):
+            b.setdefault(k, v)
+        assert len(a) == len(b)
+    probe = list(range(0, 40 * 2**58, 2**58))
+    assert a.get_many(probe) == [b.get(k) for k in probe]

@@ -11,7 +11,7 @@ Semantics are those of ``set`` / ``dict`` for the operations the ingest uses; it
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -146,6 +146,35 @@ class IntMap:
             return prev
         self[k] = v
         return int(v)
+
+    def get_many(self, keys: Sequence[int]) -> list[int | None]:
+        """``[self.get(k) for k in keys]`` with one vectorised search of the sorted part (a file's resources at a
+        time in the parallel committer, where per-key searches cost more than the rest of its merge)."""
+        if not len(keys):
+            return []
+        out: list[int | None] = [None] * len(keys)
+        if len(self._keys):
+            ks = np.asarray(keys, dtype=self.dtype)
+            idx = np.searchsorted(self._keys, ks)
+            idx[idx == len(self._keys)] = 0
+            hit = self._keys[idx] == ks
+            for i in np.flatnonzero(hit).tolist():
+                out[i] = int(self._vals[idx[i]])
+        recent = self._recent
+        if recent:
+            for i, k in enumerate(keys):
+                v = recent.get(int(k))
+                if v is not None:
+                    out[i] = v
+        return out
+
+    def setdefault_many(self, keys: Sequence[int], values: Sequence[int]) -> None:
+        """``self.setdefault(k, v)`` for each pair, in order (the first value of a key wins)."""
+        for k, prev, v in zip(keys, self.get_many(keys), values):
+            if prev is None and self._recent.get(int(k)) is None:
+                self._recent[int(k)] = int(v)
+        if len(self._recent) >= max(MERGE_MIN, len(self._keys) // 4):
+            self._merge()
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._recent)
