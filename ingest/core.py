@@ -121,6 +121,10 @@ class BatchState:
         if table.num_rows:
             self.segments[name].append(table)
 
+    def buffered_rows(self) -> int:
+        """Rows held for the next commit (column lists and Arrow segments, every table)."""
+        return sum(self.nrows.values()) + sum(t.num_rows for ts in self.segments.values() for t in ts)
+
     def tables(self) -> dict:
         """Every row of the batch as one conformed table per data table (input order)."""
         import pyarrow as pa

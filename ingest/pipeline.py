@@ -154,12 +154,17 @@ def _ingest_batch(writer, resources, files, report: IngestReport, bar, pool=None
 
     batch.partial = partial
     batch.chunk_records = chunk_records
-    for inp, digest, fref in files:
+    for k, (inp, digest, fref) in enumerate(files):
         if pool is not None:            # read by a worker, checked and merged here (or read here)
             entry, ignored = pool.merge(batch, inp, digest, fref)
         else:
             entry, ignored = read_file(batch, inp.path, inp.kind, digest, fref)
         ledger.append(entry)
+        # many files each below the large-file size can still hold many rows together (a multi-sample VCF:
+        # 0.5 MB compressed, 100k variant rows): their rows so far and ledger rows go out as a part at a file
+        # boundary, so a batch holds at most about chunk_records rows plus one file's
+        if chunk_records and k + 1 < len(files) and batch.buffered_rows() >= chunk_records:
+            partial()
         report.conflicts += entry[6]
         report.records += entry[2]
         for k, v in ignored.items():
