@@ -206,3 +206,62 @@ def test_chunk_size_default_comes_from_the_yaml(store):
 
     dm = _dm(store, chunk_patients=None)
     assert dm.chunk_patients == default_config()["data"]["chunk_patients"] > 0
+
+
+# ---- embedding a store chunk by chunk -------------------------------------------------------------
+def test_embedding_in_chunks_writes_the_rows_of_one_pass(cohort_store, monkeypatch):
+    """``embed_store`` / ``embed_shard`` read ``chunk_patients`` patients at a time and append each chunk's vectors
+    to the modality files: the same rows and vectors as one whole-store pass (the old path)."""
+    from raretarget.encoders import pipeline
+    from raretarget.index.generations import Generations, vectors_of
+
+    eng = cohort_store(14, 5).eng
+    eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 8,
+                 "encoders.image.arch": "small", "model.knowledge.steps": 0, "data.num_workers": 0})
+    version = eng.current_model()["model_version"]
+    gens = Generations(eng.store.root)
+
+    def snapshot():
+        out = {}
+        for m in sorted(gens.embedding_counts(version)):
+            t = gens.read_embeddings(version, m).sort_by([("record_id", "ascending")])
+            out[m] = (t.column("record_id").to_pylist(), t.column("patient_id").to_pylist(),
+                      t.column("source_ref").to_pylist(), vectors_of(t))
+        return out
+
+    whole = pipeline.embed_store(eng.store, batch_size=16, device="cpu", chunk_patients=10_000)
+    ref = snapshot()
+    asked = []
+    real = D.load_store_samples
+
+    def spy(st, loincs=None, patients=None):
+        asked.append(None if patients is None else len(patients))
+        return real(st, loincs, patients=patients)
+
+    monkeypatch.setattr(D, "load_store_samples", spy)
+    chunked = pipeline.embed_store(eng.store, batch_size=16, device="cpu", chunk_patients=3)
+    assert asked and None not in asked and max(asked) <= 3 and len(asked) >= 4
+    assert chunked == whole and set(whole) >= {"note", "image", "patient", "gene"}
+    got = snapshot()
+    assert got.keys() == ref.keys()
+    for m in ref:
+        assert got[m][:3] == ref[m][:3], m
+        assert np.allclose(got[m][3], ref[m][3], atol=1e-5), m
+    # shards, each in chunks, merge to the same rows
+    asked.clear()
+    for i in range(2):
+        pipeline.embed_shard(eng.store, i, 2, batch_size=16, device="cpu", chunk_patients=2)
+    assert max(asked) <= 2
+    assert pipeline.merge_shards(eng.store, 2) == whole
+    got = snapshot()
+    for m in ref:
+        assert got[m][:3] == ref[m][:3] and np.allclose(got[m][3], ref[m][3], atol=1e-5), m
+
+
+def test_patient_chunks():
+    from raretarget.encoders.pipeline import patient_chunks
+
+    assert patient_chunks(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
+    assert patient_chunks([], 2) == [[]]                  # an empty store still writes its (gene) files
+    with pytest.raises(ValueError):
+        patient_chunks(["a"], 0)
