@@ -182,6 +182,47 @@ def test_dataloader_workers_read_different_chunks(store, old_split):
     assert n == len(dm.train_dataloader())
 
 
+def _ddp_worker(rank, port, root, out):
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        dm = _dm(root, batch_size=2, chunk_patients=3)           # a store path; rank and world from torch.distributed
+        loader = dm.train_dataloader()
+        pids = []
+        for b in loader:
+            pids += b["patient_id"]
+            x = torch.ones(1)
+            dist.all_reduce(x)                                    # one collective per batch: unequal counts would hang
+        out[rank] = {"pids": pids, "len": len(loader), "rank": loader.dataset.rank, "world": loader.dataset.world_size}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_read_different_patients_in_as_many_batches(store):
+    """Two gloo processes: each rank streams its own patients, in the same number of batches (a collective per
+    batch completes), and together they read the training split."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, str(store.store.root), out), nprocs=2, join=True)
+    a, b = out[0], out[1]
+    assert (a["rank"], a["world"], b["rank"], b["world"]) == (0, 2, 1, 2)
+    assert a["len"] == b["len"] and len(a["pids"]) == len(b["pids"]) > 0
+    assert not set(a["pids"]) & set(b["pids"])
+    assert set(a["pids"]) | set(b["pids"]) <= set(_dm(store).train_ids)
+
+
 def test_rank_comes_from_the_trainer(store):
     dm = _dm(store)
     dm.trainer = type("T", (), {"global_rank": 1, "world_size": 2})()
