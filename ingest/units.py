@@ -47,12 +47,20 @@ class UnitNormalizer:
     """Converts (loinc, value, ucum_unit) to the canonical unit; conversions are cached per pair."""
 
     def __init__(self, table: dict[str, LabUnit] | None = None):
-        import pint
-
         self.table = table if table is not None else load_lab_table()
-        self.ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
-        self.ureg.define("international_unit = [iu] = IU")
+        self._ureg = None
         self._cache: dict[tuple[str, str | None], Conversion] = {}
+
+    @property
+    def ureg(self):
+        """pint's registry, built on the first unit that is not already canonical (~0.2 s: values given in
+        the canonical unit, the common case, and codes without a canonical unit never need it)."""
+        if self._ureg is None:
+            import pint
+
+            self._ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+            self._ureg.define("international_unit = [iu] = IU")
+        return self._ureg
 
     def to_pint(self, ucum: str):
         """UCUM unit string → pint Quantity (magnitude carries any 10*n factor). Raises ValueError."""

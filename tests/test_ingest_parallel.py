@@ -220,3 +220,35 @@ def test_large_bundles_streamed_give_the_same_store(small_large_file, cohort, tm
     b, r2 = _ingest(tmp_path, "whole", paths, 1, chunk_records=10**9)
     assert r1.records == r2.records and r1.quarantined == r2.quarantined and r1.conflicts == r2.conflicts
     _same_store(a, b)
+
+
+def test_dispatch_order_hands_heavy_tasks_out_first_within_a_segment():
+    from raretarget.ingest.parallel import _dispatch_order
+
+    # two segments (barrier 0: FHIR; barrier 2: DICOM/VCF after the FHIR group is merged)
+    tasks = [(0, [0]), (0, [1]), (2, [2]), (2, [3]), (2, [4]), (2, [5])]
+    assert _dispatch_order(tasks, [1, 1, 1, 1, 1, 1]) == [0, 1, 2, 3, 4, 5]
+    # the long VCF last in input order goes out first, but never ahead of its segment's barrier
+    assert _dispatch_order(tasks, [1, 1, 1, 1, 1, 100]) == [0, 1, 5, 2, 3, 4]
+    assert _dispatch_order(tasks, [50, 1, 1, 1, 1, 1])[:2] == [0, 1]
+
+
+def test_heavy_file_read_out_of_order_merges_into_the_same_store(cohort, tmp_path, monkeypatch):
+    import raretarget.ingest.parallel as P
+
+    orders = []
+    real = P._dispatch_order
+
+    def spy(tasks, cost):
+        out = real(tasks, cost)
+        orders.append((out, tasks))
+        return out
+
+    monkeypatch.setattr(P, "_dispatch_order", spy)
+    monkeypatch.setattr(P, "HEAVY", 1.5)         # the tiny cohort's VCF counts as heavy
+    paths = [cohort / "bundles"]
+    one, _ = _ingest(tmp_path, "one", paths, 1)
+    two, _ = _ingest(tmp_path, "two", paths, 2)
+    order, tasks = next((o, t) for o, t in orders if o)
+    assert order != sorted(order)                # something was handed out ahead of the input order
+    _same_store(one, two)
