@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from raretarget import Engine
-    from raretarget.synth.cohort import generate
+    from raretarget.synth.cohort import generate, read_truth
 
     t0 = time.time()
     timings = {}
@@ -65,7 +65,7 @@ def main() -> None:
         generate(tmp / "c", n_patients=a.patients, seed=a.seed, n_diseases=a.diseases)
         eng = Engine.open(tmp / "s", create=True)
         eng.ingest([tmp / "c" / "fhir", tmp / "c" / "vcf"])
-        truth = json.loads((tmp / "c" / "truth.json").read_text())
+        truth = read_truth(tmp / "c")
         dis = [d for d in truth["diseases"] if d.get("genes")]
         over = {"max_epochs": a.epochs, "model.knowledge.steps": a.knowledge_steps, "seed": a.seed}
         if a.verdict_weight is not None:

@@ -4,7 +4,7 @@ its own process, timed, with its peak RSS.
 ``python benchmarks/bench_scale.py --sizes 1000 3000 10000 [--ray-size 1000] [--steps 60] [--out DIR]``
 
 For each size N: a cohort of N patients (:func:`raretarget.synth.cohort.generate`, deterministic; its answer key
-``truth.json`` sits beside the fhir/dicom/vcf folders that are ingested) and a night of ``max(1, N/100)``
+answer key in the hidden ``.answer_key/`` folder that ingest skips) and a night of ``max(1, N/100)``
 new patients. Stages, each a fresh ``python`` process (so a stage's peak RSS is its own, from
 ``os.wait4``: the largest resident set of the process or of any child it waited for, not a sum):
 
@@ -50,7 +50,9 @@ RAY_STAGES = ["ingest_ray", "embed_ray"]
 
 # ---- one stage (child process) ---------------------------------------------------------------------------
 def _queries(cohort: Path, n: int = 100) -> list[list[str]]:
-    truth = json.loads((cohort / "truth.json").read_text())
+    from raretarget.synth.cohort import read_truth
+
+    truth = read_truth(cohort)
     qs = [p["hpo"] for p in truth["patients"] if p.get("hpo")]
     return [qs[i % len(qs)] for i in range(n)]
 
@@ -66,7 +68,6 @@ def stage(name: str, work: Path, n: int, steps: int) -> dict:
 
         gen.generate(cohort, n_patients=n, seed=100 + n, n_background_variants=10, image_size=32)
         gen.generate(night, n_patients=max(1, n // 100), seed=10_000 + n, n_background_variants=10, image_size=32)
-        (night / "truth.json").rename(work / "night_truth.json")        # the night folder is ingested whole
         out["source_files"] = sum(1 for _ in cohort.rglob("*") if _.is_file())
     elif name in ("ingest", "ingest_ray"):
         dst = store if name == "ingest" else work / "store_ray"

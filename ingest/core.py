@@ -78,7 +78,8 @@ class BatchState:
         self.phi_terms: dict[str, list[str]] = {}           # patient_id -> identifying strings (secure side)
         self.alias: dict[str, str] = {}                     # identifier value (MRN, ...) -> patient_id (this batch)
         self.known_alias: dict[str, str] = {}               # same, from earlier batches (link folder)
-        self.study_patient: dict[str, str] = {}             # pseudonymous study UID -> patient_id
+        self.study_patient: dict[str, str] = {}             # pseudonymous study UID -> patient_id (this batch)
+        self.known_studies: dict[str, str] = {}             # same, from earlier batches (the store; not copied)
         self._known_phi = known_phi
         self.options: dict[str, Any] = {}
         self.deletions: list[tuple[str, str]] = []          # (resource type, pseudonymous resource id)
@@ -120,6 +121,10 @@ class BatchState:
         if table.num_rows:
             self.segments[name].append(table)
 
+    def buffered_rows(self) -> int:
+        """Rows held for the next commit (column lists and Arrow segments, every table)."""
+        return sum(self.nrows.values()) + sum(t.num_rows for ts in self.segments.values() for t in ts)
+
     def tables(self) -> dict:
         """Every row of the batch as one conformed table per data table (input order)."""
         import pyarrow as pa
@@ -155,7 +160,9 @@ class BatchState:
 
     def study_of(self, study_uid: str) -> str | None:
         """Patient of a pseudonymous study UID (an ImagingStudy met in this batch or an earlier one)."""
-        return self.study_patient.get(study_uid)
+        if study_uid in self.study_patient:
+            return self.study_patient[study_uid]
+        return self.known_studies.get(study_uid)
 
     def check_resource(self, key: int, content: int) -> bool:
         """True when the pseudonymous resource ``key`` was met earlier in this ingest with other content;

@@ -388,9 +388,10 @@ class ParallelReader:
             if batch.study_of(s) != pid:
                 return False
         known = batch.seen_resources
-        if known is not None:
-            for key, h in seen:
-                prev = known.get(key)
+        if known is not None and seen:
+            many = getattr(known, "get_many", None)       # the committer's compact map: one search per file
+            prevs = many([k for k, _ in seen]) if many else [known.get(k) for k, _ in seen]
+            for (_key, h), prev in zip(seen, prevs):
                 if prev is not None and prev != h:
                     return False
         return True
@@ -408,9 +409,14 @@ class ParallelReader:
         batch.phi_terms.update(res["phi"])
         batch.alias.update(res["alias"])
         batch.study_patient.update(res["study"])
-        if batch.seen_resources is not None:
-            for key, h in res["reads"][3]:
-                batch.seen_resources.setdefault(key, h)
+        seen = batch.seen_resources
+        if seen is not None and res["reads"][3]:
+            pairs = res["reads"][3]
+            if hasattr(seen, "setdefault_many"):
+                seen.setdefault_many([k for k, _ in pairs], [h for _, h in pairs])
+            else:
+                for key, h in pairs:
+                    seen.setdefault(key, h)
         pseudo = batch.pseudo
         for p, original, kind in res["links"]:       # pseudonyms first made by this file, in its order
             if (kind, original) not in pseudo._cache:

@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
+
+from raretarget.store.compact import IntMap
+
 from . import core
 from .core import BatchState, discover, read_file, sha256_file
 
@@ -80,7 +84,8 @@ def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.P
         paths = [paths]
     inputs, skipped = discover(paths)
     report = IngestReport(skipped_files=skipped)
-    writer.seen_resources = {}         # conflicts are found across the batches of this call
+    # conflicts are found across the batches of this call: every resource's content hash, kept compact
+    writer.seen_resources = IntMap(np.uint64)
     pseudo = writer.pseudo
     bar = _progress(progress, len(inputs))
     with writer.store.writer():
@@ -130,7 +135,7 @@ def _ingest_batch(writer, resources, files, report: IngestReport, bar, pool=None
                   chunk_records: int = 50_000) -> None:
     pseudo = writer.pseudo
     batch = BatchState(pseudo, resources, writer.known_phi)
-    batch.study_patient.update(writer.known_studies())
+    batch.known_studies = writer.known_studies()
     batch.known_alias = writer.known_alias()
     batch.options = dict(writer.options)
     batch.seen_resources = writer.seen_resources
@@ -149,12 +154,17 @@ def _ingest_batch(writer, resources, files, report: IngestReport, bar, pool=None
 
     batch.partial = partial
     batch.chunk_records = chunk_records
-    for inp, digest, fref in files:
+    for k, (inp, digest, fref) in enumerate(files):
         if pool is not None:            # read by a worker, checked and merged here (or read here)
             entry, ignored = pool.merge(batch, inp, digest, fref)
         else:
             entry, ignored = read_file(batch, inp.path, inp.kind, digest, fref)
         ledger.append(entry)
+        # many files each below the large-file size can still hold many rows together (a multi-sample VCF:
+        # 0.5 MB compressed, 100k variant rows): their rows so far and ledger rows go out as a part at a file
+        # boundary, so a batch holds at most about chunk_records rows plus one file's
+        if chunk_records and k + 1 < len(files) and batch.buffered_rows() >= chunk_records:
+            partial()
         report.conflicts += entry[6]
         report.records += entry[2]
         for k, v in ignored.items():

@@ -74,7 +74,8 @@ class Engine:
         (:mod:`raretarget.ingest.parallel`) while this process merges them in input order and commits;
         the store is the same as with ``workers=1``.
         ``chunk_records``: a large file (:data:`raretarget.ingest.core.LARGE_FILE`) is read here, streamed,
-        and committed every that many records, so memory does not grow with the file.
+        and committed every that many records, so memory does not grow with the file; a batch of smaller files
+        is committed in parts, at file boundaries, once it holds that many rows (multi-sample VCFs).
         ``ray``: read the files in Ray Data actors instead (True: a local Ray or ``RAY_ADDRESS``; a string: that
         cluster's address), merged and committed here the same way (:mod:`raretarget.distributed`).
         """

@@ -6,7 +6,7 @@
 Steps: ``raretarget.synth.cohort.generate`` → ``Engine.ingest`` (fhir, dicom, vcf) → ``Engine.train`` →
 ``Engine.embed`` → ``Engine``-level :func:`raretarget.apps.outcome.predict_outcome` for
 
-* the 3 most frequent diseases of the cohort (labels from ``truth.json``: a patient with that
+* the 3 most frequent diseases of the cohort (labels from the answer key: a patient with that
   ``disease_id`` = 1, every other patient, controls included = 0; ids mapped with ``eng.pseudo``);
 * comorbidities from the store's conditions: hypertension (``HP:0000822``, via the HPO mapping of the
   ingested SNOMED codes, descendants included) and type 2 diabetes (``SNOMED:44054006``).
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from raretarget import Engine
-    from raretarget.synth.cohort import generate
+    from raretarget.synth.cohort import generate, read_truth
 
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_outcome_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     truth = generate(out, n_patients=a.patients, seed=a.seed)
     if not isinstance(truth, dict) or "patients" not in truth:
-        truth = json.loads((out / "truth.json").read_text())
+        truth = read_truth(out)
     times["generate_s"] = time.time() - t0
     t0 = time.time()
     eng = Engine.open(store, create=True)

@@ -124,7 +124,7 @@ def _tfidf(queries: list[str], docs: list[str]) -> np.ndarray:
 # ---- cohort / store -------------------------------------------------------------------------------
 def build_store(work: Path, n_patients: int, seed: int, noise: float, n_diseases: int, image_difficulty: float):
     from raretarget import Engine
-    from raretarget.synth.cohort import generate
+    from raretarget.synth.cohort import generate, read_truth
 
     tag = f"p{n_patients}_s{seed}_n{noise:g}_d{n_diseases}_i{image_difficulty:g}"
     out, store = work / f"cohort_{tag}", work / f"store_{tag}"
@@ -145,7 +145,7 @@ def build_store(work: Path, n_patients: int, seed: int, noise: float, n_diseases
     if rep.quarantined:
         print(f"warning: {rep.quarantined} record(s) quarantined at ingest", file=sys.stderr)
     if not isinstance(truth, dict) or "patients" not in truth:
-        truth = json.loads((out / "truth.json").read_text())
+        truth = read_truth(out)
     return eng, truth, {"generate_s": round(t1 - t0, 2), "ingest_s": round(t2 - t1, 2)}
 
 
@@ -168,7 +168,7 @@ class Cohort:
                         for s in self.val}
         missing = [s["patient_id"] for s in self.val if s["patient_id"] not in self.truth_of]
         if missing:
-            raise RuntimeError(f"{len(missing)} held-out store patient(s) not found in truth.json")
+            raise RuntimeError(f"{len(missing)} held-out store patient(s) not found in the answer key")
         mapper = eng.resources.phenotypes
         self.mapper = mapper
 

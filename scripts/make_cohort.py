@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a deterministic synthetic rare-disease cohort (FHIR + DICOM + VCF + truth.json).
+"""Write a deterministic synthetic rare-disease cohort (FHIR + DICOM + VCF + the answer key .answer_key/truth.json).
 
     python scripts/make_cohort.py --patients 1000 --seed 0 --out cohort/
 
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=50, help="number of patients (default 50)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True, help="output folder (fhir/, dicom/, vcf/, truth.json)")
+    ap.add_argument("--out", required=True, help="output folder (fhir/, dicom/, vcf/, .answer_key/truth.json)")
     ap.add_argument("--diseases", type=int, default=10, help="number of OMIM diseases (default 10)")
     ap.add_argument("--disease-ids", nargs="*", default=None, help="explicit OMIM ids, e.g. OMIM:310200")
     ap.add_argument("--fraction-affected", type=float, default=0.5)

@@ -66,7 +66,7 @@ def cohort_store(tmp_path_factory):
     import json
 
     from raretarget import Engine
-    from raretarget.synth.cohort import generate
+    from raretarget.synth.cohort import generate, read_truth
 
     built: dict[tuple, CohortStore] = {}
 
@@ -77,7 +77,7 @@ def cohort_store(tmp_path_factory):
             generate(root / "c", n_patients=n_patients, seed=seed, **options)
             eng = Engine.open(root / "s", create=True)
             eng.ingest([root / "c" / k for k in kinds])
-            built[key] = CohortStore(root, eng, json.loads((root / "c" / "truth.json").read_text()))
+            built[key] = CohortStore(root, eng, read_truth(root / "c"))
         return built[key]
 
     return make

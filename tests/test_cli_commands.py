@@ -15,7 +15,7 @@ import pytest
 
 from raretarget import Engine
 from raretarget.cli import main
-from raretarget.cohort import generate
+from raretarget.cohort import generate, read_truth
 from conftest import DATA, ROOT
 
 
@@ -25,7 +25,7 @@ def store(tmp_path_factory):
     generate(tmp / "c", n_patients=16, seed=3)
     s = tmp / "s"
     assert main(["ingest", str(s), str(tmp / "c" / "fhir"), str(tmp / "c" / "dicom"), str(tmp / "c" / "vcf"), "-q"]) == 0
-    truth = json.loads((tmp / "c" / "truth.json").read_text())
+    truth = read_truth(tmp / "c")
     dis = truth["diseases"][0]
     return tmp, s, truth, dis
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from raretarget.cohort import LAB_TERMS, generate, load_obo_terms
+from raretarget.cohort import LAB_TERMS, generate, load_obo_terms, read_truth
 
 N = 40
 
@@ -26,7 +26,7 @@ def cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def truth(cohort) -> dict:
-    return json.loads((cohort / "truth.json").read_text())
+    return read_truth(cohort)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_same_seed_identical_bytes_different_seed_differs(tmp_path, cohort):
     b = tmp_path / "b"
     generate(b, n_patients=N, seed=1)
     fb = _files(b)
-    assert fb["truth.json"] != fa["truth.json"]
+    assert fb[".answer_key/truth.json"] != fa[".answer_key/truth.json"]
     assert fb["vcf/cohort.vcf.gz"] != fa["vcf/cohort.vcf.gz"]
     assert not (set(fb) & {k for k in fa if k.startswith("fhir/")})     # other patient ids
 
@@ -331,7 +331,7 @@ def test_explicit_diseases_and_cli(tmp_path):
     r = subprocess.run([sys.executable, str(script), "--patients", "6", "--seed", "2", "--out", str(out),
                         "--disease-ids", "OMIM:301030", "--fraction-affected", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    t = json.loads((out / "truth.json").read_text())
+    t = read_truth(out)
     assert [d["disease_id"] for d in t["diseases"]] == ["OMIM:301030"]
     assert t["diseases"][0]["genes"] == ["POLA1"] and t["diseases"][0]["inheritance"] == "XLR"
     assert all(p["disease_id"] == "OMIM:301030" for p in t["patients"])
@@ -396,3 +396,24 @@ def test_vcf_split_into_sample_blocks_gives_the_same_variants(tmp_path):
         # pseudonyms are per store: compare each patient's variants, as a sorted list of patients
         got.append(sorted(tuple(sorted(v)) for v in per_patient.values()))
     assert got[0] == got[1] and len(got[0]) == 25
+
+
+def test_answer_key_is_never_an_ingest_input(cohort, tmp_path):
+    """Ingesting the whole cohort folder skips the answer key (hidden folder) instead of quarantining it."""
+    from raretarget import Engine
+    from raretarget.synth.cohort import TRUTH
+
+    assert (cohort / TRUTH).is_file() and not (cohort / "truth.json").exists()
+    eng = Engine.open(tmp_path / "s", create=True)
+    rep = eng.ingest([cohort])
+    assert rep.quarantined == 0
+    assert [p for p, _why in rep.skipped_files if p.endswith("truth.json")] == [str(cohort / TRUTH)]
+    assert eng.store.read("patients").num_rows == len(read_truth(cohort)["patients"])
+
+
+def test_read_truth_finds_the_former_location(tmp_path):
+    from raretarget.synth.cohort import truth_path
+
+    (tmp_path / "truth.json").write_text('{"patients": [], "diseases": []}')
+    assert truth_path(tmp_path) == tmp_path / "truth.json"
+    assert read_truth(tmp_path) == {"patients": [], "diseases": []}

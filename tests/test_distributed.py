@@ -42,8 +42,6 @@ def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort")
     generate(out / "bundles", n_patients=16, seed=3, image_size=16)
     generate(out / "ndjson", n_patients=8, seed=4, fmt="ndjson", imaging_fraction=0.0)
-    for d in ("bundles", "ndjson"):
-        (out / d / "truth.json").unlink(missing_ok=True)
     return out
 
 

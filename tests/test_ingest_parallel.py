@@ -41,8 +41,6 @@ def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort")
     generate(out / "bundles", n_patients=24, seed=3, image_size=16)
     generate(out / "ndjson", n_patients=12, seed=4, fmt="ndjson", imaging_fraction=0.0)
-    (out / "bundles" / "truth.json").unlink()
-    (out / "ndjson" / "truth.json").unlink()
     return out
 
 
@@ -252,3 +250,18 @@ def test_heavy_file_read_out_of_order_merges_into_the_same_store(cohort, tmp_pat
     order, tasks = next((o, t) for o, t in orders if o)
     assert order != sorted(order)                # something was handed out ahead of the input order
     _same_store(one, two)
+
+
+def test_many_small_files_are_committed_in_parts_at_file_boundaries(cohort, tmp_path):
+    """A batch of files each below the large-file size but with many rows together is committed in parts once
+    it holds chunk_records rows (at a file boundary): the same rows as one commit, the same store with 2 workers."""
+    paths = [cohort / "bundles"]
+    ref, _ = _ingest(tmp_path, "ref", paths, 1)
+    one, r1 = _ingest(tmp_path, "one", paths, 1, chunk_records=40)
+    two, r2 = _ingest(tmp_path, "two", paths, 2, chunk_records=40)
+    _same_store(one, two)
+    for name in S.DATA_TABLES:
+        assert one.store.read(name).equals(ref.store.read(name)), name
+    parts = lambda e: sum(len(v) for v in e.store.manifest(refresh=True)["tables"].values())  # noqa: E731
+    assert parts(one) > parts(ref)
+    assert r1.records == r2.records and r1.batches == r2.batches

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from raretarget import Engine
+from raretarget.synth.cohort import read_truth
 from raretarget.index import IndexMismatchError
 from raretarget.index.generations import vectors_of
 from conftest import DATA, store_text
@@ -135,7 +136,7 @@ def test_approximate_index_agrees_with_exact(world):
 def test_retrained_model_refuses_stale_index_and_no_phi(world):
     eng, tmp, summary, *_ = world
     text = store_text(tmp / "store" / "embeddings") + store_text(tmp / "store" / "index")
-    truth = json.loads((tmp / "cohort" / "truth.json").read_text())
+    truth = read_truth(tmp / "cohort")
     for p in truth["patients"][:10]:
         assert p["patient"] not in text
     other = eng.train(**{**TINY, "seed": 5, "max_epochs": 1})

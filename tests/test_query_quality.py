@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from raretarget import Engine
+from raretarget.synth.cohort import read_truth
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def world(tmp_path_factory):
     eng.train(max_epochs=2, eval_untrained=False, **{"model.knowledge.steps": 0})
     eng.embed()
     eng.build_index()
-    truth = json.loads((tmp / "c" / "truth.json").read_text())
+    truth = read_truth(tmp / "c")
     disease_of = {eng.pseudo.patient(p["patient"]): p["disease_id"] for p in truth["patients"]}
     diseases = [d for d in truth["diseases"] if sum(v == d["disease_id"] for v in disease_of.values()) >= 2]
     return eng, disease_of, diseases

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from raretarget import Engine
+from raretarget.synth.cohort import read_truth
 from raretarget.report import png_gray, svg_bars, svg_hist, write_report
 
 
@@ -197,7 +198,7 @@ def test_hypothesis_page(built):
 
 def test_no_phi_in_report(built):
     tmp, eng, _, _ = built
-    truth = json.loads((tmp / "c" / "truth.json").read_text())
+    truth = read_truth(tmp / "c")
     secrets: set[str] = set()
     for pt in truth["patients"]:
         secrets.add(pt["patient"])

@@ -151,7 +151,7 @@ def cmd_embed(args) -> int:
 def cmd_demo(args) -> int:
     """Generate a small cohort, ingest it, and show what the store holds."""
     from raretarget import Engine
-    from raretarget.synth.cohort import generate
+    from raretarget.synth.cohort import generate, read_truth
 
     con = _console()
     out = Path(args.out)
@@ -193,7 +193,7 @@ def cmd_demo(args) -> int:
     counts = eng.embed()
     info = eng.build_index()
     con.print(f"5. embedded {sum(counts.values())} records {json.dumps(counts)}; index generation {info['generation']}")
-    truth = json.loads((cohort_dir / "truth.json").read_text())
+    truth = read_truth(cohort_dir)
     dis = max(truth["diseases"], key=lambda d: sum(p.get("disease_id") == d["disease_id"] for p in truth["patients"]))
     terms = dis["hpo"][:6]
     con.print(f"6. hypothesis: patients with the phenotype of {dis['name']} ({', '.join(terms)})")

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import schema as S
+from .compact import IntSet
 from .pseudo import Pseudonymizer
 
 
@@ -35,7 +36,8 @@ class StoreWriter:
         self._pseudo = pseudo
         self.phi_cache: dict[str, list[str]] | None = None
         self.alias_cache: dict[str, str] | None = None
-        self.id_cache: dict[str, set[int]] = {}       # record_ids per table, loaded on first dedupe
+        self.study_cache: dict[str, str] | None = None
+        self.id_cache: dict[str, IntSet] = {}         # record_ids per table, loaded on first dedupe (compact)
         #: options of the current ingest call (``{"fhir_validate": ...}``), read by the file readers
         self.options: dict = {}
         #: resources met in the current ingest call, by id → content hash (conflicts are found across batches)
@@ -82,8 +84,8 @@ class StoreWriter:
         # file committed in parts) has the same id and is not stored twice
         qids = S.record_ids("quarantine", [f"{x.file_ref}/{x.seq}" for x in q])
         if "quarantine" not in self.id_cache:
-            self.id_cache["quarantine"] = set(self.store.read("quarantine", ["record_id"])
-                                               .column("record_id").to_pylist())
+            self.id_cache["quarantine"] = IntSet(self.store.read("quarantine", ["record_id"])
+                                                 .column("record_id").to_numpy())
         known_q = self.id_cache["quarantine"]
         if q and any(int(i) in known_q for i in qids):
             keep = [int(i) not in known_q for i in qids]
@@ -129,10 +131,17 @@ class StoreWriter:
             self.phi_cache.update(phi)
         if self.alias_cache is not None:
             self.alias_cache.update(alias)
-        known_q.update(int(i) for i in qids)
+        if self.study_cache is not None:
+            studies = tables.get("imaging_studies")
+            if any(h[0] == "imaging_studies" for h in hidden):
+                self.study_cache = None          # a study updated or deleted: read the table again when asked
+            elif studies is not None and studies.num_rows:
+                self.study_cache.update(zip(studies.column("study_uid").to_pylist(),
+                                            studies.column("patient_id").to_pylist()))
+        known_q.update(np.asarray(qids, dtype=np.int64))
         for name, t in tables.items():
             if name in self.id_cache and name != "quarantine":
-                self.id_cache[name].update(t.column("record_id").to_pylist())
+                self.id_cache[name].update(t.column("record_id").to_numpy())
         for name, rid, _, _, reason in hidden:
             if reason == "delete" and name in self.id_cache:
                 self.id_cache[name].discard(rid)
@@ -145,18 +154,14 @@ class StoreWriter:
         """
         cache = self.id_cache
         if name not in cache:
-            cache[name] = set(self.store.read(name, ["record_id"]).column("record_id").to_pylist())
+            cache[name] = IntSet(self.store.read(name, ["record_id"]).column("record_id").to_numpy())
         existing = cache[name]
         ids = t.column("record_id").to_numpy()
-        keep = np.ones(len(ids), dtype=bool)
-        seen: set[int] = set()
-        clash: list[int] = []
-        for i, rid in enumerate(ids.tolist()):
-            if rid in seen:
-                keep[i] = False
-            elif rid in existing:
-                clash.append(i)
-            seen.add(rid)
+        # the first row of each record_id is kept (later ones in the batch are duplicates), unless the store has
+        # that id: then it is compared with the stored row below
+        keep = np.zeros(len(ids), dtype=bool)
+        keep[np.unique(ids, return_index=True)[1]] = True
+        clash: list[int] = np.flatnonzero(keep & existing.contains_many(ids)).tolist()
         updates: list[tuple[int, str, str | None]] = []
         if clash:
             old = self.store.read_ids(name, ids[clash])
@@ -202,8 +207,12 @@ class StoreWriter:
         return self.alias_cache
 
     def known_studies(self) -> dict[str, str]:
-        t = self.store.read("imaging_studies", ["study_uid", "patient_id"])
-        return dict(zip(t.column("study_uid").to_pylist(), t.column("patient_id").to_pylist()))
+        """study_uid → patient_id of the stored imaging studies: read once, then kept current by each commit (it
+        was read from every part for every batch, which made ingest quadratic in the store's size)."""
+        if self.study_cache is None:
+            t = self.store.read("imaging_studies", ["study_uid", "patient_id"])
+            self.study_cache = dict(zip(t.column("study_uid").to_pylist(), t.column("patient_id").to_pylist()))
+        return self.study_cache
 
 
 def resource_key(source_ref: str | None) -> str | None:

@@ -14,7 +14,11 @@
                                     samples, and its text alone was 3 GB at 30k people);
                                     sample names = FHIR Patient.id; POS is 1-based (VCF convention)
     out/vcf/cohort.vcf.gz.tbi       its tabix index (written in pure Python)
-    out/truth.json                  the answers (diseases, each patient's disease/gene/variants/HPO)
+    out/.answer_key/truth.json      the answers (diseases, each patient's disease/gene/variants/HPO), in a
+                                    hidden folder: ingesting the whole cohort folder skips it (listed as a
+                                    hidden file) instead of quarantining it as a bad FHIR record.
+                                    :func:`truth_path` / :func:`read_truth` find it (and the former
+                                    ``out/truth.json`` of cohorts written before).
 
 Sources of the biology
 ----------------------
@@ -1126,8 +1130,30 @@ def generate(out: str | Path, n_patients: int = 50, seed: int = 0, n_diseases: i
                    "hp_obo": h.obo_version, "reference_date": _date(base), "genome": "GRCh38",
                    "vcf_pos_base": 1, "frequency_model": "p = 0.35 + 0.6*Beta(2,1.5) per (disease, term)"},
     }
-    (out / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    path = truth_path(out, existing=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (out / "truth.json").unlink(missing_ok=True)        # a former layout's key in the same folder
+    path.write_text(json.dumps(truth, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     return truth
+
+
+#: where :func:`generate` writes the answer key, relative to the cohort folder (hidden: never an ingest input)
+TRUTH = Path(".answer_key") / "truth.json"
+
+
+def truth_path(cohort_dir, existing: bool = True) -> Path:
+    """The answer key of the cohort in ``cohort_dir``. ``existing``: fall back to the ``truth.json`` at the top of
+    the folder that cohorts generated before 2026-11-30 have, when the new location holds none."""
+    cohort_dir = Path(cohort_dir)
+    p = cohort_dir / TRUTH
+    if existing and not p.exists() and (cohort_dir / "truth.json").exists():
+        return cohort_dir / "truth.json"
+    return p
+
+
+def read_truth(cohort_dir) -> dict:
+    """The answer key (``diseases``, ``patients``, ``params``) of a generated cohort folder."""
+    return json.loads(truth_path(cohort_dir).read_text(encoding="utf-8"))
 
 
 def _hpo3_version(h: _Hpo) -> str:

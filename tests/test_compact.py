@@ -1,0 +1,77 @@
+"""Compact integer sets and maps (the ingest's per-call state): the same answers as set / dict."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from raretarget.store import compact
+from raretarget.store.compact import IntMap, IntSet
+
+
+def test_intset_behaves_like_a_set_across_merges(monkeypatch):
+    monkeypatch.setattr(compact, "MERGE_MIN", 8)          # many merges on a small example
+    rng = random.Random(0)
+    ref: set[int] = set(rng.randrange(-2**63, 2**63) for _ in range(50))
+    s = IntSet(np.array(sorted(ref), dtype=np.int64))
+    for step in range(2000):
+        x = rng.choice(list(ref)) if ref and rng.random() < 0.3 else rng.randrange(-2**63, 2**63)
+        op = rng.random()
+        if op < 0.5:
+            s.add(x); ref.add(x)
+        elif op < 0.6:
+            s.discard(x); ref.discard(x)
+        elif op < 0.7:
+            xs = [rng.randrange(-50, 50) for _ in range(5)] + [x]
+            s.update(np.array(xs, dtype=np.int64)); ref.update(xs)
+        assert (x in s) == (x in ref)
+        assert len(s) == len(ref)
+    probe = np.array(list(ref)[:100] + [rng.randrange(-2**63, 2**63) for _ in range(100)], dtype=np.int64)
+    assert s.contains_many(probe).tolist() == [int(p) in ref for p in probe]
+
+
+def test_intmap_behaves_like_a_dict_with_uint64_keys(monkeypatch):
+    monkeypatch.setattr(compact, "MERGE_MIN", 8)
+    rng = random.Random(1)
+    ref: dict[int, int] = {}
+    m = IntMap(np.uint64)
+    for _ in range(3000):
+        k = rng.choice(list(ref)) if ref and rng.random() < 0.3 else rng.randrange(0, 2**64)
+        v = rng.randrange(0, 2**64)
+        if rng.random() < 0.5:
+            assert m.setdefault(k, v) == ref.setdefault(k, v)
+        else:
+            m[k] = v
+            ref[k] = v
+        assert m.get(k) == ref.get(k) and len(m) == len(ref)
+    absent = next(x for x in range(2**64 - 1, 0, -1) if x not in ref)
+    assert m.get(absent) is None and absent not in m
+
+
+def test_64_bit_keys_that_float64_would_round_together_stay_apart(monkeypatch):
+    monkeypatch.setattr(compact, "MERGE_MIN", 2)
+    keys = [2**60, 2**60 + 1, 2**63 + 1, 2**63 + 2, 2**64 - 1, 2**64 - 2]
+    m = IntMap(np.uint64)
+    for i, k in enumerate(keys):
+        m[k] = i
+    assert [m.get(k) for k in keys] == list(range(len(keys)))
+    assert m.get(2**60 + 2) is None
+    s = IntSet([2**60, 2**62 + 1], dtype=np.int64)
+    assert 2**60 + 1 not in s and 2**62 + 1 in s and 2**62 not in s
+
+
+def test_intmap_many_agrees_with_one_at_a_time(monkeypatch):
+    monkeypatch.setattr(compact, "MERGE_MIN", 4)
+    rng = random.Random(2)
+    a, b = IntMap(np.uint64), IntMap(np.uint64)
+    for _ in range(200):
+        keys = [rng.randrange(0, 40) * (2**58) + rng.randrange(0, 3) for _ in range(rng.randrange(0, 6))]
+        vals = [rng.randrange(0, 2**64) for _ in keys]
+        assert a.get_many(keys) == [b.get(k) for k in keys]
+        a.setdefault_many(keys, vals)
+        for k, v in zip(keys, vals):
+            b.setdefault(k, v)
+        assert len(a) == len(b)
+    probe = list(range(0, 40 * 2**58, 2**58))
+    assert a.get_many(probe) == [b.get(k) for k in probe]
