@@ -18,7 +18,8 @@ paths and imports the module when an encoder is built.
 
 Entry points (lazy): ``train(cfg)``, ``load_model(folder)``, ``embed(model, store, out)``
 (:mod:`raretarget.encoders.training`), ``ContrastiveModule`` (:mod:`raretarget.encoders.module`), ``MultiModalModel`` / ``clip_loss``
-(:mod:`raretarget.encoders.model`), ``MultiModalDataModule`` (:mod:`raretarget.encoders.datamodule`).
+(:mod:`raretarget.encoders.model`), ``MultiModalDataModule`` / ``StreamedPatients`` (a store's patients streamed in chunks;
+:mod:`raretarget.encoders.datamodule`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ _LAZY = {
     "clip_loss": "raretarget.encoders.model",
     "normalize": "raretarget.encoders.base",
     "MultiModalDataModule": "raretarget.encoders.datamodule",
+    "StreamedPatients": "raretarget.encoders.datamodule",
     "synthetic_samples": "raretarget.encoders.data",
     "load_store_samples": "raretarget.encoders.data",
 }

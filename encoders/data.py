@@ -53,10 +53,92 @@ def split(samples: Sequence[dict], val_fraction: float = 0.2, seed: int = 0) -> 
     return train, val
 
 
+def split_ids(patient_ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``(train ids, val ids)``, each sorted: :func:`split` on patient ids instead of samples (same membership)."""
+    train, val = [], []
+    for p in sorted(patient_ids):
+        (val if is_val(p, val_fraction, seed) else train).append(p)
+    return train, val
+
+
+def _mix(*parts: Any) -> int:
+    """A 63-bit seed from ``parts`` (stable across processes and Python versions, unlike ``hash``)."""
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+def epoch_chunks(patient_ids: Sequence[str], chunk_patients: int, *, epoch: int = 0, seed: int = 0,
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1) -> list[list[str]]:
+    """The patient chunks rank ``rank`` of ``world_size`` reads in epoch ``epoch``, in reading order.
+
+    Every rank computes the same permutation of ``patient_ids`` (seeded by ``(seed, epoch)``; the given order when
+    ``shuffle`` is false), keeps ``len // world_size`` of them (the same count on every rank, so every rank yields the
+    same number of batches and DDP collectives line up; up to ``world_size - 1`` patients sit out an epoch, different
+    ones each epoch when shuffled) and cuts its share into chunks of at most ``chunk_patients`` ids. A DataLoader
+    worker ``w`` of ``W`` reads chunks ``w, w + W, ...`` (:func:`worker_chunks`)."""
+    if chunk_patients < 1:
+        raise ValueError(f"chunk_patients must be >= 1, got {chunk_patients}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of {world_size}")
+    ids = list(patient_ids)
+    if shuffle:
+        random.Random(_mix("epoch", seed, epoch)).shuffle(ids)
+    per = len(ids) // world_size
+    mine = ids[rank * per:(rank + 1) * per]
+    return [mine[i:i + chunk_patients] for i in range(0, per, chunk_patients)]
+
+
+def worker_chunks(chunks: Sequence[Sequence[str]], worker: int = 0, num_workers: int = 1) -> list[tuple[int, list[str]]]:
+    """``(chunk index, ids)`` of the chunks DataLoader worker ``worker`` of ``num_workers`` reads (round robin)."""
+    return [(i, list(c)) for i, c in enumerate(chunks) if i % max(1, num_workers) == worker]
+
+
+def stream_batches(n_items: int, batch_size: int, drop_last: bool) -> int:
+    """Batches one worker makes of ``n_items`` patients: full batches, plus the partial last one unless
+    ``drop_last`` (dropped only when the worker has more than one batch's worth, as the in-memory loader did)."""
+    if n_items <= 0:
+        return 0
+    if drop_last and n_items > batch_size:
+        return n_items // batch_size
+    return -(-n_items // batch_size)
+
+
 def shard_of(patient_id: str, shards: int) -> int:
     """Stable shard (0 .. shards-1) of a patient for sharded embedding jobs (hash of the pseudonymous id)."""
     h = hashlib.blake2b(f"shard|{patient_id}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") % shards
+
+
+def store_genes(store: Any) -> list[str]:
+    """Distinct gene symbols of the store's variants with a patient (sorted): the genes :func:`load_store_samples`
+    would put in some sample, from one ``select distinct`` instead of every sample."""
+    eng = _StoreSQL(store)
+    t = eng.sql("select distinct gene from variants where patient_id is not null and gene is not null and gene <> ''")
+    return sorted(t.column(0).to_pylist())
+
+
+def store_lab_moments(store: Any, loincs: Sequence[str], exclude: Sequence[str] = ()) -> tuple[np.ndarray, ...]:
+    """Per LOINC of ``loincs`` (in that order): ``(count, mean, population sd)`` of the patients' latest values
+    (the values :func:`load_store_samples` puts in ``labs``), over every patient but ``exclude`` (the held-out
+    ids). Arrays ``(L,)`` float64; mean/sd NaN where count is 0. One aggregate query: nothing per patient is
+    held here, so its memory does not grow with the store."""
+    eng = _StoreSQL(store)
+    loincs = list(loincs)
+    t = eng.sql("select loinc, count(v) as n, avg(v) as m, stddev_pop(v) as s from ("
+                "select patient_id, loinc, arg_max(value, coalesce(effective, TIMESTAMP '1970-01-01')) as v "
+                f"from observations where {_labs_filter(loincs)} "
+                "and patient_id not in (select unnest(?::VARCHAR[])) group by 1, 2) group by 1",
+                [sorted({str(p) for p in exclude})])
+    n = np.zeros(len(loincs))
+    m = np.full(len(loincs), np.nan)
+    s = np.full(len(loincs), np.nan)
+    pos = {c: i for i, c in enumerate(loincs)}
+    for r in t.to_pylist():
+        i = pos[r["loinc"]]
+        n[i] = r["n"]
+        m[i] = np.nan if r["m"] is None else r["m"]
+        s[i] = np.nan if r["s"] is None else r["s"]
+    return n, m, s
 
 
 def store_patients(store: Any) -> list[str]:
@@ -159,17 +241,43 @@ class _StoreSQL:
 
 
 
+# The rows that make a sample (one WHERE clause per table), shared by load_store_samples and sample_patients so that
+# the patients listed are exactly the patients that get a sample.
+_HAS = {
+    "patients": "patient_id is not null",
+    "notes": "patient_id is not null and text is not null and length(trim(text)) > 0",
+    "images": "patient_id is not null and thumbnail is not null",
+    "variants": "patient_id is not null and gene is not null",
+}
+
+
+def _labs_filter(loincs: Sequence[str]) -> str:
+    codes = ", ".join("'" + c.replace("'", "''") + "'" for c in loincs) or "''"
+    return ("patient_id is not null and value is not null and unit is not null and isfinite(value) "
+            f"and loinc in ({codes})")
+
+
+def sample_patients(store: Any, loincs: Sequence[str] | None = None) -> list[str]:
+    """The ids of the patients :func:`load_store_samples` makes a sample of (sorted): the streamed training loader
+    lists them (a few bytes each) instead of loading the samples."""
+    eng = _StoreSQL(store)
+    loincs = list(loincs or panel_loincs())
+    q = " union ".join([f"select distinct patient_id from {t} where {w}" for t, w in _HAS.items()]
+                       + [f"select distinct patient_id from observations where {_labs_filter(loincs)}"])
+    return sorted(eng.sql(q).column(0).to_pylist())
+
+
 def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
                        patients: Sequence[str] | None = None) -> list[dict]:
     """One sample per patient found in any table (see module doc). ``store``: path or ``Engine``.
     ``patients``: only these patient ids (an incremental re-embed); None = every patient."""
     eng = _StoreSQL(store)
+    loincs = list(loincs or panel_loincs())
     pf, params = "", None
     if patients is not None:
         if not len(patients):
             return []
         pf, params = " and patient_id in (select unnest(?))", [sorted({str(p) for p in patients})]
-    loincs = list(loincs or panel_loincs())
     ids: dict[str, dict] = {}
 
     def sample(pid: str) -> dict:
@@ -179,28 +287,26 @@ def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
                             "variants": None}
         return s
 
-    for r in eng.sql("select patient_id, min(record_id) as rid from patients where patient_id is not null "
-                     f"{pf} group by 1", params).to_pylist():
+    for r in eng.sql(f"select patient_id, min(record_id) as rid from patients where {_HAS['patients']}{pf} "
+                     "group by 1", params).to_pylist():
         pid, rid = r["patient_id"], r["rid"]
         sample(pid)["record_id"] = int(rid)
-    for r in eng.sql("select patient_id, text from notes where patient_id is not null and text is not null "
-                     f"and length(trim(text)) > 0{pf} order by patient_id, date nulls last, record_id", params).to_pylist():
+    for r in eng.sql(f"select patient_id, text from notes where {_HAS['notes']}{pf} "
+                     "order by patient_id, date nulls last, record_id", params).to_pylist():
         sample(r["patient_id"])["notes"].append(r["text"])
-    t = eng.sql("select patient_id, record_id, thumbnail from images where patient_id is not null "
-                f"and thumbnail is not null{pf} order by patient_id, acquired nulls last, record_id", params)
+    t = eng.sql(f"select patient_id, record_id, thumbnail from images where {_HAS['images']}{pf} "
+                "order by patient_id, acquired nulls last, record_id", params)
     for pid, rid, th in zip(t.column("patient_id").to_pylist(), t.column("record_id").to_pylist(),
                             t.column("thumbnail").to_pylist()):
         sample(pid)["images"].append((int(rid), np.asarray(th, dtype=np.uint8)))
-    codes = ", ".join("'" + c.replace("'", "''") + "'" for c in loincs)
     for r in eng.sql("select patient_id, loinc, arg_max(value, coalesce(effective, TIMESTAMP '1970-01-01')) as v "
-                     "from observations where patient_id is not null and value is not null and unit is not null "
-                     f"and isfinite(value) and loinc in ({codes}){pf} group by 1, 2", params).to_pylist():
+                     f"from observations where {_labs_filter(loincs)}{pf} group by 1, 2", params).to_pylist():
         s = sample(r["patient_id"])
         if s["labs"] is None:
             s["labs"] = {}
         s["labs"][r["loinc"]] = float(r["v"])
     for r in eng.sql("select patient_id, gene, consequence, impact, clinvar, zygosity, af from variants "
-                     f"where patient_id is not null and gene is not null{pf}", params).to_pylist():
+                     f"where {_HAS['variants']}{pf}", params).to_pylist():
         s = sample(r.pop("patient_id"))
         if s["variants"] is None:
             s["variants"] = []

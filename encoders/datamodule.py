@@ -1,17 +1,22 @@
 """The ``LightningDataModule`` of contrastive training: patients from a store or a synthetic cohort,
 split by a hash of the patient id (:func:`raretarget.encoders.data.is_val`). Kept apart from
 :mod:`raretarget.encoders.data` so that embedding never imports Lightning.
+
+A store's patients are streamed (:class:`StreamedPatients`): only the list of patient ids is held, and each
+DataLoader worker reads ``chunk_patients`` patients at a time from the store, so the loader's memory does not grow
+with the store. A synthetic cohort is generated in memory.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
+from torch.utils.data import IterableDataset
 
-from .data import (Collate, PatientDataset, hpo_aliases, hpo_knowledge, load_store_samples, split, synthetic_samples,
-                   verdict_pairs)
+from . import data as D
+from .data import Collate, PatientDataset, hpo_aliases, hpo_knowledge, split, synthetic_samples, verdict_pairs
 
 
 class MultiModalDataModule(L.LightningDataModule):
@@ -29,6 +34,11 @@ class MultiModalDataModule(L.LightningDataModule):
         verdicts: use the store's expert verdicts (:func:`raretarget.encoders.data.verdict_pairs`) as
             training pairs of the knowledge phase (``self.verdicts``; none for a synthetic cohort).
         max_note_chars: cut of the concatenated notes.
+        chunk_patients: a store's patients read at once by each DataLoader worker (:class:`StreamedPatients`);
+            None: the ``data.chunk_patients`` of ``conf/data/store.yaml``.
+
+    After :meth:`prepare`: ``train_ids`` / ``val_ids`` (sorted patient ids), ``n_train`` / ``n_val``; a synthetic
+    cohort also has ``train_samples`` / ``val_samples``. :meth:`eval_samples` loads held-out samples for evaluation.
 
     Call :meth:`attach` with the :class:`MultiModalModel` before the loaders are used.
     """
@@ -36,7 +46,7 @@ class MultiModalDataModule(L.LightningDataModule):
     def __init__(self, store: Any = None, synthetic: bool = False, n_patients: int = 256, n_groups: int = 8,
                  p_missing: float = 0.2, synthetic_seed: int = 0, batch_size: int = 64, num_workers: int | str = 0,
                  val_fraction: float = 0.2, split_seed: int = 0, knowledge: bool = True, knowledge_batch: int = 32,
-                 max_note_chars: int = 2000, verdicts: bool = True):
+                 max_note_chars: int = 2000, verdicts: bool = True, chunk_patients: int | None = None):
         super().__init__()
         if bool(synthetic) == (store is not None):
             raise ValueError("give exactly one of store=... or synthetic=True")
@@ -50,12 +60,21 @@ class MultiModalDataModule(L.LightningDataModule):
         self.max_note_chars = int(max_note_chars)
         self.use_verdicts = bool(verdicts)
         self.verdicts: list[tuple[list[str], str, str]] = []
+        if chunk_patients is None:            # the YAML is the one source of defaults
+            from .training import default_config
+
+            chunk_patients = default_config()["data"]["chunk_patients"]
+        self.chunk_patients = int(chunk_patients)
+        if self.chunk_patients < 1:
+            raise ValueError(f"chunk_patients must be >= 1, got {chunk_patients}")
         self.samples: list[dict] | None = None
+        self.train_ids: list[str] | None = None
         self.model = None
 
     def prepare(self) -> None:
-        """Load (or generate) every sample once and split them."""
-        if self.samples is not None:
+        """Split the patients once: a synthetic cohort is generated (in memory); a store gives its patient ids,
+        gene vocabulary (one ``select distinct``) and knowledge, never its samples."""
+        if self.train_ids is not None:
             return
         if self.synthetic:
             self.samples, pairs, self.genes = synthetic_samples(self.n_patients, self.n_groups, self.synthetic_seed,
@@ -65,15 +84,65 @@ class MultiModalDataModule(L.LightningDataModule):
                 kn.setdefault(gene, []).append(text)
             self.knowledge = kn
             self.aliases: dict[str, list[str]] = {}
+            self.train_samples, self.val_samples = split(self.samples, self.val_fraction, self.split_seed)
+            self.train_ids = [s["patient_id"] for s in self.train_samples]
+            self.val_ids = [s["patient_id"] for s in self.val_samples]
         else:
-            self.samples = load_store_samples(self.store)
-            store_genes = {v["gene"] for s in self.samples for v in (s["variants"] or []) if v.get("gene")}
+            self.train_ids, self.val_ids = D.split_ids(D.sample_patients(self.store), self.val_fraction,
+                                                       self.split_seed)
+            store_genes = set(D.store_genes(self.store))
             self.knowledge = hpo_knowledge() if self.use_knowledge else {}
             self.aliases = hpo_aliases({t for v in self.knowledge.values() for t in v})
             self.verdicts = verdict_pairs(self.store) if self.use_verdicts else []
             # a confirmed or rejected gene gets a vector even without annotations or carriers
             self.genes = sorted(store_genes | set(self.knowledge) | {g for _, g, _ in self.verdicts})
-        self.train_samples, self.val_samples = split(self.samples, self.val_fraction, self.split_seed)
+
+    @property
+    def n_train(self) -> int:
+        self.prepare()
+        return len(self.train_ids)
+
+    @property
+    def n_val(self) -> int:
+        self.prepare()
+        return len(self.val_ids)
+
+    def eval_samples(self, limit: int | None = None) -> list[dict]:
+        """Held-out samples for evaluation (:func:`raretarget.encoders.training.retrieval_recall`): the first
+        ``limit`` of ``val_ids`` (sorted pseudonyms, so an arbitrary but fixed subset; None = all), read from a
+        store ``chunk_patients`` at a time. Their count, not the store's size, bounds the memory."""
+        self.prepare()
+        if self.synthetic:
+            return list(self.val_samples[:limit])
+        ids = self.val_ids[:limit]
+        out: list[dict] = []
+        for i in range(0, len(ids), self.chunk_patients):
+            out.extend(D.load_store_samples(self.store, patients=ids[i:i + self.chunk_patients]))
+        return out
+
+    def fit_lab_stats(self, lab) -> None:
+        """z-score statistics of the labs tower ``lab`` from the training split (:meth:`LabEncoder.fit_stats`); a
+        store's in one aggregate query (:func:`raretarget.encoders.data.store_lab_moments`)."""
+        self.prepare()
+        if self.synthetic:
+            rows = [s["labs"] for s in self.train_samples if s.get("labs")]
+            if rows:
+                lab.fit_stats(lab.to_matrix(rows))
+            return
+        import numpy as np
+
+        from .labs import panel_loincs
+
+        # samples carry the panel's LOINCs only (load_store_samples' default): the tower's others get no values
+        panel = set(panel_loincs())
+        codes = [c for c in lab.loincs if c in panel]
+        n, m, sd = D.store_lab_moments(self.store, codes, exclude=self.val_ids)
+        pos = {c: i for i, c in enumerate(codes)}
+        pick = np.array([pos.get(c, -1) for c in lab.loincs])
+        have = pick >= 0
+        N, M, S = np.zeros(len(pick)), np.full(len(pick), np.nan), np.full(len(pick), np.nan)
+        N[have], M[have], S[have] = n[pick[have]], m[pick[have]], sd[pick[have]]
+        lab.fit_moments(N, M, S)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
@@ -87,7 +156,19 @@ class MultiModalDataModule(L.LightningDataModule):
         self.model = model
         return self
 
-    def _loader(self, samples, train: bool):
+    def _rank(self) -> tuple[int, int]:
+        """``(rank, world size)`` of this process: the trainer's when one is attached (Lightning sets them up before
+        asking for loaders), else torch.distributed's, else ``(0, 1)``."""
+        tr = getattr(self, "trainer", None)
+        if tr is not None:
+            return int(tr.global_rank), int(tr.world_size)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _loader(self, train: bool):
         import torch
         from torch.utils.data import DataLoader
 
@@ -95,20 +176,101 @@ class MultiModalDataModule(L.LightningDataModule):
             raise RuntimeError("call attach(model) first")
         coll = Collate(self.model, train, self.knowledge if (train and self.use_knowledge) else None,
                        self.knowledge_batch, self.split_seed)
-        ds = PatientDataset(samples, train, self.max_note_chars, self.split_seed)
         w = self.num_workers
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=train, collate_fn=coll, num_workers=w,
-                          drop_last=train and len(samples) > self.batch_size, persistent_workers=w > 0,
-                          pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=_WorkerInit(ds, coll, self.split_seed) if w > 0 else None)
+        common = dict(collate_fn=coll, num_workers=w, persistent_workers=w > 0, pin_memory=torch.cuda.is_available())
+        if self.synthetic:
+            samples = self.train_samples if train else self.val_samples
+            ds = PatientDataset(samples, train, self.max_note_chars, self.split_seed)
+            return DataLoader(ds, batch_size=self.batch_size, shuffle=train,
+                              drop_last=train and len(samples) > self.batch_size,
+                              worker_init_fn=_WorkerInit(ds, coll, self.split_seed) if w > 0 else None, **common)
+        rank, world = self._rank()
+        ds = StreamedPatients(self.store, self.train_ids if train else self.val_ids, train=train,
+                              batch_size=self.batch_size, chunk_patients=self.chunk_patients,
+                              max_note_chars=self.max_note_chars, seed=self.split_seed, rank=rank, world_size=world,
+                              num_workers=w)
+        # batch_size=None: the dataset yields whole batches (lists of items), so it decides their number
+        return DataLoader(ds, batch_size=None, worker_init_fn=_WorkerInit(ds, coll, self.split_seed) if w > 0 else None,
+                          **common)
 
     def train_dataloader(self):
         self.prepare()
-        return self._loader(self.train_samples, True)
+        return self._loader(True)
 
     def val_dataloader(self):
         self.prepare()
-        return self._loader(self.val_samples, False)
+        return self._loader(False)
+
+
+class StreamedPatients(IterableDataset):
+    """A store's patients as batches of model inputs, read ``chunk_patients`` at a time.
+
+    Each epoch (one ``__iter__`` per process and epoch), rank ``rank`` takes its chunks from
+    :func:`raretarget.encoders.data.epoch_chunks` (a seeded permutation per epoch in training, sorted otherwise;
+    the same number of patients on every rank); DataLoader worker ``w`` of ``num_workers`` reads chunks
+    ``w, w + num_workers, ...`` through :func:`raretarget.encoders.data.load_store_samples` (``patients=`` the
+    chunk's ids: at most ``chunk_patients`` patients in memory per worker), shuffles a chunk's samples in training
+    and yields lists of ``batch_size`` items (:class:`PatientDataset` items; batches run across chunk boundaries,
+    the last partial one of a worker is dropped in training when it has more than one batch's worth).
+
+    Randomness (order, note subsets, image choice) is seeded by ``(seed, epoch, rank, chunk)``, so a batch does not
+    depend on the number of workers that made it. ``len()`` is the exact number of batches of this rank, the same
+    on every rank.
+    """
+
+    def __init__(self, store: Any, patient_ids: Sequence[str], *, train: bool, batch_size: int, chunk_patients: int,
+                 max_note_chars: int = 2000, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0):
+        self.store, self.ids = store, list(patient_ids)
+        self.train, self.batch_size, self.chunk_patients = bool(train), int(batch_size), int(chunk_patients)
+        self.max_note_chars, self.seed = int(max_note_chars), int(seed)
+        self.rank, self.world_size, self.num_workers = int(rank), int(world_size), int(num_workers)
+        self.epoch = 0
+        self.rng = random.Random(seed)        # unused here (seeding is per chunk); _WorkerInit may reseed it
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def chunks(self, epoch: int | None = None, worker: int = 0, num_workers: int = 1) -> list[tuple[int, list[str]]]:
+        """``(chunk index, patient ids)`` that ``worker`` of ``num_workers`` reads in ``epoch`` (default: next)."""
+        c = D.epoch_chunks(self.ids, self.chunk_patients, epoch=self.epoch if epoch is None else epoch,
+                           seed=self.seed, shuffle=self.train, rank=self.rank, world_size=self.world_size)
+        return D.worker_chunks(c, worker, num_workers)
+
+    def __len__(self) -> int:
+        W = max(1, self.num_workers)
+        return sum(D.stream_batches(sum(len(c) for _, c in self.chunks(0, w, W)), self.batch_size, self.train)
+                   for w in range(W))
+
+    def __iter__(self):
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker, W = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch = self.epoch
+        self.epoch += 1                       # each process copy counts its own epochs (persistent workers)
+        mine = self.chunks(epoch, worker, W)
+        n = sum(len(c) for _, c in mine)
+        keep = D.stream_batches(n, self.batch_size, self.train) * self.batch_size   # items this worker yields
+        buf: list[dict] = []
+        sent = 0
+        for k, ids in mine:
+            samples = D.load_store_samples(self.store, patients=ids)
+            seed = D._mix("chunk", self.seed, epoch, self.rank, k)
+            if self.train:
+                random.Random(seed).shuffle(samples)
+            ds = PatientDataset(samples, self.train, self.max_note_chars, seed)
+            for i in range(len(ds)):
+                if sent >= keep:
+                    break
+                buf.append(ds[i])
+                sent += 1
+                if len(buf) == self.batch_size:
+                    yield buf
+                    buf = []
+            del samples, ds                   # one chunk at a time: free it before the next is read
+        if buf:
+            yield buf
 
 
 class _WorkerInit:

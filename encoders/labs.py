@@ -9,6 +9,8 @@ and the MLP sees ``[z * mask, mask]`` so "missing" differs from "normal".
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -94,16 +96,23 @@ class LabEncoder(Encoder):
         """z-score statistics from training data ``(N, L)`` (NaN = missing); LOINCs with fewer than
         ``min_count`` values keep the reference-range statistics."""
         values = np.asarray(values, np.float64)
-        mean, sd = self.mean.cpu().numpy().copy(), self.sd.cpu().numpy().copy()
         n = np.isfinite(values).sum(0)
-        ok = n >= self.min_count
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)          # all-NaN columns: count 0, kept below
+            m = np.nanmean(values, 0) if len(values) else np.full(values.shape[1], np.nan)
+            s = np.nanstd(values, 0) if len(values) else np.full(values.shape[1], np.nan)
+        self.fit_moments(n, m, s)
+
+    def fit_moments(self, count: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> None:
+        """:meth:`fit_stats` from per-LOINC moments ``(L,)`` computed elsewhere (a store aggregate,
+        :func:`raretarget.encoders.data.store_lab_moments`): value count, mean, population sd (canonical units)."""
+        count, m, s = (np.asarray(a, np.float64) for a in (count, mean, sd))
+        mean_, sd_ = self.mean.cpu().numpy().copy(), self.sd.cpu().numpy().copy()
+        ok = count >= self.min_count
         if ok.any():
-            with np.errstate(all="ignore"):
-                m = np.nanmean(values[:, ok], 0)
-                s = np.nanstd(values[:, ok], 0)
-            mean[ok] = m
-            sd[ok] = np.where(s > 1e-6, s, sd[ok])
-        self.set_stats(mean, sd)
+            mean_[ok] = m[ok]
+            sd_[ok] = np.where(s[ok] > 1e-6, s[ok], sd_[ok])
+        self.set_stats(mean_, sd_)
 
     def to_matrix(self, values: Sequence[Any]) -> np.ndarray:
         if len(values) and isinstance(values[0], Mapping):

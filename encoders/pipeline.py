@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from raretarget.store import schema as S
 from raretarget.store.artifacts import Artifacts, store_batches
-from raretarget.store.io import atomic_write_parquet
+from raretarget.store.io import AtomicParquetWriter, atomic_write_parquet
 from raretarget.vocab.modalities import ENCODER_TO_MODALITY
 from raretarget.vocab.refs import gene_ref
 
@@ -117,11 +117,16 @@ def embedding_tables(store, net, version: str, batch_size: int = 128,
     return out
 
 
-def embed_store(store, batch_size: int = 128, device: str = "auto") -> dict[str, int]:
+def embed_store(store, batch_size: int = 128, device: str = "auto", chunk_patients: int | None = None) -> dict[str, int]:
     """Embed every record with the store's current model into ``embeddings/<model_version>/`` and record the
-    store batches they cover. Returns rows per modality."""
+    store batches they cover. Returns rows per modality.
+
+    Patients are embedded ``chunk_patients`` at a time (None: ``data.chunk_patients`` of ``conf/data/store.yaml``)
+    and each chunk's vectors are appended to the modality files (:meth:`Generations.embeddings_writer`, published
+    together at the end), so memory does not grow with the store; the rows are those of one whole-store pass."""
     from raretarget.index.generations import Generations
 
+    from .data import sample_patients
     from .training import load_model
 
     model = require_model(store)
@@ -129,16 +134,31 @@ def embed_store(store, batch_size: int = 128, device: str = "auto") -> dict[str,
     net = load_model(model["path"], device=device)
     gens = Generations(store.root)
     batches = sorted(store_batches(store))         # what these embeddings cover
-    counts = {}
-    for name, tab in embedding_tables(store, net, version, batch_size=batch_size).items():
-        gens.write_embeddings(version, name, tab)
-        counts[name] = tab.num_rows
+    with gens.embeddings_writer(version) as w:
+        for i, chunk in enumerate(patient_chunks(sample_patients(store), chunk_patients)):
+            for name, tab in embedding_tables(store, net, version, batch_size=batch_size, patients=chunk,
+                                              genes=i == 0).items():
+                w.write(name, tab)
     Artifacts(store.root).write_batches(version, batches)
-    return counts
+    return dict(w.counts)
+
+
+def patient_chunks(patients: Sequence[str], chunk_patients: int | None = None) -> list[list[str]]:
+    """``patients`` cut into chunks of ``chunk_patients`` (None: the YAML's ``data.chunk_patients``); no patients
+    give one empty chunk, so that the gene table and the (empty) modality files are still written."""
+    if chunk_patients is None:
+        from .training import default_config
+
+        chunk_patients = default_config()["data"]["chunk_patients"]
+    c = int(chunk_patients)
+    if c < 1:
+        raise ValueError(f"chunk_patients must be >= 1, got {chunk_patients}")
+    ids = list(patients)
+    return [ids[i:i + c] for i in range(0, len(ids), c)] or [[]]
 
 
 def embed_shard(store, shard: int, shards: int, batch_size: int = 128, *, device: str = "auto",
-                net=None) -> dict[str, int]:
+                net=None, chunk_patients: int | None = None) -> dict[str, int]:
     """Embed the patients of shard ``shard`` of ``shards`` (see :meth:`raretarget.Engine.embed_shard`)."""
     from raretarget.store.io import atomic_write_bytes
 
@@ -155,11 +175,24 @@ def embed_shard(store, shard: int, shards: int, batch_size: int = 128, *, device
         net = load_model(model["path"], device=device)
     d = Artifacts(store.root).shard_dir(version, shards, shard)
     (d / "DONE.json").unlink(missing_ok=True)
-    tabs = embedding_tables(store, net, version, batch_size=batch_size, patients=pids, genes=shard == 0)
-    counts = {}
-    for name, tab in tabs.items():
-        atomic_write_parquet(d / f"{name}.parquet", S.conform_embeddings(tab))
-        counts[name] = tab.num_rows
+    files: dict[str, AtomicParquetWriter] = {}
+    counts: dict[str, int] = {}
+    try:                                    # chunk by chunk, as embed_store: memory does not grow with the shard
+        for i, chunk in enumerate(patient_chunks(pids, chunk_patients)):
+            tabs = embedding_tables(store, net, version, batch_size=batch_size, patients=chunk,
+                                    genes=shard == 0 and i == 0)
+            for name, tab in tabs.items():
+                tab = S.conform_embeddings(tab)
+                if name not in files:
+                    files[name] = AtomicParquetWriter(d / f"{name}.parquet", tab.schema)
+                files[name].write(tab)
+                counts[name] = counts.get(name, 0) + tab.num_rows
+        for w in files.values():
+            w.commit()
+    except BaseException:
+        for w in files.values():
+            w.abort()
+        raise
     atomic_write_bytes(d / "DONE.json", json.dumps({"batches": batches, "counts": counts,
                                                      "patients": len(pids)}).encode())
     return counts

@@ -8,7 +8,7 @@ Config (dict or ``DictConfig``; missing keys take :data:`DEFAULTS`)::
                knowledge: {steps, batch_size, lr, max_terms, ...}}   # knowledge alignment phase
     data:     MultiModalDataModule kwargs (store: path | synthetic: true, batch_size, ...)
     trainer:  lightning.Trainer kwargs (precision "auto": bf16/16-mixed on GPU, 32 on CPU)
-    out_dir, seed, fit_lab_stats, eval_untrained, eval_batch_size
+    out_dir, seed, fit_lab_stats, eval_untrained, eval_batch_size, eval_patients
 
 Output folder: ``model.safetensors`` (all weights), ``config.json`` (architecture incl. the gene
 vocabulary and lab panel, the training config, ``model_version``), ``metrics.json``.
@@ -546,15 +546,19 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
     module = ContrastiveModule(enc_cfg, **mcfg)
     model = module.model
     if c.get("fit_lab_stats", True) and "labs" in model.encoders:
-        lab = model.encoders["labs"]
-        rows = [s["labs"] for s in dm.train_samples if s.get("labs")]
-        if rows:
-            lab.fit_stats(lab.to_matrix(rows))
+        dm.fit_lab_stats(model.encoders["labs"])
     dm.attach(model)
     ebs = int(c.get("eval_batch_size", 128))
     tb = time.time()
     times["build"] = tb - t0 - times["prepare"]
-    before = retrieval_recall(model, dm.val_samples, ebs) if c.get("eval_untrained", True) and dm.val_samples else None
+    # held-out recall on at most eval_patients patients: their samples, not the store's, are held at once
+    limit = c.get("eval_patients")
+    limit = None if limit is None else int(limit)
+    before = None
+    if c.get("eval_untrained", True) and dm.n_val:
+        val = dm.eval_samples(limit)                # read again after the fit rather than held through it
+        before = retrieval_recall(model, val, ebs) if val else None
+        del val
     times["eval_untrained"] = time.time() - tb
     tk = _trainer_kwargs(c["trainer"])
     tb = time.time()
@@ -571,11 +575,13 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
     times["fit"] = time.time() - tb
     model.cpu().eval()
     tb = time.time()
-    after = retrieval_recall(model, dm.val_samples, ebs) if dm.val_samples else None
+    val = dm.eval_samples(limit) if dm.n_val else []
+    after = retrieval_recall(model, val, ebs) if val else None
+    del val
     times["eval"] = time.time() - tb
     result = {"out_dir": str(Path(c["out_dir"]).resolve()), "train_loss": hist.train_loss, "val_loss": hist.val_loss,
               "first_batch_loss": hist.first_batch_loss, "recall": after, "recall_untrained": before,
-              "n_train": len(dm.train_samples), "n_val": len(dm.val_samples), "precision": str(tk["precision"]),
+              "n_train": dm.n_train, "n_val": dm.n_val, "precision": str(tk["precision"]),
               "device": str(trainer.strategy.root_device), "logit_scale": float(model.scale().detach())}
     if kinfo is not None:
         result["knowledge"] = kinfo

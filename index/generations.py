@@ -54,6 +54,11 @@ class Generations:
         atomic_write_parquet(path, embedding_delta.stamp_base(t))
         return path
 
+    def embeddings_writer(self, model_version: str) -> "EmbeddingsWriter":
+        """Base embedding files of ``model_version`` written chunk by chunk (:class:`EmbeddingsWriter`): what
+        :meth:`write_embeddings` does for whole tables, without holding a whole modality in memory."""
+        return EmbeddingsWriter(self, model_version)
+
     def model_versions(self) -> list[str]:
         if not self.emb_dir.exists():
             return []
@@ -216,3 +221,48 @@ def vectors_of(t: pa.Table) -> np.ndarray:
     col = t.column("vector").combine_chunks()
     d = col.type.list_size
     return col.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, d)
+
+
+class EmbeddingsWriter:
+    """One base file per modality (:meth:`Generations.write_embeddings`'s files) filled by :meth:`write` calls
+    of any number of chunks (EMBEDDINGS tables); every file appears (atomically, each with a fresh base id) on
+    :meth:`commit`, none on :meth:`abort` (or an exception in a ``with`` block). ``counts``: rows per modality."""
+
+    def __init__(self, gens: Generations, model_version: str):
+        self.gens, self.version = gens, model_version
+        self._files: dict = {}
+        self.counts: dict[str, int] = {}
+
+    def write(self, modality: str, table: pa.Table) -> None:
+        from raretarget.store.io import AtomicParquetWriter
+
+        t = S.conform_embeddings(table)
+        if set(t.column("model_version").unique().to_pylist()) - {self.version}:
+            raise ValueError("embedding rows carry another model_version than the folder they go to")
+        w = self._files.get(modality)
+        if w is None:
+            path = embedding_delta.base_path(self.gens.artifacts.embeddings_dir(self.version), modality)
+            # a fresh base id in the footer: delta files written against the old base stop applying
+            w = self._files[modality] = AtomicParquetWriter(path, embedding_delta.stamp_base(t).schema)
+        w.write(t)
+        self.counts[modality] = self.counts.get(modality, 0) + t.num_rows
+
+    def commit(self) -> dict[str, int]:
+        for w in self._files.values():
+            w.commit()
+        self._files.clear()
+        return dict(self.counts)
+
+    def abort(self) -> None:
+        for w in self._files.values():
+            w.abort()
+        self._files.clear()
+
+    def __enter__(self) -> "EmbeddingsWriter":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()

@@ -64,4 +64,49 @@ def atomic_write_parquet(path: Path, table: pa.Table, private: bool = False) -> 
     fsync_dir(path.parent)
 
 
+class AtomicParquetWriter:
+    """One Parquet file written in parts (a row group or more per :meth:`write`), so that a table larger than
+    memory can be written chunk by chunk; like :func:`atomic_write_parquet` it appears at ``path`` only on
+    :meth:`commit` (temporary name, fsync, rename, folder fsync). :meth:`abort` (or leaving a ``with`` block by an
+    exception) removes the temporary file and leaves any old ``path`` as it was. ``schema``: the file's schema
+    (its metadata goes into the footer); each part is cast to it."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        import pyarrow.parquet as pq
+
+        self.path, self.schema = Path(path), schema
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.rows = 0
+        self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._w.write_table(table.replace_schema_metadata(None).cast(self.schema))
+            self.rows += table.num_rows
+
+    def commit(self) -> Path:
+        self._w.close()
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._w.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicParquetWriter":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+
 _fsync_dir = fsync_dir          # the old private name (raretarget.store._fsync_dir)
