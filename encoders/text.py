@@ -338,11 +338,14 @@ class TextEncoder(Encoder):
                 inv.append(j)
             feats = self._backbone_rows(ids, mask, uniq, lens)
             return feats[torch.as_tensor(inv, dtype=torch.long, device=feats.device)]
-        todo = sorted({k: i for i, k in enumerate(keys) if k not in self._cache}.values())
+        missing = {k: i for i, k in enumerate(keys) if k not in self._cache}
+        if len(self._cache) + len(missing) > self.cache_size:
+            # full: start over with this call's rows, all of them (those cached before would be gone below)
+            self._cache.clear()
+            missing = {k: i for i, k in enumerate(keys)}
+        todo = sorted(missing.values())
         if todo:
             new = self._backbone_rows(ids, mask, todo, lens)
-            if len(self._cache) + len(todo) > self.cache_size:
-                self._cache.clear()
             for j, i in enumerate(todo):
                 self._cache[keys[i]] = new[j]
         return torch.stack([self._cache[k] for k in keys]).to(ids.device)

@@ -792,3 +792,19 @@ def test_verdicts_train_the_confirmed_pair_and_push_the_rejected_gene():
     assert "verdicts" not in off_info
     for k, t in base.state_dict().items():
         assert torch.allclose(t.float(), off.state_dict()[k].float(), atol=1e-6), k
+
+
+def test_full_clause_feature_cache_starts_over_without_losing_rows():
+    """A cache that fills mid-call is cleared and refilled with every row of the call (at 100k patients the
+    embedding failed with a KeyError for a row cached before the clear)."""
+    torch.manual_seed(0)
+    enc = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True, "cache_size": 4},
+                        embed_dim=D).eval()
+    ref = build_encoder({"name": "text", "backbone": "tiny", "freeze_backbone": True, "cache_size": 0}, embed_dim=D)
+    ref.load_state_dict(enc.state_dict())
+    ref.eval()
+    first, second = ["Seizure; Ataxia", "Ptosis"], ["Seizure; Ptosis", "Hypotonia; Scoliosis"]
+    enc.pooled(first)                                              # 3 clauses cached
+    out = enc.pooled(second)                                       # 2 cached + 2 new > 4: cleared, refilled
+    assert torch.allclose(out, ref.pooled(second), atol=1e-5)
+    assert len(enc._cache) == 4
