@@ -595,11 +595,15 @@ def train(cfg: Any = None, *, store: Any = None, out_dir: str | os.PathLike | No
 
 
 def _jsonable(c: dict) -> dict:
-    c = copy.deepcopy(c)
-    st = c.get("data", {}).get("store")
+    # the store is replaced by its path before the copy: an Engine holds locks and caches that do not copy
+    data = dict(c.get("data") or {})
+    st = data.get("store")
     if st is not None and not isinstance(st, (str, os.PathLike)):
         root = getattr(getattr(st, "store", st), "root", None)     # an Engine (.store.root) or a Store (.root)
-        c["data"]["store"] = str(root if root is not None else st)
+        data["store"] = str(root if root is not None else st)
     elif st is not None:
-        c["data"]["store"] = str(st)
-    return c
+        data["store"] = str(st)
+    c = dict(c)
+    if "data" in c:
+        c["data"] = data
+    return copy.deepcopy(c)
