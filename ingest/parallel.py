@@ -387,11 +387,9 @@ class ParallelReader:
         for s, pid in study.items():
             if batch.study_of(s) != pid:
                 return False
-        known = batch.seen_resources
+        known = batch.seen_resources                       # the committer's IntMap: one search per file
         if known is not None and seen:
-            many = getattr(known, "get_many", None)       # the committer's compact map: one search per file
-            prevs = many([k for k, _ in seen]) if many else [known.get(k) for k, _ in seen]
-            for (_key, h), prev in zip(seen, prevs):
+            for (_key, h), prev in zip(seen, known.get_many([k for k, _ in seen])):
                 if prev is not None and prev != h:
                     return False
         return True
@@ -409,14 +407,9 @@ class ParallelReader:
         batch.phi_terms.update(res["phi"])
         batch.alias.update(res["alias"])
         batch.study_patient.update(res["study"])
-        seen = batch.seen_resources
-        if seen is not None and res["reads"][3]:
-            pairs = res["reads"][3]
-            if hasattr(seen, "setdefault_many"):
-                seen.setdefault_many([k for k, _ in pairs], [h for _, h in pairs])
-            else:
-                for key, h in pairs:
-                    seen.setdefault(key, h)
+        seen, pairs = batch.seen_resources, res["reads"][3]
+        if seen is not None and pairs:
+            seen.setdefault_many([k for k, _ in pairs], [h for _, h in pairs])
         pseudo = batch.pseudo
         for p, original, kind in res["links"]:       # pseudonyms first made by this file, in its order
             if (kind, original) not in pseudo._cache:

@@ -152,9 +152,8 @@ def test_training_stream_splits_ranks_and_workers(store, old_split, world, worke
     assert sorted(nxt) == train and nxt != e0
 
 
-def test_loader_never_asks_the_store_for_more_than_a_chunk(store, monkeypatch):
-    """Bounded memory as behaviour: from preparing the split to a training epoch, a validation pass and the
-    held-out evaluation, the store is asked for the samples of at most ``chunk_patients`` patients at once."""
+def _spy_chunks(monkeypatch) -> list:
+    """Record how many patients each ``load_store_samples`` call asks for (None: the whole store)."""
     asked = []
     real = D.load_store_samples
 
@@ -163,6 +162,14 @@ def test_loader_never_asks_the_store_for_more_than_a_chunk(store, monkeypatch):
         return real(st, loincs, patients=patients)
 
     monkeypatch.setattr(D, "load_store_samples", spy)
+    return asked
+
+
+def test_loader_never_asks_the_store_for_more_than_a_chunk(store, monkeypatch):
+    """Bounded memory as behaviour: from preparing the split to a training epoch, a validation pass and the
+    held-out evaluation, the store is asked for the samples of at most ``chunk_patients`` patients at once."""
+    real = D.load_store_samples
+    asked = _spy_chunks(monkeypatch)
     dm = _dm(store, chunk_patients=5)
     train = list(dm.train_dataloader())
     val = list(dm.val_dataloader())
@@ -272,14 +279,7 @@ def test_embedding_in_chunks_writes_the_rows_of_one_pass(cohort_store, monkeypat
 
     whole = pipeline.embed_store(eng.store, batch_size=16, device="cpu", chunk_patients=10_000)
     ref = snapshot()
-    asked = []
-    real = D.load_store_samples
-
-    def spy(st, loincs=None, patients=None):
-        asked.append(None if patients is None else len(patients))
-        return real(st, loincs, patients=patients)
-
-    monkeypatch.setattr(D, "load_store_samples", spy)
+    asked = _spy_chunks(monkeypatch)
     chunked = pipeline.embed_store(eng.store, batch_size=16, device="cpu", chunk_patients=3)
     assert asked and None not in asked and max(asked) <= 3 and len(asked) >= 4
     assert chunked == whole and set(whole) >= {"note", "image", "patient", "gene"}
