@@ -78,28 +78,49 @@ def parse_frequency(s: str | None) -> float | None:
     return None
 
 
-def load_frequencies(path: str | Path | None = None) -> dict[tuple[str, str], float]:
-    """``{(disease id, HPO id): frequency}`` from a ``phenotype.hpoa`` (gzip or plain; default: the packaged one).
-    Phenotypic-abnormality rows (aspect ``P``) only; ``NOT`` rows are left out; a pair listed twice keeps the
-    higher frequency."""
+def load_frequency_table(path: str | Path | None = None):
+    """The annotation frequencies of a ``phenotype.hpoa`` (gzip or plain; default: the packaged one) as a
+    ``pyarrow.Table`` ``(disease_id: string, hpo_id: string, frequency: float64)``, one row per pair.
+    Phenotypic-abnormality rows (aspect ``P``) only; ``NOT`` rows and rows without a readable frequency are left
+    out; a pair listed twice keeps the higher frequency. Read by Arrow's CSV reader (~270k rows; a Python
+    line loop took ~0.4 s of a first ranking call)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
     p = Path(path) if path is not None else default_annotations()
     opener = gzip.open if p.suffix == ".gz" else open
-    out: dict[tuple[str, str], float] = {}
-    parsed: dict[str, float | None] = {}               # ~270k rows, a few hundred distinct frequency cells
+    skip = 0                                           # the '#' header lines above the column row
     with opener(p, "rt", encoding="utf-8") as f:
         for line in f:
-            if line[0] == "#" or line.startswith("database_id"):
-                continue
-            c = line.split("\t", 11)
-            if len(c) < 11 or c[10][:1] != "P" or c[2] == "NOT":
-                continue
-            cell = c[7]
-            v = parsed[cell] if cell in parsed else parsed.setdefault(cell, parse_frequency(cell))
-            if v is not None:
-                key = (c[0], c[3])
-                if v > out.get(key, -1.0):
-                    out[key] = v
-    return out
+            if not line.startswith("#"):
+                break
+            skip += 1
+    cols = ["database_id", "qualifier", "hpo_id", "frequency", "aspect"]
+    t = pcsv.read_csv(
+        p, read_options=pcsv.ReadOptions(skip_rows=skip),
+        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=lambda row: "skip"),
+        convert_options=pcsv.ConvertOptions(include_columns=cols, column_types={c: pa.string() for c in cols},
+                                            strings_can_be_null=False))
+    keep = pc.and_(pc.starts_with(t["aspect"], "P"), pc.not_equal(t["qualifier"], "NOT"))
+    t = t.filter(keep)
+    cells = pc.unique(t["frequency"])                  # a few hundred distinct cells
+    vals = pa.array([parse_frequency(c) for c in cells.to_pylist()], pa.float64())
+    freq = vals.take(pc.index_in(t["frequency"], value_set=cells))
+    t = pa.table({"disease_id": t["database_id"], "hpo_id": t["hpo_id"], "frequency": freq})
+    t = t.filter(pc.is_valid(t["frequency"]))
+    # the highest frequency per pair: highest first, then each pair's first row (Table.group_by would load
+    # Arrow's query engine, ~0.2 s on a first call)
+    t = t.take(pc.sort_indices(t, sort_keys=[("frequency", "descending")]))
+    pair = pc.binary_join_element_wise(t["disease_id"], t["hpo_id"], "\t").combine_chunks()
+    _, first = np.unique(pair.dictionary_encode().indices.to_numpy(), return_index=True)
+    return t.take(pa.array(np.sort(first)))
+
+
+def load_frequencies(path: str | Path | None = None) -> dict[tuple[str, str], float]:
+    """``{(disease id, HPO id): frequency}`` from a ``phenotype.hpoa``: :func:`load_frequency_table` as a dict."""
+    t = load_frequency_table(path)
+    return dict(zip(zip(t["disease_id"].to_pylist(), t["hpo_id"].to_pylist()), t["frequency"].to_pylist()))
 
 
 def _expand_to_ancestors(kb, rows: np.ndarray, terms: np.ndarray, vals: np.ndarray, n_rows: int) -> sp.csc_matrix:
@@ -122,6 +143,46 @@ def _expand_to_ancestors(kb, rows: np.ndarray, terms: np.ndarray, vals: np.ndarr
     return sp.csc_matrix((v, (key // T, key % T)), shape=(n_rows, T))
 
 
+def _disease_term_rows(kb, dis: Sequence, frequencies, min_freq: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The in-scope ``(disease row, term index, frequency)`` triples of ``dis`` (each term once per disease, in
+    its first order), as int64 / int64 / float64 arrays ``[n]``. ``frequencies``: a mapping ``{(disease id, HPO id):
+    f}`` or :func:`load_frequency_table`'s table; a pair without one counts as 1, a stated one is floored at
+    ``min_freq``. Vectorised with Arrow (a Python loop over the ~260k pairs took ~0.3 s of a first call)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    D, T = len(dis), len(kb.term_ids)
+    lens = np.fromiter((len(d.terms) for d in dis), np.int64, count=D)
+    if not lens.sum():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, float)
+    row = np.repeat(np.arange(D, dtype=np.int64), lens)
+    flat = pa.array([t for d in dis for t in d.terms], pa.string())
+    tix = pc.index_in(flat, value_set=pa.array(kb.term_ids, pa.string())).fill_null(-1).to_numpy().astype(np.int64)
+    ok = tix >= 0
+    ok[ok] = kb.in_scope[tix[ok]]
+    # each term once per disease, first occurrence kept (dict.fromkeys order)
+    key = row * T + np.where(ok, tix, 0)
+    _, first = np.unique(np.where(ok, key, -1), return_index=True)
+    sel = np.zeros(len(key), bool)
+    sel[first] = True
+    sel &= ok
+    idx = np.flatnonzero(sel)
+    f = np.ones(len(idx))
+    if frequencies is not None and len(frequencies):
+        if not isinstance(frequencies, pa.Table):
+            items = list(frequencies.items())
+            frequencies = pa.table({"disease_id": pa.array([k[0] for k, _ in items], pa.string()),
+                                    "hpo_id": pa.array([k[1] for k, _ in items], pa.string()),
+                                    "frequency": pa.array([v for _, v in items], pa.float64())})
+        ids = pa.array([d.id for d in dis], pa.string()).take(pa.array(row[idx]))
+        pair = pc.binary_join_element_wise(ids, flat.take(pa.array(idx)), "\t")
+        known = pc.binary_join_element_wise(frequencies["disease_id"], frequencies["hpo_id"], "\t")
+        hit = frequencies["frequency"].take(pc.index_in(pair, value_set=known))
+        stated = pc.is_valid(hit).to_numpy(zero_copy_only=False)
+        f[stated] = np.maximum(hit.to_numpy(zero_copy_only=False)[stated], min_freq)
+    return row[idx], tix[idx], f
+
+
 class PhenotypeModel:
     """Disease and gene arrays for the phenotype features of one :class:`KnowledgeBase` (built once, ~1 s).
 
@@ -141,18 +202,8 @@ class PhenotypeModel:
         self.diseases = dis
         self.disease_index = {d.id: i for i, d in enumerate(dis)}
         D = len(dis)
-        rows, terms, fvals = [], [], []
-        for i, d in enumerate(dis):
-            for t in dict.fromkeys(d.terms):
-                j = kb.term_index.get(t)
-                if j is None or not kb.in_scope[j]:
-                    continue
-                f = (frequencies or {}).get((d.id, t))
-                rows.append(i)
-                terms.append(j)
-                fvals.append(1.0 if f is None else max(f, min_freq))
-        rows_a, terms_a = np.array(rows, np.int64), np.array(terms, np.int64)
-        self.freq = _expand_to_ancestors(kb, rows_a, terms_a, np.array(fvals, float), D)      # [D, T] f(a | d)
+        rows_a, terms_a, fvals = _disease_term_rows(kb, dis, frequencies, min_freq)
+        self.freq = _expand_to_ancestors(kb, rows_a, terms_a, fvals, D)      # [D, T] f(a | d)
         self.binary = self.freq.copy()
         self.binary.data[:] = 1.0                                                           # [D, T] 0/1
         self.bg_freq = np.maximum(np.asarray(self.freq.sum(axis=0)).ravel() / max(D, 1), 1e-6)   # [T]
