@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -134,13 +135,28 @@ def embed_store(store, batch_size: int = 128, device: str = "auto", chunk_patien
     net = load_model(model["path"], device=device)
     gens = Generations(store.root)
     batches = sorted(store_batches(store))         # what these embeddings cover
-    with gens.embeddings_writer(version) as w:
-        for i, chunk in enumerate(patient_chunks(sample_patients(store), chunk_patients)):
-            for name, tab in embedding_tables(store, net, version, batch_size=batch_size, patients=chunk,
+    chunks = patient_chunks(sample_patients(store), chunk_patients)
+    with gens.embeddings_writer(version) as w, chunk_stores(store, chunks) as reads:
+        for i, (chunk, src) in enumerate(zip(chunks, reads)):
+            for name, tab in embedding_tables(src, net, version, batch_size=batch_size, patients=chunk,
                                               genes=i == 0).items():
                 w.write(name, tab)
     Artifacts(store.root).write_batches(version, batches)
     return dict(w.counts)
+
+
+@contextmanager
+def chunk_stores(store, chunks: Sequence[Sequence[str]]):
+    """A store to read per chunk of patients: ``store`` itself for a single chunk, else temporary stores holding
+    only each chunk's rows (:func:`raretarget.store.partition.patient_partitions`: one pass over the store
+    instead of one per chunk, which made a full pass quadratic in the store's size)."""
+    if len(chunks) <= 1:
+        yield [store] * len(chunks)
+        return
+    from raretarget.store.partition import patient_partitions
+
+    with patient_partitions(store, chunks) as subs:
+        yield subs
 
 
 def patient_chunks(patients: Sequence[str], chunk_patients: int | None = None) -> list[list[str]]:
@@ -177,16 +193,17 @@ def embed_shard(store, shard: int, shards: int, batch_size: int = 128, *, device
     (d / "DONE.json").unlink(missing_ok=True)
     files: dict[str, AtomicParquetWriter] = {}
     counts: dict[str, int] = {}
+    chunks = patient_chunks(pids, chunk_patients)
     try:                                    # chunk by chunk, as embed_store: memory does not grow with the shard
-        for i, chunk in enumerate(patient_chunks(pids, chunk_patients)):
-            tabs = embedding_tables(store, net, version, batch_size=batch_size, patients=chunk,
-                                    genes=shard == 0 and i == 0)
-            for name, tab in tabs.items():
-                tab = S.conform_embeddings(tab)
-                if name not in files:
-                    files[name] = AtomicParquetWriter(d / f"{name}.parquet", tab.schema)
-                files[name].write(tab)
-                counts[name] = counts.get(name, 0) + tab.num_rows
+        with chunk_stores(store, chunks) as reads:
+            for i, (chunk, src) in enumerate(zip(chunks, reads)):
+                for name, tab in embedding_tables(src, net, version, batch_size=batch_size, patients=chunk,
+                                                  genes=shard == 0 and i == 0).items():
+                    tab = S.conform_embeddings(tab)
+                    if name not in files:
+                        files[name] = AtomicParquetWriter(d / f"{name}.parquet", tab.schema)
+                    files[name].write(tab)
+                    counts[name] = counts.get(name, 0) + tab.num_rows
         for w in files.values():
             w.commit()
     except BaseException:

@@ -18,6 +18,8 @@ Layout (beside the tables, inside ``<store>/``; the format is that of stores wri
     .nightly.lock                                one nightly run at a time
     audit/<YYYY-MM-DD>/                          audit events
     reviews/hypotheses/, reviews/verdicts/       the expert review loop (raretarget.store.reviews)
+    .scratch/partition-<pid>-<x>/c<i>/           a full embedding pass's rows split by patient chunk
+                                                 (raretarget.store.partition; deleted when the pass ends)
 
 No file is read or written when an :class:`Artifacts` is made; the methods that read say so.
 """
@@ -119,6 +121,10 @@ class Artifacts:
         return sorted(p for p in self.index_dir.glob(GENERATION_GLOB) if p.is_dir())
 
     # ---- runs / audit --------------------------------------------------------------------------
+    @property
+    def scratch_dir(self) -> Path:
+        return self.root / ".scratch"
+
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"

@@ -129,30 +129,36 @@ class Store:
     def read(self, table: str, columns: list[str] | None = None, *, with_part: bool = False) -> pa.Table:
         """The live rows of ``table`` (hidden rows left out). ``with_part`` adds a ``_part`` column
         (the batch id of the part holding each row)."""
-        parts = self.parts(table)
+        tables = []
+        for stem, t in self.iter_parts(table, columns):
+            if with_part:
+                t = t.append_column("_part", pa.array([stem] * t.num_rows, pa.string()))
+            tables.append(t)
+        if not tables:
+            schema = S.TABLES[table]
+            t = schema.empty_table()
+            t = t.select(columns) if columns else t
+            return t.append_column("_part", pa.array([], pa.string())) if with_part else t
+        return pa.concat_tables(tables)
+
+    def iter_parts(self, table: str, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
+        """``(part stem, live rows)`` of each committed part of ``table`` in manifest order, one part in memory
+        at a time (hidden rows left out)."""
         schema = S.TABLES[table]
         hidden = self.hidden(table)
         cols = columns
         if columns is not None and hidden and "record_id" not in columns:
             cols = list(columns) + ["record_id"]
-        if not parts:
-            t = schema.empty_table()
-            t = t.select(columns) if columns else t
-            return t.append_column("_part", pa.array([], pa.string())) if with_part else t
         import pyarrow.compute as pc
 
-        tables = []
-        for p in parts:
+        for p in self.parts(table):
             t = pq.read_table(p, columns=cols, schema=schema)
             dead = hidden.get(p.stem)
             if dead:
                 t = t.filter(pc.invert(pc.is_in(t.column("record_id"), value_set=pa.array(sorted(dead), pa.int64()))))
             if cols is not columns:
                 t = t.select(columns)
-            if with_part:
-                t = t.append_column("_part", pa.array([p.stem] * t.num_rows, pa.string()))
-            tables.append(t)
-        return pa.concat_tables(tables)
+            yield p.stem, t
 
     def read_ids(self, table: str, ids) -> pa.Table:
         """Live rows of ``table`` with these record_ids, plus ``_part`` (predicate pushed into Parquet)."""

@@ -1,0 +1,120 @@
+"""Issue 20: a full embedding pass splits the store by patient chunk in one pass over each table
+(raretarget.store.partition) instead of filtering the whole store once per chunk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from raretarget.store import Store
+from raretarget.store import schema as S
+from raretarget.store.artifacts import Artifacts
+from raretarget.store.partition import SAMPLE_TABLES, patient_partitions
+
+
+@pytest.fixture()
+def store(cohort_store, tmp_path):
+    """A private copy of a generated store (this module writes to it), with one observation row hidden."""
+    src = cohort_store(12, 3).eng.store
+    shutil.copytree(src.root, tmp_path / "s")
+    shutil.copytree(src.links, tmp_path / "s.links")
+    st = Store.open(tmp_path / "s")
+    obs = st.read("observations", ["record_id", "patient_id"], with_part=True)
+    rid, pid, part = obs.column("record_id")[0].as_py(), obs.column("patient_id")[0].as_py(), obs.column("_part")[0].as_py()
+    row = {"record_id": 1, "table_name": "observations", "target_id": rid, "part": part, "patient_id": pid,
+           "reason": "delete", "batch_id": "bhide"}
+    with st.writer():
+        st.commit("bhide", {"deleted": pa.Table.from_pylist([row], S.TABLES["deleted"])}, {})
+    st.hidden_rid = rid
+    return st
+
+
+def _chunks(st: Store, size: int) -> list[list[str]]:
+    pids = sorted(set(st.read("patients", ["patient_id"]).column(0).to_pylist()))
+    return [pids[i:i + size] for i in range(0, len(pids), size)]
+
+
+def test_each_chunk_store_holds_exactly_its_patients_rows(store):
+    chunks = _chunks(store, 5)
+    assert len(chunks) >= 3
+    with patient_partitions(store, chunks, buffer_bytes=1) as subs:      # flush after every part: many row groups
+        assert len(subs) == len(chunks)
+        for chunk, sub in zip(chunks, subs):
+            for name in SAMPLE_TABLES:
+                whole = store.read(name)
+                want = whole.filter(pc.is_in(whole.column("patient_id"), value_set=pa.array(chunk)))
+                got = sub.read(name)
+                assert got.equals(want.cast(got.schema)), name          # same rows, same (part) order
+            assert store.hidden_rid not in sub.read("observations").column("record_id").to_pylist()
+            assert sub.read("conditions").num_rows == 0                  # only the sample tables are split
+            # the readers' SQL runs on it as on a store
+            n = sub.sql("select count(*) from notes").column(0)[0].as_py()
+            assert n == sub.read("notes").num_rows
+        scratch = Artifacts(store.root).scratch_dir
+        assert len(list(scratch.iterdir())) == 1
+    assert list(scratch.iterdir()) == []                                 # deleted on exit
+    assert store.read("observations").num_rows == whole_rows(store)      # the store itself is untouched
+
+
+def whole_rows(st: Store) -> int:
+    return sum(t.num_rows for _, t in st.iter_parts("observations"))
+
+
+def test_a_failed_pass_leaves_no_scratch_and_a_killed_one_is_cleaned(store):
+    scratch = Artifacts(store.root).scratch_dir
+    with pytest.raises(RuntimeError):
+        with patient_partitions(store, _chunks(store, 4)):
+            raise RuntimeError("boom")
+    assert list(scratch.iterdir()) == []
+    # a folder left by a process that is gone is removed by the next pass; a live process's is kept
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = scratch / f"partition-{int(dead.stdout)}-x"
+    live = scratch / f"partition-{os.getppid()}-y"
+    stale.mkdir()
+    live.mkdir()
+    with patient_partitions(store, _chunks(store, 4)):
+        pass
+    assert not stale.exists() and live.exists()
+
+
+def test_a_patient_in_two_chunks_is_refused(store):
+    c = _chunks(store, 4)
+    with pytest.raises(ValueError, match="two chunks"):
+        with patient_partitions(store, [c[0], c[0][:1]]):
+            pass
+
+
+def test_a_chunked_embedding_pass_reads_the_store_once_whatever_the_chunk_count(cohort_store, monkeypatch):
+    """The number of whole-store queries of ``embed_store`` does not grow with the number of chunks (it grew by
+    five per chunk before)."""
+    from raretarget.encoders import pipeline
+    from raretarget.store import safe_sql
+
+    eng = cohort_store(14, 5).eng
+    if eng.current_model() is None:
+        eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 8,
+                     "encoders.image.arch": "small", "model.knowledge.steps": 0, "data.num_workers": 0})
+    root = eng.store.root
+    seen = []
+    real = safe_sql.connect
+
+    def spy(st):
+        seen.append(st.root == root)
+        return real(st)
+
+    monkeypatch.setattr(safe_sql, "connect", spy)
+    counts = {}
+    for size in (7, 2):
+        seen.clear()
+        counts[size] = pipeline.embed_store(eng.store, batch_size=16, device="cpu", chunk_patients=size)
+        assert sum(not s for s in seen) >= 5                 # the chunks were read from their own stores
+        whole = sum(seen)
+        if size == 7:
+            first = whole
+    assert whole == first and counts[7] == counts[2]
