@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raretarget.store import schema as S
@@ -135,21 +136,25 @@ def live(vdir: Path, modality: str, man: dict | None = None) -> list[dict]:
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
-def _read(path: Path, columns: Sequence[str] | None) -> pa.Table:
-    return pq.read_table(path, columns=list(columns) if columns else None).replace_schema_metadata(None)
+def _read(path: Path, columns: Sequence[str] | None, ids: np.ndarray | None = None) -> pa.Table:
+    # with ids, Arrow's scanner filters batch by batch: only the matching rows are held
+    flt = None if ids is None else pc.field("record_id").isin(pa.array(ids, pa.int64()))
+    return pq.read_table(path, columns=list(columns) if columns else None, filters=flt).replace_schema_metadata(None)
 
 
-def read(vdir: Path, modality: str, columns: Sequence[str] | None = None, *, man: dict | None = None) -> pa.Table | None:
+def read(vdir: Path, modality: str, columns: Sequence[str] | None = None, *, man: dict | None = None,
+         ids: np.ndarray | None = None) -> pa.Table | None:
     """The logical table of ``modality`` (base + live deltas, see module doc); None when it has neither.
-    ``columns``: read only these (``record_id`` is read anyway to apply the deltas)."""
+    ``columns``: read only these (``record_id`` is read anyway to apply the deltas); ``ids``: only the rows with
+    these record ids (int64), in table order (a filter pushed into each file's scan)."""
     vdir = Path(vdir)
     cols = None if columns is None else list(dict.fromkeys(["record_id", *columns]))
     bp = base_path(vdir, modality)
     layers: list[tuple[pa.Table | None, np.ndarray | None]] = []
     if bp.exists():
-        layers.append((_read(bp, cols), None))
+        layers.append((_read(bp, cols, ids), None))
     for e in live(vdir, modality, man):
-        ups = _read(upserts_path(vdir, e["seq"], modality), cols) if e["upserts"] else None
+        ups = _read(upserts_path(vdir, e["seq"], modality), cols, ids) if e["upserts"] else None
         tomb = (pq.read_table(tombstones_path(vdir, e["seq"], modality)).column("record_id").to_numpy()
                 if e["tombstones"] else None)
         layers.append((ups, tomb))

@@ -66,12 +66,12 @@ class Generations:
                       key=lambda v: (self.emb_dir / v).stat().st_mtime)
 
     def read_embeddings(self, model_version: str, modality: str | None = None,
-                        columns: list[str] | None = None) -> pa.Table:
+                        columns: list[str] | None = None, ids=None) -> pa.Table:
         """The logical embeddings table (base file + delta files, :mod:`.embedding_delta`) of one modality,
-        or of all of them concatenated; ``columns``: only these."""
+        or of all of them concatenated; ``columns``: only these; ``ids``: only the rows of these record ids."""
         d = self.emb_dir / model_version
         mods = [modality] if modality else sorted(embedding_delta.counts(d))
-        tabs = [t for t in (embedding_delta.read(d, m, columns) for m in mods) if t is not None]
+        tabs = [t for t in (embedding_delta.read(d, m, columns, ids=ids) for m in mods) if t is not None]
         if not tabs:
             t = S.EMBEDDINGS.empty_table()
             return t.select(columns) if columns else t

@@ -59,6 +59,12 @@ def test_delta_write_read_equals_full_rewrite(tmp_path):
     assert g.embedding_counts(VER) == {"labs": 8, "note": len(expect)}
     assert sorted(ED.ids(vdir, "note").tolist()) == sorted(expect)
     assert g.read_embeddings(VER).num_rows == len(expect) + 8            # all modalities
+    # only some ids: the same rows as the whole read, across base and deltas (a deleted or superseded id is not
+    # brought back; an id nowhere is simply absent)
+    want = np.array([5, 15, 50, 60, 100, 104, 99999], np.int64)
+    some = g.read_embeddings(VER, "note", ["record_id", "patient_id", "source_ref", "vector"], ids=want)
+    assert _rows(some) == {r: v for r, v in expect.items() if r in set(want.tolist())}
+    assert sorted(some.column("record_id").to_pylist()) == [15, 60, 100, 104]
     # the same rows written as one file: what a full rewrite gives
     full = tmp_path / "full"
     Generations(full).write_embeddings(VER, "note", got)

@@ -44,6 +44,36 @@ def test_metrics_separate_same_from_shifted_vectors():
     assert modality_drift(old_ids[:2], old[:2], old_ids[:1], old[:1]) is None     # too little to compare
 
 
+def test_drift_reads_only_its_reference_sample_and_gives_the_same_figures():
+    """A night at scale: ``table_drift`` with ``read_vectors`` asks for the vectors of at most ``max_reference``
+    sampled ids and gives exactly the figures of the whole-table call."""
+    import pyarrow as pa
+
+    from raretarget.apps.drift import table_drift
+
+    rng = np.random.default_rng(1)
+    c = rng.standard_normal(16)
+    ids = rng.permutation(5000)[:700].astype(np.int64) + 10
+
+    def table(rid, vec):
+        return pa.table({"record_id": pa.array(rid, pa.int64()),
+                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.astype(np.float32).ravel()), 16)})
+
+    old = table(ids, _cloud(rng, 700, c))
+    new = table(ids[:20], _cloud(rng, 20, c))
+    cfg = {"max_reference": 200, "probes": 30}
+    whole = table_drift(old, new, k=5, seed=3, cfg=cfg)
+    asked = []
+
+    def read_vectors(want):
+        asked.append(len(want))
+        hit = np.isin(old.column("record_id").to_numpy(), want)
+        return old.filter(pa.array(hit)).take(pa.array(np.argsort(-np.flatnonzero(hit))))   # any order
+
+    lazy = table_drift(old.select(["record_id"]), new, k=5, seed=3, cfg=cfg, read_vectors=read_vectors)
+    assert lazy == whole and "error" not in whole and asked == [200]
+
+
 @pytest.fixture(scope="module")
 def nightly_store(tmp_path_factory):
     d = tmp_path_factory.mktemp("drift")

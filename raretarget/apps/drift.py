@@ -53,15 +53,20 @@ def _norm(x: np.ndarray) -> np.ndarray:
 
 def modality_drift(old_ids: np.ndarray, old: np.ndarray, new_ids: np.ndarray, new: np.ndarray, *, k: int = 10,
                    probes: int = 100, max_reference: int = 5000, seed: int = 0) -> dict | None:
-    """Drift metrics of ``new`` vectors (ids ``new_ids``) against the store's ``old`` ones; None when there is
-    nothing to compare (no new vectors or fewer than 3 old ones)."""
-    if len(new) == 0 or len(old) < 3:
+    """Drift metrics of ``new`` vectors ``[m, D]`` (ids ``new_ids``) against the store's ``old`` ones; None when
+    there is nothing to compare (no new vectors or fewer than 3 old ones). ``old``: the vectors ``[n, D]`` of
+    ``old_ids``, or a function ``ids → [len(ids), D]`` called with the at most ``max_reference`` ids sampled (the
+    same sample either way), so that a large store's vectors need not be read whole."""
+    if len(new) == 0 or len(old_ids) < 3:
         return None
     rng = np.random.default_rng(seed)
-    old, new = _norm(old.astype(np.float32)), _norm(new.astype(np.float32))
-    if len(old) > max_reference:
-        sel = np.sort(rng.choice(len(old), max_reference, replace=False))
-        old_ids, old = old_ids[sel], old[sel]
+    if len(old_ids) > max_reference:
+        sel = np.sort(rng.choice(len(old_ids), max_reference, replace=False))
+        old_ids = old_ids[sel]
+        old = old(old_ids) if callable(old) else old[sel]
+    elif callable(old):
+        old = old(old_ids)
+    old, new = _norm(np.asarray(old, np.float32)), _norm(new.astype(np.float32))
     c = _norm(old.mean(axis=0, keepdims=True))[0]
     centroid_drop = float((old @ c).mean() - (new @ c).mean())
     s_old = old @ old.T
@@ -195,16 +200,27 @@ def drift_page(store_root, thresholds: dict | None = None) -> str | None:
             + _table(["run", "mode", "drift"] + mods, rows, cls="drift-history"))
 
 
-def table_drift(old, new, *, k: int = 10, seed: int = 0, cfg: dict | None = None) -> dict | None:
+def table_drift(old, new, *, k: int = 10, seed: int = 0, cfg: dict | None = None,
+                read_vectors=None) -> dict | None:
     """:func:`modality_drift` of two EMBEDDINGS tables (the store's before the night, the night's new rows);
-    never raises (the night's index update matters more than its drift figures)."""
+    never raises (the night's index update matters more than its drift figures). With ``read_vectors`` (record
+    ids → a table of ``record_id``, ``vector``), ``old`` needs only ``record_id``: the vectors of the sampled
+    reference rows are read, not the modality's."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from raretarget.index.generations import vectors_of
 
     c = {**defaults(), **(cfg or {})}
+
+    def lazy(ids: np.ndarray) -> np.ndarray:
+        t = read_vectors(ids)
+        return vectors_of(t.take(pc.index_in(pa.array(ids, pa.int64()), value_set=t.column("record_id"))))
+
     try:
         if new is None or new.num_rows == 0 or old.num_rows < 3:
             return None
-        return modality_drift(old.column("record_id").to_numpy(), vectors_of(old),
+        return modality_drift(old.column("record_id").to_numpy(), vectors_of(old) if read_vectors is None else lazy,
                               new.column("record_id").to_numpy(), vectors_of(new), k=k, probes=int(c["probes"]),
                               max_reference=int(c["max_reference"]), seed=seed)
     except Exception as e:           # noqa: BLE001

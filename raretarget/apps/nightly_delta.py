@@ -38,9 +38,13 @@ def night_changes(gens, cur: dict, version: str, tabs: dict[str, pa.Table], pids
     for m in sorted(set(gens.embedding_counts(version)) | set(tabs)):
         if m == "gene":                             # depends on the model only: never changes in a night
             continue
-        old = gens.read_embeddings(version, m, ["record_id", "patient_id", "vector"])
+        # ids and patients only: the drift reads the vectors of its reference sample alone (the whole modality's
+        # vectors made the night's memory grow with the store)
+        old = gens.read_embeddings(version, m, ["record_id", "patient_id"])
         newt = tabs.get(m)
-        log["drift_metrics"][m] = drift.table_drift(old, newt, k=c["k"], seed=c["seed"], cfg=c["drift"])
+        log["drift_metrics"][m] = drift.table_drift(
+            old, newt, k=c["k"], seed=c["seed"], cfg=c["drift"],
+            read_vectors=lambda ids, m=m: gens.read_embeddings(version, m, ["record_id", "vector"], ids=ids))
         hit = pc.fill_null(pc.is_in(old.column("patient_id"), value_set=pid_arr), False)
         tomb = old.filter(hit).column("record_id").to_numpy()          # every old row of a changed patient
         ups = newt if newt is not None and newt.num_rows else None
