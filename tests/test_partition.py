@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -74,13 +75,15 @@ def test_a_failed_pass_leaves_no_scratch_and_a_killed_one_is_cleaned(store):
     assert list(scratch.iterdir()) == []
     # a folder left by a process that is gone is removed by the next pass; a live process's is kept
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = scratch / f"partition-{int(dead.stdout)}-x"
-    live = scratch / f"partition-{os.getppid()}-y"
-    stale.mkdir()
-    live.mkdir()
+    host = socket.gethostname()
+    stale = scratch / f"partition-{int(dead.stdout)}@{host}-x"
+    live = scratch / f"partition-{os.getppid()}@{host}-y"
+    other = scratch / f"partition-{int(dead.stdout)}@not-{host}-z"      # another machine sharing the folder
+    for d in (stale, live, other):
+        d.mkdir()
     with patient_partitions(store, _chunks(store, 4)):
         pass
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and other.exists()
 
 
 def test_a_patient_in_two_chunks_is_refused(store):

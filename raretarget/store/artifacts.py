@@ -18,7 +18,7 @@ Layout (beside the tables, inside ``<store>/``; the format is that of stores wri
     .nightly.lock                                one nightly run at a time
     audit/<YYYY-MM-DD>/                          audit events
     reviews/hypotheses/, reviews/verdicts/       the expert review loop (raretarget.store.reviews)
-    .scratch/partition-<pid>-<x>/c<i>/           a full embedding pass's rows split by patient chunk
+    .scratch/partition-<pid>@<host>-<x>/c<i>/    a full embedding pass's rows split by patient chunk
                                                  (raretarget.store.partition; deleted when the pass ends)
 
 No file is read or written when an :class:`Artifacts` is made; the methods that read say so.

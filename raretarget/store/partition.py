@@ -10,8 +10,8 @@ and appends it to that chunk's Parquet file. Each chunk is then a small :class:`
 costs its own size. Memory: one part plus the write buffers (``buffer_bytes`` in all).
 
 The files hold the store's own pseudonymous rows; they are written under :attr:`Artifacts.scratch_dir`
-(``<store>/.scratch/partition-<pid>-<x>/``) and deleted when the pass ends, or by the next call after a killed
-one (folders of processes that are gone). They are never part of the store's committed state.
+(``<store>/.scratch/partition-<pid>@<host>-<x>/``) and deleted when the pass ends, or by the next call on the
+same host after a killed one (folders of processes that are gone). They are never part of the store's committed state.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,15 +40,18 @@ _PREFIX = "partition-"
 
 
 def _clean_stale(scratch: Path) -> None:
-    """Remove partition folders whose process is gone (a killed pass)."""
+    """Remove partition folders of this host whose process is gone (a killed pass). Folders of other hosts (a
+    store folder shared by the machines of a cluster) are left to their own host."""
     if not scratch.is_dir():
         return
+    host = socket.gethostname()
     for d in scratch.glob(_PREFIX + "*"):
         try:
-            pid = int(d.name[len(_PREFIX):].split("-", 1)[0])
+            pid_s, rest = d.name[len(_PREFIX):].split("@", 1)
+            pid, their_host = int(pid_s), rest.rsplit("-", 1)[0]
         except ValueError:
             continue
-        if pid == os.getpid():
+        if their_host != host or pid == os.getpid():
             continue
         try:
             os.kill(pid, 0)
@@ -89,7 +93,7 @@ def patient_partitions(store: Store, chunks: Sequence[Sequence[str]], tables: Se
     scratch = Artifacts(store.root).scratch_dir
     _clean_stale(scratch)
     scratch.mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=scratch))
+    work = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}@{socket.gethostname()}-", dir=scratch))
     writers: dict[tuple[int, str], pq.ParquetWriter] = {}
     try:
         buf: dict[tuple[int, str], list[pa.Table]] = {}
