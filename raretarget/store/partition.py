@@ -6,7 +6,7 @@ the store. Filtering the whole store for each chunk (SQL ``patient_id in (...)``
 cost chunks × store, i.e. quadratic in the store's size (~3 s a chunk at 30k patients; 75 chunks at 300k).
 :func:`patient_partitions` reads each table's committed parts once, sends every live row to its patient's chunk
 and appends it to that chunk's Parquet file. Each chunk is then a small :class:`~raretarget.store.table.Store`
-(manifest + one part per table, no hidden rows) that the unchanged readers query with the same SQL, so a chunk
+(manifest + its parts per table, no hidden rows) that the unchanged readers query with the same SQL, so a chunk
 costs its own size. Memory: one part plus the write buffers (``buffer_bytes`` in all).
 
 The files hold the store's own pseudonymous rows; they are written under :attr:`Artifacts.scratch_dir`
@@ -94,19 +94,21 @@ def patient_partitions(store: Store, chunks: Sequence[Sequence[str]], tables: Se
     _clean_stale(scratch)
     scratch.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}@{socket.gethostname()}-", dir=scratch))
-    writers: dict[tuple[int, str], pq.ParquetWriter] = {}
+    written: dict[tuple[int, str], list[str]] = {}     # (chunk, table) -> its part files
     try:
         buf: dict[tuple[int, str], list[pa.Table]] = {}
         held = 0
 
         def flush() -> None:
-            for key, ts in buf.items():
-                w = writers.get(key)
-                if w is None:
-                    d = work / f"c{key[0]}" / "tables" / key[1]
-                    d.mkdir(parents=True, exist_ok=True)
-                    w = writers[key] = pq.ParquetWriter(d / "part.parquet", S.TABLES[key[1]])
-                w.write_table(pa.concat_tables(ts))
+            # one closed part per chunk and table per flush: no file stays open across the pass, whatever the
+            # number of chunks
+            for (c, name), ts in buf.items():
+                d = work / f"c{c}" / "tables" / name
+                d.mkdir(parents=True, exist_ok=True)
+                files = written.setdefault((c, name), [])
+                f = f"part-{len(files):05d}.parquet"
+                pq.write_table(pa.concat_tables(ts).cast(S.TABLES[name]), d / f)
+                files.append(f)
             buf.clear()
 
         for name in tables:
@@ -120,18 +122,13 @@ def patient_partitions(store: Store, chunks: Sequence[Sequence[str]], tables: Se
                     flush()
                     held = 0
         flush()
-        for w in writers.values():
-            w.close()
-        writers.clear()
         subs = []
         for i in range(len(chunks)):
             root = work / f"c{i}"
             (root / "tables").mkdir(parents=True, exist_ok=True)
-            have = {n: ["part.parquet"] for n in tables if (root / "tables" / n / "part.parquet").exists()}
+            have = {n: written[(i, n)] for n in tables if (i, n) in written}
             (root / "_manifest.json").write_text(json.dumps({"version": 1, "tables": have}))
             subs.append(Store(root, work / "no-links"))     # read-only: no link folder, no key
         yield subs
     finally:
-        for w in writers.values():
-            w.close()
         shutil.rmtree(work, ignore_errors=True)
