@@ -1,5 +1,6 @@
-"""Issue 20: a full embedding pass splits the store by patient chunk in one pass over each table
-(raretarget.store.partition) instead of filtering the whole store once per chunk."""
+"""Issue 20, passes and memory that must not grow with the store: a full embedding pass splits the store by patient
+chunk in one pass over each table (raretarget.store.partition) instead of filtering the whole store once per chunk;
+the ingest writer reads only the alias rows of the pseudonym links."""
 
 from __future__ import annotations
 
@@ -121,3 +122,20 @@ def test_a_chunked_embedding_pass_reads_the_store_once_whatever_the_chunk_count(
         if size == 7:
             first = whole
     assert whole == first and counts[7] == counts[2]
+
+
+def test_alias_links_are_read_without_the_other_pseudonyms(store, monkeypatch):
+    """The ingest writer's alias map comes from the ``alias`` rows of the ``ids`` links alone (a filtered scan):
+    the same map as from the whole table, whose other rows (~5M at 100k patients) are not held."""
+    from raretarget.store.writer import StoreWriter
+
+    whole = store.read_links("ids")
+    assert set(whole.column("kind").to_pylist()) > {"alias"}
+    want = {o: p for p, o, k in zip(whole.column("pseudo").to_pylist(), whole.column("original").to_pylist(),
+                                     whole.column("kind").to_pylist()) if k == "alias"}
+    only = store.read_links("ids", kind="alias")
+    assert set(only.column("kind").to_pylist()) == {"alias"} and only.num_rows == len(
+        [k for k in whole.column("kind").to_pylist() if k == "alias"])
+    w = StoreWriter.__new__(StoreWriter)
+    w.store, w.alias_cache = store, None
+    assert w.known_alias() == want and len(want) > 0

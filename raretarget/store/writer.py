@@ -201,9 +201,8 @@ class StoreWriter:
 
     def known_alias(self) -> dict[str, str]:
         if self.alias_cache is None:
-            t = self.store.read_links("ids")
-            self.alias_cache = {o: p for p, o, k in zip(t.column("pseudo").to_pylist(), t.column("original").to_pylist(),
-                                                          t.column("kind").to_pylist()) if k == "alias"}
+            t = self.store.read_links("ids", kind="alias")        # not the store's every pseudonym
+            self.alias_cache = dict(zip(t.column("original").to_pylist(), t.column("pseudo").to_pylist()))
         return self.alias_cache
 
     def known_studies(self) -> dict[str, str]:
