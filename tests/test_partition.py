@@ -139,3 +139,35 @@ def test_alias_links_are_read_without_the_other_pseudonyms(store, monkeypatch):
     w = StoreWriter.__new__(StoreWriter)
     w.store, w.alias_cache = store, None
     assert w.known_alias() == want and len(want) > 0
+
+
+def test_a_night_embeds_its_patients_from_partitions(cohort_store, monkeypatch):
+    """The nightly's re-embedding of the changed patients reads them from partitions (the store's tables scanned
+    once, no SQL over the whole store), chunk by chunk, and gives the rows of a direct call."""
+    import numpy as np
+
+    from raretarget.apps import nightly
+    from raretarget.encoders import pipeline
+    from raretarget.encoders.training import load_model
+    from raretarget.index.generations import vectors_of
+    from raretarget.store import safe_sql
+
+    eng = cohort_store(14, 5).eng
+    if eng.current_model() is None:
+        eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 8,
+                     "encoders.image.arch": "small", "model.knowledge.steps": 0, "data.num_workers": 0})
+    model = eng.current_model()
+    net = load_model(model["path"], device="cpu")
+    pids = sorted(set(eng.store.read("patients", ["patient_id"]).column(0).to_pylist()))[:7]
+    want = pipeline.embedding_tables(eng.store, net, model["model_version"], batch_size=16, patients=pids)
+    real_chunks, real_connect = pipeline.patient_chunks, safe_sql.connect
+    monkeypatch.setattr(pipeline, "patient_chunks", lambda ids, n=None: real_chunks(ids, 3))
+    main = []
+    monkeypatch.setattr(safe_sql, "connect", lambda st: (main.append(st.root == eng.store.root), real_connect(st))[1])
+    got = nightly._embed_patients(eng.store, net, model["model_version"], 16, pids)
+    assert main and not any(main)                         # every query went to a chunk's own store
+    assert set(got) == set(want)
+    for m in want:
+        a, b = want[m].sort_by("record_id"), got[m].sort_by("record_id")
+        assert a.column("record_id").equals(b.column("record_id")), m
+        assert np.allclose(vectors_of(a), vectors_of(b), atol=1e-5), m

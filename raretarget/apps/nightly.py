@@ -84,6 +84,22 @@ def changed_patients(store, batches: set[str]) -> set[str]:
     return out
 
 
+def _embed_patients(store, net, version: str, batch_size: int, pids: list[str]) -> dict[str, pa.Table]:
+    """Embedding tables of the night's changed patients, ``data.chunk_patients`` at a time, each chunk read from
+    its own partition of the store (:mod:`raretarget.store.partition`: one scan of each table with one part in
+    memory, instead of SQL filters over the whole store)."""
+    from raretarget.encoders.pipeline import embedding_tables, patient_chunks
+    from raretarget.store.partition import patient_partitions
+
+    chunks = patient_chunks(pids)
+    out: dict[str, list[pa.Table]] = {}
+    with patient_partitions(store, chunks) as reads:
+        for chunk, src in zip(chunks, reads):
+            for m, t in embedding_tables(src, net, version, batch_size=batch_size, patients=chunk).items():
+                out.setdefault(m, []).append(t)
+    return {m: pa.concat_tables(ts) for m, ts in out.items()}
+
+
 def update(eng, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None, *,
            after_stage: Callable[[str], None] | None = None, **cfg) -> dict:
     """One nightly run (see module doc). Returns the run log dict; ``log["published"]`` says whether a
@@ -167,7 +183,7 @@ def _run(eng, paths, c: dict, log: dict, after_stage: Callable[[str], None]) -> 
         pids = changed_patients(eng.store, new)
         counts["patients_changed"] = len(pids)
         net = load_model(model["path"], device=c["device"])
-        tabs = eng.embedding_tables(net, version, batch_size=c["batch_size"], patients=sorted(pids))
+        tabs = _embed_patients(eng.store, net, version, c["batch_size"], sorted(pids))
         counts["embedded"] = sum(x.num_rows for x in tabs.values())
         bdir = Artifacts(eng.store.root).generation_dir(cur["generation"])
         pid_arr = pa.array(sorted(pids), pa.string())
