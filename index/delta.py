@@ -102,9 +102,15 @@ def masked_search(index: VectorIndex, q: np.ndarray, k: int, masked: np.ndarray)
 def exact_kth(q: np.ndarray, vecs: np.ndarray, k: int, chunk: int = 65_536) -> np.ndarray:
     """The ``k``-th best exact inner product of each query ``q (nq, d)`` over ``vecs (n, d)``, scanned
     ``chunk`` rows at a time (memory ``nq·(chunk + k)`` floats, not ``nq·n``). Returns float32 ``(nq,)``."""
+    return exact_kth_blocks(q, (vecs[s:s + chunk] for s in range(0, len(vecs), chunk)), k)
+
+
+def exact_kth_blocks(q: np.ndarray, blocks, k: int) -> np.ndarray:
+    """:func:`exact_kth` over vectors given as blocks ``(n_i, d)`` (e.g. streamed from Parquet): only the running
+    top-``k`` per query and one block are held."""
     top = np.full((len(q), 0), -np.inf, np.float32)
-    for start in range(0, len(vecs), chunk):
-        s = np.concatenate([top, q @ vecs[start:start + chunk].T], axis=1)
+    for b in blocks:
+        s = np.concatenate([top, q @ b.T], axis=1)
         top = -np.partition(-s, min(k, s.shape[1]) - 1, axis=1)[:, :k] if s.shape[1] > k else s
     return top.min(axis=1) if top.shape[1] >= k else np.full(len(q), -np.inf, np.float32)
 

@@ -177,6 +177,39 @@ def read(vdir: Path, modality: str, columns: Sequence[str] | None = None, *, man
     return t if columns is None else t.select(list(columns))
 
 
+def iter_batches(vdir: Path, modality: str, columns: Sequence[str] | None = None, batch_rows: int = 65_536,
+                 *, man: dict | None = None):
+    """The rows of :func:`read` (same rows, same order) as tables of at most ``batch_rows`` rows, streamed from
+    the base and delta files: only one batch and the record ids of the deltas are held."""
+    vdir = Path(vdir)
+    cols = None if columns is None else list(dict.fromkeys(["record_id", *columns]))
+    layers: list[tuple[Path | None, np.ndarray]] = []      # (file of rows or None, ids it makes stale below it)
+    bp = base_path(vdir, modality)
+    if bp.exists():
+        layers.append((bp, np.zeros(0, np.int64)))
+    for e in live(vdir, modality, man):
+        up = upserts_path(vdir, e["seq"], modality) if e["upserts"] else None
+        stale = [pq.read_table(up, columns=["record_id"]).column(0).to_numpy()] if up is not None else []
+        if e["tombstones"]:
+            stale.append(pq.read_table(tombstones_path(vdir, e["seq"], modality)).column("record_id").to_numpy())
+        layers.append((up, np.concatenate(stale) if stale else np.zeros(0, np.int64)))
+    # a layer loses the ids upserted or tombstoned by the layers after it
+    drops, drop = [], np.zeros(0, np.int64)
+    for _, stale in reversed(layers):
+        drops.append(drop)
+        drop = np.union1d(drop, stale)
+    drops.reverse()
+    for (path, _), drop in zip(layers, drops):
+        if path is None:
+            continue
+        for b in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=cols):
+            t = pa.Table.from_batches([b]).replace_schema_metadata(None)
+            if len(drop):
+                t = t.filter(pa.array(~np.isin(t.column("record_id").to_numpy(), drop)))
+            if t.num_rows:
+                yield t if columns is None else t.select(list(columns))
+
+
 def ids(vdir: Path, modality: str) -> np.ndarray:
     """Record ids (int64, table order) of the logical table of ``modality``."""
     t = read(vdir, modality, ["record_id"])

@@ -25,6 +25,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -76,6 +77,12 @@ class Generations:
             t = S.EMBEDDINGS.empty_table()
             return t.select(columns) if columns else t
         return pa.concat_tables(tabs, promote_options="default")
+
+    def iter_embeddings(self, model_version: str, modality: str, columns: list[str] | None = None,
+                        batch_rows: int = 65_536):
+        """The rows of :meth:`read_embeddings` of one modality as tables of at most ``batch_rows`` rows, streamed
+        (memory: one batch)."""
+        yield from embedding_delta.iter_batches(self.emb_dir / model_version, modality, columns, batch_rows)
 
     def embedding_counts(self, model_version: str | None) -> dict[str, int]:
         if not model_version:
@@ -194,8 +201,10 @@ class Generations:
                 continue
             shutil.rmtree(p, ignore_errors=True)
 
-    def open(self, model_version: str | None = None, generation: dict | None = None) -> dict[str, VectorIndex]:
-        """Load the indexes of the current (or given) generation; refuse another model version."""
+    def open(self, model_version: str | None = None, generation: dict | None = None,
+             modalities: Sequence[str] | None = None) -> dict[str, VectorIndex]:
+        """Load the indexes of the current (or given) generation (``modalities``: only these); refuse another
+        model version."""
         info = generation or self.current()
         if info is None:
             raise FileNotFoundError("no index built yet: call Engine.build_index() first")
@@ -206,6 +215,8 @@ class Generations:
         gdir = self.artifacts.generation_dir(info["generation"])
         out = {}
         for m in info["counts"]:
+            if modalities is not None and m not in modalities:
+                continue
             expect = {"model_version": info["model_version"]}
             if m in info.get("delta", {}):          # base + delta searched together (a night's generation)
                 from .delta import DeltaIndex
