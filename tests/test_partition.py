@@ -171,3 +171,19 @@ def test_a_night_embeds_its_patients_from_partitions(cohort_store, monkeypatch):
         a, b = want[m].sort_by("record_id"), got[m].sort_by("record_id")
         assert a.column("record_id").equals(b.column("record_id")), m
         assert np.allclose(vectors_of(a), vectors_of(b), atol=1e-5), m
+
+
+def test_sample_patients_by_part_groups_equals_the_one_query(store):
+    """``sample_patients`` runs the readers' conditions on groups of parts: the same patients as one SQL union over
+    the store (hidden rows out), whatever the group size; and every one of them gets a sample."""
+    from raretarget.encoders import data as D
+
+    loincs = D.panel_loincs()
+    q = " union ".join([f"select distinct patient_id from {t} where {w}" for t, w in D._HAS.items()]
+                       + [f"select distinct patient_id from observations where {D._labs_filter(loincs)}"])
+    want = sorted(store.sql(q).column(0).to_pylist())
+    assert len(want) >= 10
+    assert D.sample_patients(store) == want
+    assert D.sample_patients(store, group_bytes=1) == want               # one part per group
+    assert D.sample_patients(store.root) == want                         # a path
+    assert [s["patient_id"] for s in D.load_store_samples(store)] == want
