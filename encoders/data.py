@@ -257,6 +257,17 @@ def _labs_filter(loincs: Sequence[str]) -> str:
             f"and loinc in ({codes})")
 
 
+def as_store(store: Any):
+    """The :class:`raretarget.store.Store` of ``store``: a Store as given, an Engine's, or the store at a path."""
+    if hasattr(store, "iter_parts"):
+        return store
+    if hasattr(getattr(store, "store", None), "iter_parts"):
+        return store.store
+    from raretarget.store import Store
+
+    return Store.open(store)
+
+
 # the columns each table's sample condition reads
 _HAS_COLUMNS = {"patients": ["patient_id"], "notes": ["patient_id", "text"], "images": ["patient_id", "thumbnail"],
                 "variants": ["patient_id", "gene"], "observations": ["patient_id", "value", "unit", "loinc"]}
@@ -274,12 +285,9 @@ def sample_patients(store: Any, loincs: Sequence[str] | None = None, group_bytes
     import duckdb
     import pyarrow as pa
 
-    from raretarget.store import Store
     from raretarget.store.safe_sql import SETTINGS
 
-    st = store if hasattr(store, "iter_parts") else getattr(store, "store", None)
-    if not hasattr(st, "iter_parts"):
-        st = Store.open(store)
+    st = as_store(store)
     where = {**_HAS, "observations": _labs_filter(list(loincs or panel_loincs()))}
     out: set[str] = set()
     con = duckdb.connect(":memory:", config=dict(SETTINGS))
@@ -350,8 +358,10 @@ def load_store_samples(store: Any, loincs: Sequence[str] | None = None,
         if s["labs"] is None:
             s["labs"] = {}
         s["labs"][r["loinc"]] = float(r["v"])
+    # ordered like notes and images: a sample's variants must not depend on the store's part layout or on the
+    # scan's threads (the order reaches the variant tower's input)
     for r in eng.sql("select patient_id, gene, consequence, impact, clinvar, zygosity, af from variants "
-                     f"where {_HAS['variants']}{pf}", params).to_pylist():
+                     f"where {_HAS['variants']}{pf} order by patient_id, record_id", params).to_pylist():
         s = sample(r.pop("patient_id"))
         if s["variants"] is None:
             s["variants"] = []

@@ -9,6 +9,7 @@ with the store. A synthetic cohort is generated in memory.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any, Sequence
 
@@ -17,6 +18,13 @@ from torch.utils.data import IterableDataset
 
 from . import data as D
 from .data import Collate, PatientDataset, hpo_aliases, hpo_knowledge, split, synthetic_samples, verdict_pairs
+
+
+def patient_partitions(store, chunks):
+    """:func:`raretarget.store.partition.patient_partitions` (imported when a worker first needs it)."""
+    from raretarget.store.partition import patient_partitions as split_store
+
+    return split_store(store, chunks)
 
 
 class MultiModalDataModule(L.LightningDataModule):
@@ -209,7 +217,9 @@ class StreamedPatients(IterableDataset):
     :func:`raretarget.encoders.data.epoch_chunks` (a seeded permutation per epoch in training, sorted otherwise;
     the same number of patients on every rank); DataLoader worker ``w`` of ``num_workers`` reads chunks
     ``w, w + num_workers, ...`` through :func:`raretarget.encoders.data.load_store_samples` (``patients=`` the
-    chunk's ids: at most ``chunk_patients`` patients in memory per worker), shuffles a chunk's samples in training
+    chunk's ids: at most ``chunk_patients`` patients in memory per worker; a worker's first chunk of an epoch is
+    read from the store, and when it goes on to a second, its remaining chunks of the epoch are split from the
+    store in one scan, :mod:`raretarget.store.partition`, instead of one whole-store scan per chunk), shuffles a chunk's samples in training
     and yields lists of ``batch_size`` items (:class:`PatientDataset` items; batches run across chunk boundaries,
     the last partial one of a worker is dropped in training when it has more than one batch's worth).
 
@@ -254,21 +264,31 @@ class StreamedPatients(IterableDataset):
         keep = D.stream_batches(n, self.batch_size, self.train) * self.batch_size   # items this worker yields
         buf: list[dict] = []
         sent = 0
-        for k, ids in mine:
-            samples = D.load_store_samples(self.store, patients=ids)
-            seed = D._mix("chunk", self.seed, epoch, self.rank, k)
-            if self.train:
-                random.Random(seed).shuffle(samples)
-            ds = PatientDataset(samples, self.train, self.max_note_chars, seed)
-            for i in range(len(ds)):
+        with contextlib.ExitStack() as stack:
+            reads = None
+            for j, (k, ids) in enumerate(mine):
                 if sent >= keep:
                     break
-                buf.append(ds[i])
-                sent += 1
-                if len(buf) == self.batch_size:
-                    yield buf
-                    buf = []
-            del samples, ds                   # one chunk at a time: free it before the next is read
+                if j == 0:
+                    src = self.store          # a short run (a step budget) may read no more than this chunk
+                else:
+                    if reads is None:         # going on: the rest of this epoch's chunks split in one store scan
+                        reads = stack.enter_context(patient_partitions(D.as_store(self.store), [c for _, c in mine[1:]]))
+                    src = reads[j - 1]
+                samples = D.load_store_samples(src, patients=ids)
+                seed = D._mix("chunk", self.seed, epoch, self.rank, k)
+                if self.train:
+                    random.Random(seed).shuffle(samples)
+                ds = PatientDataset(samples, self.train, self.max_note_chars, seed)
+                for i in range(len(ds)):
+                    if sent >= keep:
+                        break
+                    buf.append(ds[i])
+                    sent += 1
+                    if len(buf) == self.batch_size:
+                        yield buf
+                        buf = []
+                del samples, ds               # one chunk at a time: free it before the next is read
         if buf:
             yield buf
 

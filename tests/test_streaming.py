@@ -306,3 +306,55 @@ def test_patient_chunks():
     assert patient_chunks([], 2) == [[]]                  # an empty store still writes its (gene) files
     with pytest.raises(ValueError):
         patient_chunks(["a"], 0)
+
+
+def test_a_worker_reads_its_later_chunks_from_one_split_of_the_store(store, old_split, monkeypatch):
+    """A training epoch: a worker reads its first chunk from the store and, going on, its other chunks from one
+    split of the store (one scan, not one per chunk); the batches are those of reading every chunk from the
+    store."""
+    import numpy as np
+
+    from raretarget.encoders import datamodule as DM
+    from raretarget.encoders.datamodule import StreamedPatients
+
+    train = sorted(old_split[0])
+    ds = StreamedPatients(store, train, train=True, batch_size=2, chunk_patients=4)
+    assert len(ds.chunks(0)) >= 3
+    root = D.as_store(store).root
+    real_load, real_split = D.load_store_samples, DM.patient_partitions
+    sources, splits = [], []
+    monkeypatch.setattr(D, "load_store_samples", lambda st, loincs=None, patients=None: (
+        sources.append(D.as_store(st).root == root), real_load(st, loincs, patients=patients))[1])
+    monkeypatch.setattr(DM, "patient_partitions", lambda st, chunks: (splits.append(len(chunks)), real_split(st, chunks))[1])
+    got = _walk(ds, 0, 1, monkeypatch)
+    assert sources[0] and not any(sources[1:]) and len(sources) == len(ds.chunks(0))
+    assert splits == [len(ds.chunks(0)) - 1]
+
+    class AllFromStore:                        # the former path: every chunk read from the store
+        def __init__(self, st, chunks):
+            self.n = len(chunks)
+
+        def __enter__(self):
+            return [store] * self.n
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(DM, "patient_partitions", AllFromStore)
+    want = _walk(ds, 0, 1, monkeypatch)
+    assert len(got) == len(want) == len(ds)
+
+    def key(it):
+        img = None if it["image"] is None else np.asarray(it["image"]).tobytes()
+        var = None if it["variants"] is None else list(map(str, it["variants"]))
+        return (it["patient_id"], it["record_id"], it["text"], img, it["labs"], var)
+
+    assert [[key(i) for i in b] for b in got] == [[key(i) for i in b] for b in want]
+    # a short run that stops inside the first chunk never splits the store
+    splits.clear()
+    monkeypatch.setattr(DM, "patient_partitions", lambda st, chunks: (splits.append(len(chunks)), real_split(st, chunks))[1])
+    it = iter(ds)
+    next(it)
+    it.close()
+    assert splits == []
+    assert not list((D.as_store(store).root / ".scratch").glob("partition-*"))
