@@ -296,7 +296,7 @@ def sample_patients(store: Any, loincs: Sequence[str] | None = None, group_bytes
             group: list = []
             held = 0
             # the parts one at a time, then an end marker that runs the last group
-            for _, t in itertools.chain(st.iter_parts(name, _HAS_COLUMNS[name]), [(None, None)]):
+            for _, t in itertools.chain(st.iter_parts(name, _HAS_COLUMNS[name], batch_rows=65_536), [(None, None)]):
                 if t is not None and t.num_rows:
                     group.append(t)
                     held += t.nbytes

@@ -187,3 +187,22 @@ def test_sample_patients_by_part_groups_equals_the_one_query(store):
     assert D.sample_patients(store, group_bytes=1) == want               # one part per group
     assert D.sample_patients(store.root) == want                         # a path
     assert [s["patient_id"] for s in D.load_store_samples(store)] == want
+
+
+def test_parts_are_written_in_bounded_row_groups_and_read_in_batches(store, tmp_path):
+    """A written part holds row groups of at most ROW_GROUP_ROWS rows (a reader decodes a row group whole), and
+    ``iter_parts(batch_rows=)`` streams a table in batches that concatenate to ``read``."""
+    import pyarrow.parquet as pq
+
+    from raretarget.store.io import ROW_GROUP_ROWS, atomic_write_parquet
+
+    t = pa.table({"x": pa.array(range(ROW_GROUP_ROWS * 3 + 5), pa.int64())})
+    atomic_write_parquet(tmp_path / "p.parquet", t)
+    md = pq.ParquetFile(tmp_path / "p.parquet").metadata
+    assert md.num_row_groups == 4 and max(md.row_group(i).num_rows for i in range(4)) == ROW_GROUP_ROWS
+    for name in ("observations", "notes"):
+        batches = [b for _, b in store.iter_parts(name, batch_rows=7)]
+        assert max(b.num_rows for b in batches) <= 7
+        assert pa.concat_tables(batches).equals(store.read(name))       # hidden rows out, same order
+    assert store.hidden_rid not in pa.concat_tables(
+        [b for _, b in store.iter_parts("observations", ["record_id"], batch_rows=5)]).column(0).to_pylist()

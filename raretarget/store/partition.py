@@ -7,7 +7,7 @@ cost chunks × store, i.e. quadratic in the store's size (~3 s a chunk at 30k pa
 :func:`patient_partitions` reads each table's committed parts once, sends every live row to its patient's chunk
 and appends it to that chunk's Parquet file. Each chunk is then a small :class:`~raretarget.store.table.Store`
 (manifest + its parts per table, no hidden rows) that the unchanged readers query with the same SQL, so a chunk
-costs its own size. Memory: one part plus the write buffers (``buffer_bytes`` in all).
+costs its own size. Memory: one batch of a part plus the write buffers (``buffer_bytes`` in all).
 
 The files hold the store's own pseudonymous rows; they are written under :attr:`Artifacts.scratch_dir`
 (``<store>/.scratch/partition-<pid>@<host>-<x>/``) and deleted when the pass ends, or by the next call on the
@@ -80,10 +80,11 @@ def _route(t: pa.Table, chunk_of: dict[str, int]) -> Iterator[tuple[int, pa.Tabl
 
 @contextmanager
 def patient_partitions(store: Store, chunks: Sequence[Sequence[str]], tables: Sequence[str] = SAMPLE_TABLES,
-                       buffer_bytes: int = 64 << 20) -> Iterator[list[Store]]:
+                       buffer_bytes: int = 64 << 20, batch_rows: int = 65_536) -> Iterator[list[Store]]:
     """Yield one read-only :class:`Store` per chunk of patient ids holding the live rows of ``tables`` whose
     ``patient_id`` is in that chunk (rows keep the store's part order; other tables are empty). A patient may be
-    in one chunk only. ``buffer_bytes``: rows held before they are appended to the chunk files (Arrow bytes).
+    in one chunk only. ``buffer_bytes``: rows held before they are appended to the chunk files (Arrow bytes);
+    ``batch_rows``: the store's parts are read in batches of at most this many rows.
     The folders are deleted on exit."""
     chunk_of: dict[str, int] = {}
     for i, c in enumerate(chunks):
@@ -112,7 +113,7 @@ def patient_partitions(store: Store, chunks: Sequence[Sequence[str]], tables: Se
             buf.clear()
 
         for name in tables:
-            for _, t in store.iter_parts(name):
+            for _, t in store.iter_parts(name, batch_rows=batch_rows):
                 if not t.num_rows:
                     continue
                 for c, rows in _route(t, chunk_of):

@@ -141,9 +141,11 @@ class Store:
             return t.append_column("_part", pa.array([], pa.string())) if with_part else t
         return pa.concat_tables(tables)
 
-    def iter_parts(self, table: str, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
+    def iter_parts(self, table: str, columns: list[str] | None = None,
+                   batch_rows: int | None = None) -> Iterator[tuple[str, pa.Table]]:
         """``(part stem, live rows)`` of each committed part of ``table`` in manifest order, one part in memory
-        at a time (hidden rows left out)."""
+        at a time (hidden rows left out); with ``batch_rows``, each part in batches of at most that many rows (a
+        part holding a multi-sample VCF has ~10⁶ variant rows)."""
         schema = S.TABLES[table]
         hidden = self.hidden(table)
         cols = columns
@@ -152,13 +154,21 @@ class Store:
         import pyarrow.compute as pc
 
         for p in self.parts(table):
-            t = pq.read_table(p, columns=cols, schema=schema)
+            if batch_rows is None:
+                pieces = [pq.read_table(p, columns=cols, schema=schema)]
+            else:
+                import pyarrow.dataset as ds
+
+                pieces = (pa.Table.from_batches([b]) for b in ds.dataset(p, schema=schema, format="parquet")
+                          .to_batches(columns=cols, batch_size=batch_rows, batch_readahead=0, fragment_readahead=0))
             dead = hidden.get(p.stem)
-            if dead:
-                t = t.filter(pc.invert(pc.is_in(t.column("record_id"), value_set=pa.array(sorted(dead), pa.int64()))))
-            if cols is not columns:
-                t = t.select(columns)
-            yield p.stem, t
+            for t in pieces:
+                if dead:
+                    t = t.filter(pc.invert(pc.is_in(t.column("record_id"),
+                                                    value_set=pa.array(sorted(dead), pa.int64()))))
+                if cols is not columns:
+                    t = t.select(columns)
+                yield p.stem, t
 
     def read_ids(self, table: str, ids) -> pa.Table:
         """Live rows of ``table`` with these record_ids, plus ``_part`` (predicate pushed into Parquet)."""
