@@ -75,3 +75,25 @@ def test_intmap_many_agrees_with_one_at_a_time(monkeypatch):
         assert len(a) == len(b)
     probe = list(range(0, 40 * 2**58, 2**58))
     assert a.get_many(probe) == [b.get(k) for k in probe]
+
+
+def test_python_buffer_stays_small_however_large_the_sorted_part(monkeypatch):
+    """The buffer of elements added since the last merge holds at most MERGE_MIN Python ints, whatever the size
+    of the sorted part (it was allowed a quarter of it: ~1M Python ints per container at 100k patients), and the
+    merge inserts into the sorted arrays in order."""
+    monkeypatch.setattr(compact, "MERGE_MIN", 8)
+    rng = random.Random(3)
+    s = IntSet(np.arange(0, 20_000, 2, dtype=np.int64))
+    m = IntMap(np.uint64)
+    ref: dict[int, int] = {}
+    for _ in range(3000):
+        x = rng.randrange(0, 40_000)
+        s.add(x)
+        if rng.random() < 0.2:
+            s.update(np.array([rng.randrange(0, 40_000) for _ in range(5)], dtype=np.int64))
+        k, v = rng.randrange(0, 2**64), rng.randrange(0, 2**64)
+        m[k] = v
+        ref[k] = v
+        assert len(s._recent) < 8 and len(m._recent) < 8
+    assert np.all(np.diff(s._sorted) > 0) and np.all(np.diff(m._keys.astype(object)) > 0)
+    assert len(m) == len(ref) and m.get_many(list(ref)) == list(ref.values())

@@ -3,8 +3,10 @@
 A Python ``set`` of ints costs about 70 bytes an element and a ``dict`` of int → int about 110; an ingest of 100k
 patients (4.5M records) held several such containers, so the committer's memory grew with the store. Here the
 bulk lives in sorted numpy arrays (8 bytes a key, 8 a value) and only the elements added since the last merge
-in a small Python container; the merge runs when that container reaches a quarter of the sorted part (at least
-:data:`MERGE_MIN`), so the sorting work stays proportional to the elements added (amortised ``O(log n)`` each).
+in a small Python container of at most :data:`MERGE_MIN` elements (a fixed size: a buffer that grew with the
+sorted part, a quarter of it, held ~1M Python ints per container at 100k patients). A merge sorts the buffer
+and inserts it into the sorted arrays (``np.insert``: one linear copy, no re-sort of what was sorted), so its
+cost is a copy of the arrays per :data:`MERGE_MIN` additions.
 
 Semantics are those of ``set`` / ``dict`` for the operations the ingest uses; iteration order is not kept.
 """
@@ -15,7 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-#: elements held in the Python container before the first merge into the sorted arrays
+#: elements held in the Python container (the buffer) before they are merged into the sorted arrays: the
+#: most a container holds in Python objects (about 70-110 bytes an element), whatever its size
 MERGE_MIN = 1 << 16
 
 
@@ -87,15 +90,17 @@ class IntSet:
         return len(self._sorted) - len(self._removed) + len(self._recent)
 
     def _maybe_merge(self) -> None:
-        if len(self._recent) >= max(MERGE_MIN, len(self._sorted) // 4):
+        if len(self._recent) >= MERGE_MIN:
             self._merge()
 
     def _merge(self) -> None:
-        s = np.concatenate([self._sorted, np.fromiter(self._recent, dtype=self.dtype, count=len(self._recent))])
+        s = self._sorted
         if self._removed:
             s = s[~np.isin(s, np.fromiter(self._removed, dtype=self.dtype, count=len(self._removed)))]
             self._removed.clear()
-        self._sorted = np.unique(s)
+        # the buffer never holds an element of the sorted part (add/update check first): insert, don't re-sort
+        r = np.sort(np.fromiter(self._recent, dtype=self.dtype, count=len(self._recent)))
+        self._sorted = np.insert(s, np.searchsorted(s, r), r) if len(s) else r
         self._recent.clear()
 
 
@@ -137,7 +142,7 @@ class IntMap:
             self._vals[i] = v
             return
         self._recent[k] = int(v)
-        if len(self._recent) >= max(MERGE_MIN, len(self._keys) // 4):
+        if len(self._recent) >= MERGE_MIN:
             self._merge()
 
     def setdefault(self, k, v) -> int:
@@ -173,7 +178,7 @@ class IntMap:
         for k, prev, v in zip(keys, self.get_many(keys), values):
             if prev is None and self._recent.get(int(k)) is None:
                 self._recent[int(k)] = int(v)
-        if len(self._recent) >= max(MERGE_MIN, len(self._keys) // 4):
+        if len(self._recent) >= MERGE_MIN:
             self._merge()
 
     def __len__(self) -> int:
@@ -181,8 +186,11 @@ class IntMap:
 
     def _merge(self) -> None:
         n = len(self._recent)
-        ks = np.concatenate([self._keys, np.fromiter(self._recent.keys(), dtype=self.dtype, count=n)])
-        vs = np.concatenate([self._vals, np.fromiter(self._recent.values(), dtype=self.dtype, count=n)])
-        order = np.argsort(ks, kind="stable")
-        self._keys, self._vals = ks[order], vs[order]
+        rk = np.fromiter(self._recent.keys(), dtype=self.dtype, count=n)
+        rv = np.fromiter(self._recent.values(), dtype=self.dtype, count=n)
+        order = np.argsort(rk)
+        rk, rv = rk[order], rv[order]
+        # buffered keys are never in the sorted part (__setitem__/setdefault* look there first): insert them
+        at = np.searchsorted(self._keys, rk)
+        self._keys, self._vals = np.insert(self._keys, at, rk), np.insert(self._vals, at, rv)
         self._recent.clear()
