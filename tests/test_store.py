@@ -91,3 +91,14 @@ def test_pseudonyms_keyed_stable_and_shifts_keep_intervals():
     assert ("pt-" in links[0][0]) and any(o == "123" for _, o, _ in links)
     assert parse_datetime("20200102").day == 2 and parse_datetime("2020").month == 1
     assert parse_datetime("not a date") is None
+
+
+def test_pseudonymizer_memory_is_bounded_and_answers_stay_the_same(monkeypatch):
+    """drain() empties the pseudonym and date-shift caches past CACHE_MAX entries (an ingest meets every patient
+    once: one cached shift each would grow with the store); what is recomputed is the same."""
+    monkeypatch.setattr(Pseudonymizer, "CACHE_MAX", 10)
+    a = Pseudonymizer(b"k" * 32)
+    first = {f"p{i}": (a.patient(f"p{i}"), a.shift_days(f"pt-{i}")) for i in range(50)}
+    a.drain()
+    assert len(a._cache) == 0 and len(a._shift) == 0
+    assert {k: (a.patient(k), a.shift_days(f"pt-{k[1:]}")) for k in first} == first
