@@ -46,10 +46,16 @@ HEAVY = 4.0
 #: small files, e.g. one Bundle per patient)
 GROUP_FILES = 16
 GROUP_BYTES = 8 << 20
+#: the merged-lookups log is cut once every live worker has been sent at least this many of its entries (and
+#: half of it): entries are then dropped a prefix at a time
+LOG_TRIM_MIN = 1024
 
 
 class _Snapshot:
-    """A worker's copy of the parent's merged lookups (latest write wins, as in the parent)."""
+    """A worker's copy of the parent's merged lookups (latest write wins, as in the parent). The scrub terms
+    only of the :data:`raretarget.store.phi.HOT_MAX` patients merged last (a file almost always carries its
+    own Patient; one that needs an older patient's terms gets "unknown" here, which the parent finds wrong:
+    it reads that file itself), so a worker's memory does not grow with every patient of the ingest."""
 
     def __init__(self):
         self.phi: dict[str, list] = {}
@@ -57,8 +63,17 @@ class _Snapshot:
         self.study: dict[str, str] = {}
 
     def apply(self, delta) -> None:
+        from raretarget.store.phi import HOT_MAX
+
+        phi = self.phi
         for kind, key, value in delta:
-            getattr(self, kind)[key] = value
+            if kind == "phi":
+                phi.pop(key, None)               # re-inserted last: the dict's order is the merge order
+                phi[key] = value
+                if len(phi) > HOT_MAX:
+                    del phi[next(iter(phi))]
+            else:
+                getattr(self, kind)[key] = value
 
 
 class _WorkerBatch(BatchState):
@@ -320,11 +335,22 @@ class ParallelReader:
                 return
             delta = self.log[w["sent"]:]
             w["sent"] = len(self.log)
+            self._trim_log()
             group = [(str(self.files[i][0].path), self.files[i][0].kind, self.files[i][1], self.files[i][2])
                      for i in idx]
             w["q"].put((t, group, delta))
             w["busy"].add(t)
             self.next += 1
+
+    def _trim_log(self) -> None:
+        """Drop the log entries every live worker has been sent (the log held every patient's lookups, scrub
+        terms included, to the end of the call). A worker that died gets nothing more: it does not count."""
+        sent = [w["sent"] for w in self.workers if w["p"].is_alive()]
+        m = min(sent) if sent else len(self.log)
+        if m and m >= max(LOG_TRIM_MIN, len(self.log) // 2):      # amortised: a prefix at a time, not per task
+            del self.log[:m]
+            for w in self.workers:
+                w["sent"] = max(0, w["sent"] - m)
 
     def _wait(self, t: int):
         """The result of task ``t``, or None when the parent must read its files itself."""

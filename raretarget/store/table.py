@@ -220,11 +220,16 @@ class Store:
 
     # ---- links (secure side) --------------------------------------------------------------------
     def read_links(self, name: str) -> pa.Table:
-        d = self.links / name
-        files = sorted(d.glob("*.parquet")) if d.exists() else []
-        if not files:
+        tables = list(self.iter_links(name))
+        if not tables:
             return S.LINK_TABLES[name].empty_table()
-        return pa.concat_tables([pq.read_table(f) for f in files])
+        return pa.concat_tables(tables)
+
+    def iter_links(self, name: str) -> Iterator[pa.Table]:
+        """The parts of link table ``name``, one table each, in the order :meth:`read_links` concatenates them."""
+        d = self.links / name
+        for f in sorted(d.glob("*.parquet")) if d.exists() else []:
+            yield pq.read_table(f)
 
     # ---- SQL -------------------------------------------------------------------------------------
     def sql(self, query: str, params=None):
