@@ -31,6 +31,8 @@ import pickle
 import queue
 from pathlib import Path
 
+import numpy as np
+
 from .core import BatchState, Resources, read_file
 
 #: tasks handed to one worker ahead of the merge (keeps it busy while the parent commits)
@@ -270,11 +272,12 @@ class ParallelReader:
             self.workers.append({"p": p, "q": q, "sent": 0, "busy": set()})
         self.plan([])
 
-    def plan(self, files: list[tuple]) -> None:
-        """The files to read, ``(InputFile, digest, file_ref)`` in input order."""
+    def plan(self, files) -> None:
+        """The files to read: a sequence of ``(InputFile, digest, file_ref)`` in input order (a
+        :class:`raretarget.ingest.core.Planned` makes them on demand, each ``InputFile`` knowing its position)."""
         writer = self.writer
         self.files = files
-        self.index = {f[2]: i for i, f in enumerate(files)}
+        self._index = None        # file_ref -> position, for items that don't carry theirs (built when asked)
         self.tasks, self.task_of, self.cost = self._plan(files)
         self.order = _dispatch_order(self.tasks, self.cost)
         self.pos = {t: k for k, t in enumerate(self.order)}
@@ -291,32 +294,35 @@ class ParallelReader:
         self.open: dict[int, dict | None] = {}  # task being merged -> its result
         self.fallbacks = 0
 
-    def _plan(self, files) -> tuple[list[tuple[int, list[int]]], dict[int, int], list[float]]:
-        """Tasks of consecutive files (a few small files per message), each with how many files must be
-        merged before it is handed out (the whole previous group when that group is FHIR), and each task's
-        estimated read cost (bytes x :data:`COST_PER_BYTE`)."""
-        tasks: list[tuple[int, list[int]]] = []
-        task_of: dict[int, int] = {}
+    def _plan(self, files) -> tuple[list[tuple[int, range]], np.ndarray, list[float]]:
+        """Tasks of consecutive files (a few small files per message: a ``range`` of positions), each with how
+        many files must be merged before it is handed out (the whole previous group when that group is FHIR),
+        the task of each file (-1: read by the parent) and each task's estimated read cost (bytes x
+        :data:`COST_PER_BYTE`). Per file only the int32 task number is kept (185k files at 100k patients)."""
+        tasks: list[tuple[int, range]] = []
+        task_of = np.full(len(files), -1, dtype=np.int32)
         cost: list[float] = []
-        start, cur, size = 0, None, 0
+        start, cur, size = 0, None, 0          # cur: the task being filled (its number), or None
+        prev = None                            # (order, kind) of the previous file
         for i, (inp, _, _) in enumerate(files):
-            if i and inp.order != files[i - 1][0].order and files[i - 1][0].kind == "fhir":
+            if prev is not None and inp.order != prev[0] and prev[1] == "fhir":
                 start, cur = i, None
+            prev = (inp.order, inp.kind)
             if self.local(inp):
                 cur = None
                 continue
             nbytes = inp.path.stat().st_size
             # a task holds files of one kind, and a VCF (many samples' genotypes) is a task of its own,
             # so that a long file can be handed out ahead of the short ones (see _dispatch_order)
-            if (cur is None or len(cur[1]) >= GROUP_FILES or size + nbytes > GROUP_BYTES
-                    or inp.kind != files[cur[1][-1]][0].kind or inp.kind == "vcf"):
-                cur = (start, [])
-                tasks.append(cur)
+            if (cur is None or len(tasks[cur][1]) >= GROUP_FILES or size + nbytes > GROUP_BYTES
+                    or inp.kind != cur_kind or inp.kind == "vcf"):
+                tasks.append((start, range(i, i)))
+                cur, cur_kind = len(tasks) - 1, inp.kind
                 cost.append(0.0)
                 size = 0
-            cur[1].append(i)
+            tasks[cur] = (tasks[cur][0], range(tasks[cur][1].start, i + 1))
             size += nbytes
-            task_of[i] = len(tasks) - 1
+            task_of[i] = cur
             cost[-1] += nbytes * _cost_per_byte(inp)
         return tasks, task_of, cost
 
@@ -336,8 +342,7 @@ class ParallelReader:
             delta = self.log[w["sent"]:]
             w["sent"] = len(self.log)
             self._trim_log()
-            group = [(str(self.files[i][0].path), self.files[i][0].kind, self.files[i][1], self.files[i][2])
-                     for i in idx]
+            group = [(str(inp.path), inp.kind, digest, fref) for inp, digest, fref in (self.files[i] for i in idx)]
             w["q"].put((t, group, delta))
             w["busy"].add(t)
             self.next += 1
@@ -377,10 +382,10 @@ class ParallelReader:
     # ---- merge ---------------------------------------------------------------------------------------
     def merge(self, batch: BatchState, inp, digest: str, fref: str) -> tuple:
         """Add file ``fref`` to ``batch`` exactly as :func:`read_file` would have, return its ledger entry."""
-        i = self.index[fref]
-        t = self.task_of.get(i)
+        i = inp.pos if inp.pos >= 0 else self._position(fref)
+        t = int(self.task_of[i])
         res = None
-        if t is not None:
+        if t >= 0:
             if t not in self.open:
                 self.open[t] = self._wait(t)
             tres = self.open[t]
@@ -399,6 +404,11 @@ class ParallelReader:
         self.merged = i + 1
         self._dispatch()
         return out
+
+    def _position(self, fref: str) -> int:
+        if self._index is None:
+            self._index = {f[2]: i for i, f in enumerate(self.files)}
+        return self._index[fref]
 
     def _consistent(self, batch: BatchState, reads) -> bool:
         phi, alias, study, seen = reads
