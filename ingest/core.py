@@ -78,9 +78,9 @@ class BatchState:
         self.files: list[tuple[str, str, str, str]] = []     # file_ref, path, sha256, kind
         self.phi_terms: dict[str, list[str]] = {}           # patient_id -> identifying strings (secure side)
         self.alias: dict[str, str] = {}                     # identifier value (MRN, ...) -> patient_id (this batch)
-        self.known_alias: dict[str, str] = {}               # same, from earlier batches (link folder)
+        self.known_alias: Any = {}                          # same, from earlier batches (writer's DigestMap: .get)
         self.study_patient: dict[str, str] = {}             # pseudonymous study UID -> patient_id (this batch)
-        self.known_studies: dict[str, str] = {}             # same, from earlier batches (the store; not copied)
+        self.known_studies: Any = {}                        # same, from earlier batches (the store; a DigestMap)
         self._known_phi = known_phi
         self.options: dict[str, Any] = {}
         self.deletions: list[tuple[str, str]] = []          # (resource type, pseudonymous resource id)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raretarget.store.compact import DigestMap
+
 from .core import BatchState, Resources, read_file
 
 #: tasks handed to one worker ahead of the merge (keeps it busy while the parent commits)
@@ -61,8 +63,9 @@ class _Snapshot:
 
     def __init__(self):
         self.phi: dict[str, list] = {}
-        self.alias: dict[str, str] = {}
-        self.study: dict[str, str] = {}
+        # identifier → patient and study → patient, by key digest (compact; the log carries digests)
+        self.alias = DigestMap()
+        self.study = DigestMap()
 
     def apply(self, delta) -> None:
         from raretarget.store.phi import HOT_MAX
@@ -75,7 +78,7 @@ class _Snapshot:
                 if len(phi) > HOT_MAX:
                     del phi[next(iter(phi))]
             else:
-                getattr(self, kind)[key] = value
+                getattr(self, kind).put_digest(key, value)
 
 
 class _WorkerBatch(BatchState):
@@ -286,8 +289,8 @@ class ParallelReader:
             w["sent"] = 0
         # what every worker needs first: the store's identifiers from earlier ingests
         self.log.extend(("phi", k, v) for k, v in writer.known_phi_items().items())
-        self.log.extend(("alias", k, v) for k, v in writer.known_alias().items())
-        self.log.extend(("study", k, v) for k, v in writer.known_studies().items())
+        self.log.extend(("alias", d, v) for d, v in writer.known_alias().digest_items())
+        self.log.extend(("study", d, v) for d, v in writer.known_studies().digest_items())
         self.next = 0             # position in self.order of the next task to hand out
         self.merged = 0           # files merged so far
         self.done: dict[int, object] = {}      # task -> pickled result (None: read those files here)
@@ -451,19 +454,24 @@ class ParallelReader:
             if (kind, original) not in pseudo._cache:
                 pseudo._cache[(kind, original)] = p
                 pseudo.new_links.append((p, original, kind))
-        self.log.extend(("phi", k, v) for k, v in res["phi"].items())
-        self.log.extend(("alias", k, v) for k, v in res["alias"].items())
-        self.log.extend(("study", k, v) for k, v in res["study"].items())
+        self._log_lookups(res["phi"], res["alias"], res["study"])
         return res["entry"], res["ignored"]
 
     def _read_here(self, batch: BatchState, inp, digest: str, fref: str) -> tuple:
         """Read a file in the parent (a big file, a worker's failure, or an out-of-date snapshot)."""
         before = (dict(batch.phi_terms), dict(batch.alias), dict(batch.study_patient))
         out = read_file(batch, inp.path, inp.kind, digest, fref)
-        for kind, old, new in zip(("phi", "alias", "study"), before,
-                                  (batch.phi_terms, batch.alias, batch.study_patient)):
-            self.log.extend((kind, k, v) for k, v in new.items() if k not in old or old[k] is not v)
+        self._log_lookups(*({k: v for k, v in new.items() if k not in old or old[k] is not v}
+                            for old, new in zip(before, (batch.phi_terms, batch.alias, batch.study_patient))))
         return out
+
+    def _log_lookups(self, phi: dict, alias: dict, study: dict) -> None:
+        """Append a file's new lookups to the log the workers' snapshots follow (identifiers and studies by
+        digest: :class:`raretarget.store.compact.DigestMap`)."""
+        digest = DigestMap.digest
+        self.log.extend(("phi", k, v) for k, v in phi.items())
+        self.log.extend(("alias", digest(k), v) for k, v in alias.items())
+        self.log.extend(("study", digest(k), v) for k, v in study.items())
 
     def close(self) -> None:
         for w in self.workers:

@@ -97,3 +97,33 @@ def test_python_buffer_stays_small_however_large_the_sorted_part(monkeypatch):
         assert len(s._recent) < 8 and len(m._recent) < 8
     assert np.all(np.diff(s._sorted) > 0) and np.all(np.diff(m._keys.astype(object)) > 0)
     assert len(m) == len(ref) and m.get_many(list(ref)) == list(ref.values())
+
+
+def test_digest_map_answers_like_a_dict(monkeypatch):
+    """DigestMap (identifier → patient, study → patient): the answers of a dict, last value wins, values that are
+    not pseudonyms and a forced collision of first halves included; its digests rebuild the same map."""
+    from raretarget.store.compact import DigestMap
+
+    monkeypatch.setattr(DigestMap, "BUFFER", 4)
+    rng = random.Random(7)
+    keys = [f"MRN{rng.randrange(10**8)}" for _ in range(60)] + ["", "é\ud800x", None, "2.25.1234"]
+    vals = [f"pt-{rng.getrandbits(64):016x}" for _ in range(30)] + ["pt-ABCDEF0123456789", "other", None]
+    m, ref = DigestMap(), {}
+    for step in range(800):
+        k = rng.choice(keys)
+        if rng.random() < 0.5:
+            v = rng.choice(vals)
+            m[k] = v
+            ref[k] = v
+        assert m.get(k) == ref.get(k) and (k in m) == (k in ref)
+    # two keys whose digests share the first half: each keeps its own value
+    a = DigestMap.digest("x")
+    b = a[:8] + bytes(8)
+    m.put_digest(a, vals[0])
+    m.put_digest(b, vals[1])
+    assert m.get_digest(a) == vals[0] and m.get_digest(b) == vals[1]
+    copy = DigestMap()
+    for d, v in m.digest_items():
+        copy.put_digest(d, v)
+    assert all(copy.get(k) == m.get(k) for k in keys) and copy.get_digest(b) == vals[1]
+    assert m.get("never put") is None and m.get("never put", 0) == 0

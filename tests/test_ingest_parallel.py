@@ -352,3 +352,36 @@ def test_lookups_log_is_cut_once_every_worker_has_it(cohort, tmp_path, monkeypat
     two, _ = _ingest(tmp_path, "two", paths, 2)
     assert seen["appended"] > 50 and seen["left"] < seen["appended"] // 2
     _same_store(one, two)
+
+
+def test_identifier_and_study_lookups_are_held_as_digests(cohort, tmp_path, monkeypatch):
+    """The committer's identifier → patient and study → patient maps hold 128-bit digests of the keys (~32 bytes an
+    entry; a dict of str took 150-330), answer as before, and the workers are sent digests, not identifiers."""
+    import pickle
+
+    import raretarget.ingest.parallel as P
+
+    sent = []
+    real = P.ParallelReader._dispatch
+
+    def dispatch(self):
+        sent.extend((k, key) for k, key, _ in self.log if k in ("alias", "study"))
+        return real(self)
+
+    monkeypatch.setattr(P.ParallelReader, "_dispatch", dispatch)
+    eng, _ = _ingest(tmp_path, "two", [cohort / "bundles"], 2)
+    writer = eng.ctx.writer
+    mrns = {}
+    for f in (cohort / "bundles" / "fhir").glob("*.json"):
+        for e in json.loads(f.read_text())["entry"]:
+            r = e["resource"]
+            if r["resourceType"] == "Patient":
+                mrns.update({i["value"]: r["id"] for i in r.get("identifier") or []})
+    assert len(mrns) >= 24
+    assert all(writer.known_alias().get(m) == writer.pseudo.patient(pid) for m, pid in mrns.items())
+    blob = pickle.dumps((writer.alias_cache, writer.study_cache))
+    assert not any(m.encode() in blob for m in mrns)
+    studies = eng.store.read("imaging_studies", ["study_uid", "patient_id"]).to_pylist()
+    assert studies and all(writer.known_studies().get(s["study_uid"]) == s["patient_id"] for s in studies)
+    assert {k for k, _ in sent} == {"alias", "study"}
+    assert all(isinstance(key, bytes) and len(key) == 16 for _, key in sent)

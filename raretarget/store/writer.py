@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import schema as S
-from .compact import IntSet
+from .compact import DigestMap, IntSet
 from .phi import PhiTerms
 from .pseudo import Pseudonymizer
 
@@ -37,8 +37,8 @@ class StoreWriter:
         self.store = store
         self._pseudo = pseudo
         self.phi_cache: PhiTerms | None = None
-        self.alias_cache: dict[str, str] | None = None
-        self.study_cache: dict[str, str] | None = None
+        self.alias_cache: DigestMap | None = None     # identifier (MRN ...) → patient_id
+        self.study_cache: DigestMap | None = None     # pseudonymous study UID → patient_id
         self.id_cache: dict[str, IntSet] = {}         # record_ids per table, loaded on first dedupe (compact)
         #: options of the current ingest call (``{"fhir_validate": ...}``), read by the file readers
         self.options: dict = {}
@@ -206,19 +206,28 @@ class StoreWriter:
             self.phi_cache = cache
         return self.phi_cache.get(patient_id)
 
-    def known_alias(self) -> dict[str, str]:
+    def known_alias(self) -> DigestMap:
+        """identifier (MRN, SSN ...: ``Patient.identifier`` values) → patient_id, from the link folder, kept current
+        by each commit. A :class:`DigestMap` (``.get`` as a dict's), ~32 bytes an identifier."""
         if self.alias_cache is None:
-            t = self.store.read_links("ids")
-            self.alias_cache = {o: p for p, o, k in zip(t.column("pseudo").to_pylist(), t.column("original").to_pylist(),
-                                                          t.column("kind").to_pylist()) if k == "alias"}
+            import pyarrow.compute as pc
+
+            cache = DigestMap()
+            for t in self.store.iter_links("ids"):     # one part at a time, aliases only (ids: every pseudonym)
+                t = t.filter(pc.equal(t.column("kind"), "alias"))
+                cache.update(zip(t.column("original").to_pylist(), t.column("pseudo").to_pylist()))
+            self.alias_cache = cache
         return self.alias_cache
 
-    def known_studies(self) -> dict[str, str]:
+    def known_studies(self) -> DigestMap:
         """study_uid → patient_id of the stored imaging studies: read once, then kept current by each commit (it
-        was read from every part for every batch, which made ingest quadratic in the store's size)."""
+        was read from every part for every batch, which made ingest quadratic in the store's size). A
+        :class:`DigestMap` (``.get`` as a dict's)."""
         if self.study_cache is None:
             t = self.store.read("imaging_studies", ["study_uid", "patient_id"])
-            self.study_cache = dict(zip(t.column("study_uid").to_pylist(), t.column("patient_id").to_pylist()))
+            cache = DigestMap()
+            cache.update(zip(t.column("study_uid").to_pylist(), t.column("patient_id").to_pylist()))
+            self.study_cache = cache
         return self.study_cache
 
 
