@@ -31,6 +31,10 @@ import pickle
 import queue
 from pathlib import Path
 
+import numpy as np
+
+from raretarget.store.compact import DigestMap
+
 from .core import BatchState, Resources, read_file
 
 #: tasks handed to one worker ahead of the merge (keeps it busy while the parent commits)
@@ -46,19 +50,35 @@ HEAVY = 4.0
 #: small files, e.g. one Bundle per patient)
 GROUP_FILES = 16
 GROUP_BYTES = 8 << 20
+#: the merged-lookups log is cut once every live worker has been sent at least this many of its entries (and
+#: half of it): entries are then dropped a prefix at a time
+LOG_TRIM_MIN = 1024
 
 
 class _Snapshot:
-    """A worker's copy of the parent's merged lookups (latest write wins, as in the parent)."""
+    """A worker's copy of the parent's merged lookups (latest write wins, as in the parent). The scrub terms
+    only of the :data:`raretarget.store.phi.HOT_MAX` patients merged last (a file almost always carries its
+    own Patient; one that needs an older patient's terms gets "unknown" here, which the parent finds wrong:
+    it reads that file itself), so a worker's memory does not grow with every patient of the ingest."""
 
     def __init__(self):
         self.phi: dict[str, list] = {}
-        self.alias: dict[str, str] = {}
-        self.study: dict[str, str] = {}
+        # identifier → patient and study → patient, by key digest (compact; the log carries digests)
+        self.alias = DigestMap()
+        self.study = DigestMap()
 
     def apply(self, delta) -> None:
+        from raretarget.store.phi import HOT_MAX
+
+        phi = self.phi
         for kind, key, value in delta:
-            getattr(self, kind)[key] = value
+            if kind == "phi":
+                phi.pop(key, None)               # re-inserted last: the dict's order is the merge order
+                phi[key] = value
+                if len(phi) > HOT_MAX:
+                    del phi[next(iter(phi))]
+            else:
+                getattr(self, kind).put_digest(key, value)
 
 
 class _WorkerBatch(BatchState):
@@ -255,11 +275,12 @@ class ParallelReader:
             self.workers.append({"p": p, "q": q, "sent": 0, "busy": set()})
         self.plan([])
 
-    def plan(self, files: list[tuple]) -> None:
-        """The files to read, ``(InputFile, digest, file_ref)`` in input order."""
+    def plan(self, files) -> None:
+        """The files to read: a sequence of ``(InputFile, digest, file_ref)`` in input order (a
+        :class:`raretarget.ingest.core.Planned` makes them on demand, each ``InputFile`` knowing its position)."""
         writer = self.writer
         self.files = files
-        self.index = {f[2]: i for i, f in enumerate(files)}
+        self._index = None        # file_ref -> position, for items that don't carry theirs (built when asked)
         self.tasks, self.task_of, self.cost = self._plan(files)
         self.order = _dispatch_order(self.tasks, self.cost)
         self.pos = {t: k for k, t in enumerate(self.order)}
@@ -268,40 +289,43 @@ class ParallelReader:
             w["sent"] = 0
         # what every worker needs first: the store's identifiers from earlier ingests
         self.log.extend(("phi", k, v) for k, v in writer.known_phi_items().items())
-        self.log.extend(("alias", k, v) for k, v in writer.known_alias().items())
-        self.log.extend(("study", k, v) for k, v in writer.known_studies().items())
+        self.log.extend(("alias", d, v) for d, v in writer.known_alias().digest_items())
+        self.log.extend(("study", d, v) for d, v in writer.known_studies().digest_items())
         self.next = 0             # position in self.order of the next task to hand out
         self.merged = 0           # files merged so far
         self.done: dict[int, object] = {}      # task -> pickled result (None: read those files here)
         self.open: dict[int, dict | None] = {}  # task being merged -> its result
         self.fallbacks = 0
 
-    def _plan(self, files) -> tuple[list[tuple[int, list[int]]], dict[int, int], list[float]]:
-        """Tasks of consecutive files (a few small files per message), each with how many files must be
-        merged before it is handed out (the whole previous group when that group is FHIR), and each task's
-        estimated read cost (bytes x :data:`COST_PER_BYTE`)."""
-        tasks: list[tuple[int, list[int]]] = []
-        task_of: dict[int, int] = {}
+    def _plan(self, files) -> tuple[list[tuple[int, range]], np.ndarray, list[float]]:
+        """Tasks of consecutive files (a few small files per message: a ``range`` of positions), each with how
+        many files must be merged before it is handed out (the whole previous group when that group is FHIR),
+        the task of each file (-1: read by the parent) and each task's estimated read cost (bytes x
+        :data:`COST_PER_BYTE`). Per file only the int32 task number is kept (185k files at 100k patients)."""
+        tasks: list[tuple[int, range]] = []
+        task_of = np.full(len(files), -1, dtype=np.int32)
         cost: list[float] = []
-        start, cur, size = 0, None, 0
+        start, cur, size = 0, None, 0          # cur: the task being filled (its number), or None
+        prev = None                            # (order, kind) of the previous file
         for i, (inp, _, _) in enumerate(files):
-            if i and inp.order != files[i - 1][0].order and files[i - 1][0].kind == "fhir":
+            if prev is not None and inp.order != prev[0] and prev[1] == "fhir":
                 start, cur = i, None
+            prev = (inp.order, inp.kind)
             if self.local(inp):
                 cur = None
                 continue
             nbytes = inp.path.stat().st_size
             # a task holds files of one kind, and a VCF (many samples' genotypes) is a task of its own,
             # so that a long file can be handed out ahead of the short ones (see _dispatch_order)
-            if (cur is None or len(cur[1]) >= GROUP_FILES or size + nbytes > GROUP_BYTES
-                    or inp.kind != files[cur[1][-1]][0].kind or inp.kind == "vcf"):
-                cur = (start, [])
-                tasks.append(cur)
+            if (cur is None or len(tasks[cur][1]) >= GROUP_FILES or size + nbytes > GROUP_BYTES
+                    or inp.kind != cur_kind or inp.kind == "vcf"):
+                tasks.append((start, range(i, i)))
+                cur, cur_kind = len(tasks) - 1, inp.kind
                 cost.append(0.0)
                 size = 0
-            cur[1].append(i)
+            tasks[cur] = (tasks[cur][0], range(tasks[cur][1].start, i + 1))
             size += nbytes
-            task_of[i] = len(tasks) - 1
+            task_of[i] = cur
             cost[-1] += nbytes * _cost_per_byte(inp)
         return tasks, task_of, cost
 
@@ -320,11 +344,21 @@ class ParallelReader:
                 return
             delta = self.log[w["sent"]:]
             w["sent"] = len(self.log)
-            group = [(str(self.files[i][0].path), self.files[i][0].kind, self.files[i][1], self.files[i][2])
-                     for i in idx]
+            self._trim_log()
+            group = [(str(inp.path), inp.kind, digest, fref) for inp, digest, fref in (self.files[i] for i in idx)]
             w["q"].put((t, group, delta))
             w["busy"].add(t)
             self.next += 1
+
+    def _trim_log(self) -> None:
+        """Drop the log entries every live worker has been sent (the log held every patient's lookups, scrub
+        terms included, to the end of the call). A worker that died gets nothing more: it does not count."""
+        sent = [w["sent"] for w in self.workers if w["p"].is_alive()]
+        m = min(sent) if sent else len(self.log)
+        if m and m >= max(LOG_TRIM_MIN, len(self.log) // 2):      # amortised: a prefix at a time, not per task
+            del self.log[:m]
+            for w in self.workers:
+                w["sent"] = max(0, w["sent"] - m)
 
     def _wait(self, t: int):
         """The result of task ``t``, or None when the parent must read its files itself."""
@@ -351,10 +385,10 @@ class ParallelReader:
     # ---- merge ---------------------------------------------------------------------------------------
     def merge(self, batch: BatchState, inp, digest: str, fref: str) -> tuple:
         """Add file ``fref`` to ``batch`` exactly as :func:`read_file` would have, return its ledger entry."""
-        i = self.index[fref]
-        t = self.task_of.get(i)
+        i = inp.pos if inp.pos >= 0 else self._position(fref)
+        t = int(self.task_of[i])
         res = None
-        if t is not None:
+        if t >= 0:
             if t not in self.open:
                 self.open[t] = self._wait(t)
             tres = self.open[t]
@@ -373,6 +407,11 @@ class ParallelReader:
         self.merged = i + 1
         self._dispatch()
         return out
+
+    def _position(self, fref: str) -> int:
+        if self._index is None:
+            self._index = {f[2]: i for i, f in enumerate(self.files)}
+        return self._index[fref]
 
     def _consistent(self, batch: BatchState, reads) -> bool:
         phi, alias, study, seen = reads
@@ -415,19 +454,24 @@ class ParallelReader:
             if (kind, original) not in pseudo._cache:
                 pseudo._cache[(kind, original)] = p
                 pseudo.new_links.append((p, original, kind))
-        self.log.extend(("phi", k, v) for k, v in res["phi"].items())
-        self.log.extend(("alias", k, v) for k, v in res["alias"].items())
-        self.log.extend(("study", k, v) for k, v in res["study"].items())
+        self._log_lookups(res["phi"], res["alias"], res["study"])
         return res["entry"], res["ignored"]
 
     def _read_here(self, batch: BatchState, inp, digest: str, fref: str) -> tuple:
         """Read a file in the parent (a big file, a worker's failure, or an out-of-date snapshot)."""
         before = (dict(batch.phi_terms), dict(batch.alias), dict(batch.study_patient))
         out = read_file(batch, inp.path, inp.kind, digest, fref)
-        for kind, old, new in zip(("phi", "alias", "study"), before,
-                                  (batch.phi_terms, batch.alias, batch.study_patient)):
-            self.log.extend((kind, k, v) for k, v in new.items() if k not in old or old[k] is not v)
+        self._log_lookups(*({k: v for k, v in new.items() if k not in old or old[k] is not v}
+                            for old, new in zip(before, (batch.phi_terms, batch.alias, batch.study_patient))))
         return out
+
+    def _log_lookups(self, phi: dict, alias: dict, study: dict) -> None:
+        """Append a file's new lookups to the log the workers' snapshots follow (identifiers and studies by
+        digest: :class:`raretarget.store.compact.DigestMap`)."""
+        digest = DigestMap.digest
+        self.log.extend(("phi", k, v) for k, v in phi.items())
+        self.log.extend(("alias", digest(k), v) for k, v in alias.items())
+        self.log.extend(("study", digest(k), v) for k, v in study.items())
 
     def close(self) -> None:
         for w in self.workers:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 from raretarget.store.compact import IntMap
 
 from . import core
-from .core import BatchState, discover, read_file, sha256_file
+from .core import BatchState, Planned, discover, read_file, sha256_file
 
 
 @dataclass
@@ -96,34 +97,41 @@ def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.P
         done = set(writer.store.read("ingested", ["file_ref"]).column("file_ref").to_pylist())
         pool = None
         if ray_reader is not None:
-            pool = ray_reader(writer, kinds=[i.kind for i in inputs], local=_is_large)
+            pool = ray_reader(writer, kinds=inputs.kinds(), local=_is_large)
         elif workers > 1 and len(inputs) > 1:     # started now: they load while the inputs are hashed
             from .parallel import ParallelReader
 
-            pool = ParallelReader(writer, workers, kinds=[i.kind for i in inputs], local=_is_large)
+            pool = ParallelReader(writer, workers, kinds=inputs.kinds(), local=_is_large)
         try:
-            batches: list[list[tuple]] = []
-            pending: list[tuple] = []
-            size = 0
-            for inp in inputs:
-                digest = sha256_file(inp.path)
+            # the files to read (positions in ``inputs``) and the batches as ranges of them: every file's
+            # hash and reference are computed here first (their pseudonym links go with the first commit)
+            todo = array("q")
+            bounds: list[int] = [0]
+            pending, size = 0, 0
+            for i in range(len(inputs)):
+                path = inputs.path(i)
+                digest = sha256_file(path)
                 fref = pseudo.file(digest)
                 if fref in done:
                     report.files_already_ingested += 1
                     bar(1)
                     continue
                 done.add(fref)
-                pending.append((inp, digest, fref))
-                size += inp.path.stat().st_size
-                if len(pending) >= batch_files or size >= batch_records * 500:
-                    batches.append(pending)
-                    pending, size = [], 0
+                inputs.set_hash(i, digest, fref)
+                todo.append(i)
+                pending += 1
+                size += os.stat(path).st_size
+                if pending >= batch_files or size >= batch_records * 500:
+                    bounds.append(len(todo))
+                    pending, size = 0, 0
             if pending:
-                batches.append(pending)
+                bounds.append(len(todo))
+            del done
+            files = Planned(inputs, todo)
             if pool is not None:
-                pool.plan([f for b in batches for f in b])
-            for b in batches:
-                _ingest_batch(writer, resources, b, report, bar, pool, chunk_records)
+                pool.plan(files)
+            for a, b in zip(bounds, bounds[1:]):
+                _ingest_batch(writer, resources, [files[k] for k in range(a, b)], report, bar, pool, chunk_records)
         finally:
             if pool is not None:
                 pool.close()

@@ -154,8 +154,8 @@ class RayReader(ParallelReader):
         ext.apply(self.log)               # every lookup merged so far (the barrier: all earlier files)
         rows = []
         for t in self.segments[s]:
-            group = [(str(self.files[i][0].path), self.files[i][0].kind, self.files[i][1], self.files[i][2])
-                     for i in self.tasks[t][1]]
+            group = [(str(inp.path), inp.kind, digest, fref)
+                     for inp, digest, fref in (self.files[i] for i in self.tasks[t][1])]
             rows.append({"task": t, "group": json.dumps(group)})
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         self.stats["jobs"] += 1

@@ -75,3 +75,55 @@ def test_intmap_many_agrees_with_one_at_a_time(monkeypatch):
         assert len(a) == len(b)
     probe = list(range(0, 40 * 2**58, 2**58))
     assert a.get_many(probe) == [b.get(k) for k in probe]
+
+
+def test_python_buffer_stays_small_however_large_the_sorted_part(monkeypatch):
+    """The buffer of elements added since the last merge holds at most MERGE_MIN Python ints, whatever the size
+    of the sorted part (it was allowed a quarter of it: ~1M Python ints per container at 100k patients), and the
+    merge inserts into the sorted arrays in order."""
+    monkeypatch.setattr(compact, "MERGE_MIN", 8)
+    rng = random.Random(3)
+    s = IntSet(np.arange(0, 20_000, 2, dtype=np.int64))
+    m = IntMap(np.uint64)
+    ref: dict[int, int] = {}
+    for _ in range(3000):
+        x = rng.randrange(0, 40_000)
+        s.add(x)
+        if rng.random() < 0.2:
+            s.update(np.array([rng.randrange(0, 40_000) for _ in range(5)], dtype=np.int64))
+        k, v = rng.randrange(0, 2**64), rng.randrange(0, 2**64)
+        m[k] = v
+        ref[k] = v
+        assert len(s._recent) < 8 and len(m._recent) < 8
+    assert np.all(np.diff(s._sorted) > 0) and np.all(np.diff(m._keys.astype(object)) > 0)
+    assert len(m) == len(ref) and m.get_many(list(ref)) == list(ref.values())
+
+
+def test_digest_map_answers_like_a_dict(monkeypatch):
+    """DigestMap (identifier → patient, study → patient): the answers of a dict, last value wins, values that are
+    not pseudonyms and a forced collision of first halves included; its digests rebuild the same map."""
+    from raretarget.store.compact import DigestMap
+
+    monkeypatch.setattr(DigestMap, "BUFFER", 4)
+    rng = random.Random(7)
+    keys = [f"MRN{rng.randrange(10**8)}" for _ in range(60)] + ["", "é\ud800x", None, "2.25.1234"]
+    vals = [f"pt-{rng.getrandbits(64):016x}" for _ in range(30)] + ["pt-ABCDEF0123456789", "other", None]
+    m, ref = DigestMap(), {}
+    for step in range(800):
+        k = rng.choice(keys)
+        if rng.random() < 0.5:
+            v = rng.choice(vals)
+            m[k] = v
+            ref[k] = v
+        assert m.get(k) == ref.get(k) and (k in m) == (k in ref)
+    # two keys whose digests share the first half: each keeps its own value
+    a = DigestMap.digest("x")
+    b = a[:8] + bytes(8)
+    m.put_digest(a, vals[0])
+    m.put_digest(b, vals[1])
+    assert m.get_digest(a) == vals[0] and m.get_digest(b) == vals[1]
+    copy = DigestMap()
+    for d, v in m.digest_items():
+        copy.put_digest(d, v)
+    assert all(copy.get(k) == m.get(k) for k in keys) and copy.get_digest(b) == vals[1]
+    assert m.get("never put") is None and m.get("never put", 0) == 0

@@ -265,3 +265,123 @@ def test_many_small_files_are_committed_in_parts_at_file_boundaries(cohort, tmp_
     parts = lambda e: sum(len(v) for v in e.store.manifest(refresh=True)["tables"].values())  # noqa: E731
     assert parts(one) > parts(ref)
     assert r1.records == r2.records and r1.batches == r2.batches
+
+
+# ---- bounded memory (issue 20) -------------------------------------------------------------------------
+
+@pytest.fixture
+def two_hot_patients(monkeypatch):
+    """The committer and the workers keep two patients' scrub terms in memory: the others are spilled."""
+    import raretarget.store.phi as phi
+
+    monkeypatch.setattr(phi, "HOT_MAX", 2)
+
+
+def _names(cohort) -> list[str]:
+    pats = [json.loads(x) for x in (cohort / "ndjson" / "fhir" / "Patient.ndjson").read_text().splitlines()]
+    return [p["name"][0]["family"] for p in pats]
+
+
+def test_scrub_terms_spilled_out_of_memory_give_the_same_store(cohort, tmp_path, monkeypatch):
+    """NDJSON: every Patient in one file, the notes in another, one file a batch, so every note is scrubbed with
+    terms from the committer's cache. With room for two patients' terms in memory (the rest in the unnamed
+    temporary file of the link folder, read back when asked for), the notes are scrubbed exactly as before,
+    with one worker and with two (whose snapshots hold two patients: the parent re-reads the files)."""
+    import raretarget.store.phi as phi
+
+    paths = [cohort / "ndjson"]
+    ref, _ = _ingest(tmp_path, "ref", paths, 1, batch_files=1)
+    notes = ref.store.read("notes").column("text").to_pylist()
+    assert len(notes) == 12 and all("[PHI]" in n for n in notes)
+    monkeypatch.setattr(phi, "HOT_MAX", 2)
+    one, _ = _ingest(tmp_path, "one", paths, 1, batch_files=1)
+    cache = one.ctx.writer.phi_cache
+    assert cache.spilled >= 10 and len(cache._hot) <= 2
+    _same_store(ref, one)
+    two, _ = _ingest(tmp_path, "two", paths, 2, batch_files=1)
+    _same_store(ref, two)
+    text = store_text(tmp_path / "two")
+    assert not any(name in text for name in _names(cohort))
+    # the spill file never has a name in the link folder
+    assert not [f for f in (tmp_path / "one.links").rglob("*") if f.name.startswith(".phi")]
+
+
+def test_incremental_ingest_reads_spilled_terms_of_an_earlier_ingest(cohort, tmp_path, two_hot_patients, monkeypatch):
+    """A second ingest scrubs its notes with the Patients' terms of the first, loaded from the link folder
+    and mostly spilled (two in memory): the store of an unbounded run."""
+    import raretarget.store.phi as phi
+
+    first, rest = cohort / "ndjson" / "fhir" / "Patient.ndjson", [cohort / "ndjson"]
+    small = {}
+    for workers in (1, 2):
+        eng, _ = _ingest(tmp_path, f"small{workers}", [first], 1)
+        eng = Engine.open(tmp_path / f"small{workers}")              # a new writer: terms from the link folder
+        eng.ingest(rest, workers=workers)
+        small[workers] = eng
+    assert small[1].ctx.writer.phi_cache.spilled >= 10
+    monkeypatch.setattr(phi, "HOT_MAX", 10**6)
+    ref, _ = _ingest(tmp_path, "ref", [first], 1)
+    ref = Engine.open(tmp_path / "ref")
+    ref.ingest(rest, workers=1)
+    assert ref.ctx.writer.phi_cache.spilled == 0
+    _same_store(ref, small[1])
+    _same_store(ref, small[2])
+
+
+def test_lookups_log_is_cut_once_every_worker_has_it(cohort, tmp_path, monkeypatch):
+    """The parent's log of merged lookups (scrub terms, aliases, studies: every patient's) keeps only what a live
+    worker has not been sent yet; the store is the one of one worker."""
+    import raretarget.ingest.parallel as P
+
+    monkeypatch.setattr(P, "LOG_TRIM_MIN", 1)
+    seen = {"appended": 0, "left": None}
+    real_apply, real_close = P.ParallelReader._apply, P.ParallelReader.close
+
+    def apply(self, batch, res, *a):
+        seen["appended"] += len(res["phi"]) + len(res["alias"]) + len(res["study"])
+        return real_apply(self, batch, res, *a)
+
+    def close(self):
+        seen["left"] = len(self.log)
+        return real_close(self)
+
+    monkeypatch.setattr(P.ParallelReader, "_apply", apply)
+    monkeypatch.setattr(P.ParallelReader, "close", close)
+    paths = [cohort / "bundles", cohort / "ndjson"]
+    one, _ = _ingest(tmp_path, "one", paths, 1)
+    two, _ = _ingest(tmp_path, "two", paths, 2)
+    assert seen["appended"] > 50 and seen["left"] < seen["appended"] // 2
+    _same_store(one, two)
+
+
+def test_identifier_and_study_lookups_are_held_as_digests(cohort, tmp_path, monkeypatch):
+    """The committer's identifier → patient and study → patient maps hold 128-bit digests of the keys (~32 bytes an
+    entry; a dict of str took 150-330), answer as before, and the workers are sent digests, not identifiers."""
+    import pickle
+
+    import raretarget.ingest.parallel as P
+
+    sent = []
+    real = P.ParallelReader._dispatch
+
+    def dispatch(self):
+        sent.extend((k, key) for k, key, _ in self.log if k in ("alias", "study"))
+        return real(self)
+
+    monkeypatch.setattr(P.ParallelReader, "_dispatch", dispatch)
+    eng, _ = _ingest(tmp_path, "two", [cohort / "bundles"], 2)
+    writer = eng.ctx.writer
+    mrns = {}
+    for f in (cohort / "bundles" / "fhir").glob("*.json"):
+        for e in json.loads(f.read_text())["entry"]:
+            r = e["resource"]
+            if r["resourceType"] == "Patient":
+                mrns.update({i["value"]: r["id"] for i in r.get("identifier") or []})
+    assert len(mrns) >= 24
+    assert all(writer.known_alias().get(m) == writer.pseudo.patient(pid) for m, pid in mrns.items())
+    blob = pickle.dumps((writer.alias_cache, writer.study_cache))
+    assert not any(m.encode() in blob for m in mrns)
+    studies = eng.store.read("imaging_studies", ["study_uid", "patient_id"]).to_pylist()
+    assert studies and all(writer.known_studies().get(s["study_uid"]) == s["patient_id"] for s in studies)
+    assert {k for k, _ in sent} == {"alias", "study"}
+    assert all(isinstance(key, bytes) and len(key) == 16 for _, key in sent)

@@ -91,3 +91,41 @@ def test_pseudonyms_keyed_stable_and_shifts_keep_intervals():
     assert ("pt-" in links[0][0]) and any(o == "123" for _, o, _ in links)
     assert parse_datetime("20200102").day == 2 and parse_datetime("2020").month == 1
     assert parse_datetime("not a date") is None
+
+
+def test_pseudonymizer_memory_is_bounded_and_answers_stay_the_same(monkeypatch):
+    """drain() empties the pseudonym and date-shift caches past CACHE_MAX entries (an ingest meets every patient
+    once: one cached shift each would grow with the store); what is recomputed is the same."""
+    monkeypatch.setattr(Pseudonymizer, "CACHE_MAX", 10)
+    a = Pseudonymizer(b"k" * 32)
+    first = {f"p{i}": (a.patient(f"p{i}"), a.shift_days(f"pt-{i}")) for i in range(50)}
+    a.drain()
+    assert len(a._cache) == 0 and len(a._shift) == 0
+    assert {k: (a.patient(k), a.shift_days(f"pt-{k[1:]}")) for k in first} == first
+
+
+def test_phi_terms_answer_like_a_dict_with_most_of_them_spilled(tmp_path, monkeypatch):
+    """PhiTerms (the committer's scrub terms per patient) keeps HOT_MAX patients' terms in memory, writes the
+    others to an unnamed file in the given folder and reads them back: the answers of a dict (last put wins),
+    ids of any form, empty lists and None included; without a folder nothing is spilled."""
+    import random
+
+    from raretarget.store import phi
+
+    monkeypatch.setattr(phi, "HOT_MAX", 3)
+    rng = random.Random(5)
+    ids = [f"pt-{rng.getrandbits(64):016x}" for _ in range(40)] + ["odd-id", "pt-notahexnumber"]
+    for folder in (tmp_path, None):
+        cache, ref = phi.PhiTerms(folder), {}
+        for step in range(600):
+            pid = rng.choice(ids)
+            if rng.random() < 0.4:
+                terms = rng.choice([[], None, [f"Name{step}", "MRN-1", "é ü \x00 \"q\""]])
+                cache.put(pid, terms)
+                ref[pid] = terms
+            else:
+                assert cache.get(pid) == ref.get(pid)
+            assert len(cache._hot) <= 3
+        assert all(cache.get(p) == ref.get(p) for p in ids)
+        assert (cache.spilled > 30) == (folder is not None)
+    assert list(tmp_path.iterdir()) == []          # the spill file never has a name

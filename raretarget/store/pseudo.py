@@ -103,10 +103,13 @@ class Pseudonymizer:
     def drain(self) -> list[tuple[str, str, str]]:
         """Mappings made since the last drain (each once). The cache is then emptied if it grew past
         :data:`CACHE_MAX`, so a long ingest does not keep one entry per record it ever read: a mapping made
-        again later is listed again (a duplicate link row with the same content, harmless)."""
+        again later is listed again (a duplicate link row with the same content, harmless). The date shifts
+        likewise (one per patient met: ~14 MB at 100k patients); a shift is recomputed, the same, when asked again."""
         out, self.new_links = self.new_links, []
         if len(self._cache) > self.CACHE_MAX:
             self._cache.clear()
+        if len(self._shift) > self.CACHE_MAX:
+            self._shift.clear()
         return out
 
 

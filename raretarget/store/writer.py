@@ -14,7 +14,8 @@ commits them atomically with :meth:`raretarget.store.Store.commit`, after
 
 It also keeps the lookups a batch needs from earlier batches (PHI terms per patient, alias map, study →
 patient), loaded once per writer and kept current by each commit, so a lookup gives the same answer
-whichever process made it. One writer per ingest call; the caller holds :meth:`Store.writer`'s lock.
+whichever process made it (the PHI terms in bounded memory: :class:`raretarget.store.phi.PhiTerms`). One writer
+per ingest call; the caller holds :meth:`Store.writer`'s lock.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import schema as S
-from .compact import IntSet
+from .compact import DigestMap, IntSet
+from .phi import PhiTerms
 from .pseudo import Pseudonymizer
 
 
@@ -34,9 +36,9 @@ class StoreWriter:
     def __init__(self, store, pseudo: Pseudonymizer | None = None):
         self.store = store
         self._pseudo = pseudo
-        self.phi_cache: dict[str, list[str]] | None = None
-        self.alias_cache: dict[str, str] | None = None
-        self.study_cache: dict[str, str] | None = None
+        self.phi_cache: PhiTerms | None = None
+        self.alias_cache: DigestMap | None = None     # identifier (MRN ...) → patient_id
+        self.study_cache: DigestMap | None = None     # pseudonymous study UID → patient_id
         self.id_cache: dict[str, IntSet] = {}         # record_ids per table, loaded on first dedupe (compact)
         #: options of the current ingest call (``{"fhir_validate": ...}``), read by the file readers
         self.options: dict = {}
@@ -50,8 +52,9 @@ class StoreWriter:
         return self._pseudo
 
     def known_phi_items(self) -> dict[str, list[str]]:
-        """Every PHI term list loaded so far (the parallel readers' snapshot)."""
-        return dict(self.phi_cache or {})
+        """The PHI term lists held in memory (the parallel readers' first snapshot: the most recently used
+        patients', see :meth:`PhiTerms.hot_items`)."""
+        return self.phi_cache.hot_items() if self.phi_cache is not None else {}
 
     def commit_batch(self, batch, ledger: list[tuple], batch_id: str, report) -> None:
         """Commit what ``batch`` holds (rows, quarantine, link records not committed yet) and the ledger rows
@@ -194,23 +197,34 @@ class StoreWriter:
         return out
 
     def known_phi(self, patient_id: str) -> list[str] | None:
+        """The scrub terms of a patient met in an earlier batch or ingest (the last ones committed), or None."""
         if self.phi_cache is None:
-            t = self.store.read_links("phi")
-            self.phi_cache = dict(zip(t.column("patient_id").to_pylist(), t.column("terms").to_pylist()))
+            cache = PhiTerms(self.store.links)
+            for t in self.store.iter_links("phi"):     # one link part at a time (the whole table as lists: GBs)
+                for pid, terms in zip(t.column("patient_id").to_pylist(), t.column("terms").to_pylist()):
+                    cache.put(pid, terms)
+            self.phi_cache = cache
         return self.phi_cache.get(patient_id)
 
-    def known_alias(self) -> dict[str, str]:
+    def known_alias(self) -> DigestMap:
+        """identifier (MRN, SSN ...: ``Patient.identifier`` values) → patient_id, from the link folder, kept current
+        by each commit. A :class:`DigestMap` (``.get`` as a dict's), ~32 bytes an identifier."""
         if self.alias_cache is None:
-            t = self.store.read_links("ids", kind="alias")        # not the store's every pseudonym
-            self.alias_cache = dict(zip(t.column("original").to_pylist(), t.column("pseudo").to_pylist()))
+            cache = DigestMap()
+            for t in self.store.iter_links("ids", kind="alias"):    # one part at a time, its alias rows only
+                cache.update(zip(t.column("original").to_pylist(), t.column("pseudo").to_pylist()))
+            self.alias_cache = cache
         return self.alias_cache
 
-    def known_studies(self) -> dict[str, str]:
+    def known_studies(self) -> DigestMap:
         """study_uid → patient_id of the stored imaging studies: read once, then kept current by each commit (it
-        was read from every part for every batch, which made ingest quadratic in the store's size)."""
+        was read from every part for every batch, which made ingest quadratic in the store's size). A
+        :class:`DigestMap` (``.get`` as a dict's)."""
         if self.study_cache is None:
             t = self.store.read("imaging_studies", ["study_uid", "patient_id"])
-            self.study_cache = dict(zip(t.column("study_uid").to_pylist(), t.column("patient_id").to_pylist()))
+            cache = DigestMap()
+            cache.update(zip(t.column("study_uid").to_pylist(), t.column("patient_id").to_pylist()))
+            self.study_cache = cache
         return self.study_cache
 
 
