@@ -111,3 +111,50 @@ def test_input_list_memory_per_file_is_small(tmp_path):
         tracemalloc.stop()
     assert len(inputs) == 3000
     assert held / len(inputs) < 300
+
+
+_MMAP_PROBE = r"""
+import ctypes, sys
+import numpy as np
+from raretarget.ingest.pipeline import pin_mmap_threshold
+
+class MI(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MI
+if sys.argv[1] == "pin":
+    assert pin_mmap_threshold()
+big = np.empty(4 << 20, dtype=np.uint8); big.fill(1)
+del big                       # a freed 4 MB mapping: glibc's dynamic threshold would now be 4 MB
+before = libc.mallinfo2().hblkhd
+a = np.empty(1 << 20, dtype=np.uint8); a.fill(1)
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+def test_ingest_pins_the_mmap_threshold_so_large_arrays_never_stay_in_the_heap():
+    """After a large mapped block is freed, glibc would serve the next large arrays (the ingest's growing sorted
+    arrays) from the heap, where their holes stay; pinned (what every ingest does first), a 1 MB array is still a
+    mapping of its own."""
+    import platform
+    import subprocess
+    import sys
+
+    import pytest
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    mapped = {mode: int(subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("pin", "dynamic")}
+    assert mapped["pin"] >= 1 << 20 and mapped["dynamic"] == 0
+
+
+def test_every_ingest_pins_the_mmap_threshold_first(tmp_path, monkeypatch):
+    from conftest import DATA
+    from raretarget import Engine
+    from raretarget.ingest import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "pin_mmap_threshold", lambda: calls.append(1) or True)
+    Engine.open(tmp_path / "s", create=True).ingest([DATA / "fhir" / "bundle_phi.json"])
+    assert calls == [1]
