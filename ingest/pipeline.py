@@ -65,9 +65,8 @@ class IngestReport:
 
 
 #: allocations of at least this many bytes always get a mapping of their own (glibc ``M_MMAP_THRESHOLD``): see
-#: :func:`pin_mmap_threshold`. Not lower: every file hashed allocates a 1 MB read buffer, and a mapping per
-#: buffer (256 KB pinned) cost 10-20% more CPU in page faults and system calls
-MMAP_THRESHOLD = 4 << 20
+#: :func:`pin_mmap_threshold`
+MMAP_THRESHOLD = 256 << 10
 _mmap_pinned: bool | None = None
 
 
@@ -92,9 +91,6 @@ def pin_mmap_threshold() -> bool:
                 mallopt = ctypes.CDLL(None).mallopt
                 mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
                 _mmap_pinned = mallopt(-3, MMAP_THRESHOLD) == 1          # -3: M_MMAP_THRESHOLD
-                # pinning also stops glibc from raising the trim threshold with it (to twice the mmap
-                # threshold): left at 128 KB, the heap top is given back and faulted in again all the time
-                mallopt(-1, 2 * MMAP_THRESHOLD)                          # -1: M_TRIM_THRESHOLD
             except (OSError, AttributeError):
                 pass
     return _mmap_pinned

@@ -124,17 +124,17 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MI
 if sys.argv[1] == "pin":
     assert pin_mmap_threshold()
-big = np.empty(16 << 20, dtype=np.uint8); big.fill(1)
-del big                       # a freed 16 MB mapping: glibc's dynamic threshold would now be 16 MB
+big = np.empty(4 << 20, dtype=np.uint8); big.fill(1)
+del big                       # a freed 4 MB mapping: glibc's dynamic threshold would now be 4 MB
 before = libc.mallinfo2().hblkhd
-a = np.empty(8 << 20, dtype=np.uint8); a.fill(1)
+a = np.empty(1 << 20, dtype=np.uint8); a.fill(1)
 print(libc.mallinfo2().hblkhd - before)
 """
 
 
 def test_ingest_pins_the_mmap_threshold_so_large_arrays_never_stay_in_the_heap():
     """After a large mapped block is freed, glibc would serve the next large arrays (the ingest's growing sorted
-    arrays) from the heap, where their holes stay; pinned (what every ingest does first), an 8 MB array is still a
+    arrays) from the heap, where their holes stay; pinned (what every ingest does first), a 1 MB array is still a
     mapping of its own."""
     import platform
     import subprocess
@@ -146,7 +146,7 @@ def test_ingest_pins_the_mmap_threshold_so_large_arrays_never_stay_in_the_heap()
         pytest.skip("glibc only")
     mapped = {mode: int(subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("pin", "dynamic")}
-    assert mapped["pin"] >= 8 << 20 and mapped["dynamic"] == 0
+    assert mapped["pin"] >= 1 << 20 and mapped["dynamic"] == 0
 
 
 def test_every_ingest_pins_the_mmap_threshold_first(tmp_path, monkeypatch):
