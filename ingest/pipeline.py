@@ -64,38 +64,6 @@ class IngestReport:
                 + (f"; {self.updated} updated, {self.deleted} deleted" if self.updated or self.deleted else ""))
 
 
-#: allocations of at least this many bytes always get a mapping of their own (glibc ``M_MMAP_THRESHOLD``): see
-#: :func:`pin_mmap_threshold`
-MMAP_THRESHOLD = 256 << 10
-_mmap_pinned: bool | None = None
-
-
-def pin_mmap_threshold() -> bool:
-    """Pin glibc's mmap threshold at :data:`MMAP_THRESHOLD` bytes (once per process; True when pinned).
-
-    glibc raises the threshold, up to 32 MB, each time a mapped block is freed, so the ingest's growing sorted
-    arrays (record ids met: 30 MB for the variants of 100k patients, made again, a little larger, at each merge:
-    :mod:`raretarget.store.compact`) then land in the heap, whose holes are not given back to the system: 30-60 MB
-    of RSS more by the end of a 100k-patient ingest, growing with it. Pinned, a large block is always its own
-    mapping, returned to the system when freed. A process-wide setting of the C library (the default is
-    dynamic); nothing is done on other C libraries or systems."""
-    global _mmap_pinned
-    if _mmap_pinned is None:
-        _mmap_pinned = False
-        import platform
-
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            import ctypes
-
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-                _mmap_pinned = mallopt(-3, MMAP_THRESHOLD) == 1          # -3: M_MMAP_THRESHOLD
-            except (OSError, AttributeError):
-                pass
-    return _mmap_pinned
-
-
 def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_files: int = 64,
            batch_records: int = 200_000, fhir_validate: str = "none", workers: int = 1,
            chunk_records: int = 50_000, ray_reader: Callable | None = None,
@@ -112,7 +80,6 @@ def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.P
     if not isinstance(chunk_records, int) or chunk_records < 1:
         raise ValueError("chunk_records must be an integer >= 1")
     writer.options = {"fhir_validate": fhir_validate}
-    pin_mmap_threshold()
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
