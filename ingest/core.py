@@ -171,11 +171,7 @@ class BatchState:
         seen = self.seen_resources
         if seen is None:
             return False
-        prev = seen.get(key)
-        if prev is None:
-            seen[key] = content
-            return False
-        return prev != content
+        return seen.setdefault(key, content) != content      # one search of the compact map, not two
 
 
 def read_file(batch: BatchState, path: Path, kind: str, digest: str, file_ref: str) -> tuple:

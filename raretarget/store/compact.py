@@ -4,15 +4,20 @@ A Python ``set`` of ints costs about 70 bytes an element and a ``dict`` of int â
 patients (4.5M records) held several such containers, so the committer's memory grew with the store. Here the
 bulk lives in sorted numpy arrays (8 bytes a key, 8 a value) and only the elements added since the last merge
 in a small Python container of at most :data:`MERGE_MIN` elements (a fixed size: a buffer that grew with the
-sorted part, a quarter of it, held ~1M Python ints per container at 100k patients). A merge sorts the buffer
-and inserts it into the sorted arrays (``np.insert``: one linear copy, no re-sort of what was sorted), so its
-cost is a copy of the arrays per :data:`MERGE_MIN` additions.
+sorted part, a quarter of it, held ~1M Python ints per container at 100k patients).
+
+The sorted part is cut in chunks of at most :data:`CHUNK` elements (:class:`_Sorted`). A merge sorts the buffer
+and inserts each chunk's share into that chunk (a chunk past :data:`CHUNK` is split in two): the same linear
+copy per :data:`MERGE_MIN` additions as one array, but one array re-made at each merge (30 MB for the variant
+ids of 100k patients) also needed a second copy of itself while it was made, and left holes in the C heap
+that the next, larger one could not use; chunks are made, and freed, 2 MB at a time.
 
 Semantics are those of ``set`` / ``dict`` for the operations the ingest uses; iteration order is not kept.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from typing import Iterable, Sequence
 
@@ -21,6 +26,103 @@ import numpy as np
 #: elements held in the Python container (the buffer) before they are merged into the sorted arrays: the
 #: most a container holds in Python objects (about 70-110 bytes an element), whatever its size
 MERGE_MIN = 1 << 16
+#: elements of the sorted part per chunk at most (2 MB of 64-bit keys)
+CHUNK = 1 << 18
+
+
+class _Sorted:
+    """Sorted distinct keys (and, with ``values``, one value per key) in chunks of at most :data:`CHUNK`."""
+
+    def __init__(self, dtype, values: bool):
+        self.dtype = np.dtype(dtype)
+        self.keys: list[np.ndarray] = []
+        self.vals: list[np.ndarray] | None = [] if values else None
+        self.firsts = np.empty(0, dtype=self.dtype)       # each chunk's smallest key
+        self._firsts: list[int] = []
+        self.n = 0
+
+    def _refirst(self) -> None:
+        self.firsts = np.array([k[0] for k in self.keys], dtype=self.dtype)
+        self._firsts = self.firsts.tolist()          # Python ints: bisect is 5x faster than a numpy call
+        self.n = sum(len(k) for k in self.keys)
+
+    def find(self, x: int) -> tuple[int, int]:
+        """(chunk, position) of key ``x`` (a Python int), or (-1, -1)."""
+        c = bisect.bisect_right(self._firsts, x) - 1 if self.keys else -1
+        if c < 0:
+            return -1, -1
+        ks = self.keys[c]
+        # the key as a scalar of the array's dtype: a Python int against a uint64 array would make numpy
+        # compare in float64 (a copy of the whole array per call, and 64-bit keys rounded)
+        i = int(ks.searchsorted(self.dtype.type(x)))
+        return (c, i) if i < len(ks) and int(ks[i]) == x else (-1, -1)
+
+    def find_many(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per element of ``xs`` (an array of the dtype): chunk, position, found (vectorised per chunk)."""
+        c = np.searchsorted(self.firsts, xs, side="right") - 1
+        pos = np.zeros(len(xs), dtype=np.int64)
+        hit = np.zeros(len(xs), dtype=bool)
+        if self.keys and len(xs):
+            for cc in np.unique(c[c >= 0]).tolist():
+                sel = np.flatnonzero(c == cc)
+                ks = self.keys[cc]
+                i = np.searchsorted(ks, xs[sel])
+                ok = i < len(ks)
+                good = np.zeros(len(sel), dtype=bool)
+                good[ok] = ks[i[ok]] == xs[sel[ok]]
+                pos[sel], hit[sel] = i, good
+        return c, pos, hit
+
+    def insert(self, r: np.ndarray, rv: np.ndarray | None = None) -> None:
+        """Insert sorted distinct keys ``r`` (none already here), with their values ``rv``."""
+        if not len(r):
+            return
+        if not self.keys:
+            parts = range(0, len(r), CHUNK)
+            self.keys = [r[i:i + CHUNK].copy() for i in parts]
+            if self.vals is not None:
+                self.vals = [rv[i:i + CHUNK].copy() for i in parts]
+            self._refirst()
+            return
+        c = np.maximum(np.searchsorted(self.firsts, r, side="right") - 1, 0)    # below every chunk: the first
+        bounds = np.searchsorted(c, np.arange(len(self.keys) + 1))             # c is sorted: each chunk's share
+        keys, vals = [], [] if self.vals is not None else None
+        for k in range(len(self.keys)):
+            a, b = int(bounds[k]), int(bounds[k + 1])
+            ks = self.keys[k]
+            vs = self.vals[k] if vals is not None else None
+            if b > a:
+                at = np.searchsorted(ks, r[a:b])
+                ks = np.insert(ks, at, r[a:b])
+                if vals is not None:
+                    vs = np.insert(vs, at, rv[a:b])
+            if len(ks) > CHUNK:                     # split in two halves (each then has room for merges)
+                h = len(ks) // 2
+                keys += [ks[:h].copy(), ks[h:].copy()]
+                if vals is not None:
+                    vals += [vs[:h].copy(), vs[h:].copy()]
+            else:
+                keys.append(ks)
+                if vals is not None:
+                    vals.append(vs)
+        self.keys, self.vals = keys, vals
+        self._refirst()
+
+    def remove(self, xs: np.ndarray) -> None:
+        """Drop keys ``xs`` (present or not)."""
+        keys, vals = [], [] if self.vals is not None else None
+        for k, ks in enumerate(self.keys):
+            keep = ~np.isin(ks, xs)
+            if keep.any():
+                keys.append(ks[keep])
+                if vals is not None:
+                    vals.append(self.vals[k][keep])
+        self.keys, self.vals = keys, vals
+        self._refirst()
+
+    def items(self):
+        for k, ks in enumerate(self.keys):
+            yield from zip(ks.tolist(), self.vals[k].tolist()) if self.vals is not None else ks.tolist()
 
 
 class IntSet:
@@ -28,17 +130,14 @@ class IntSet:
 
     def __init__(self, values: Iterable[int] | np.ndarray = (), dtype=np.int64):
         self.dtype = np.dtype(dtype)
-        self._sorted = np.unique(np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
-                                            dtype=self.dtype))
+        self._sorted = _Sorted(self.dtype, values=False)
+        self._sorted.insert(np.unique(np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
+                                                 dtype=self.dtype)))
         self._recent: set[int] = set()
         self._removed: set[int] = set()       # removed from the sorted part (rare: deletes)
 
     def _in_sorted(self, x: int) -> bool:
-        s = self._sorted
-        # the key as a scalar of the array's dtype: a Python int against a uint64 array would make numpy
-        # compare in float64 (a copy of the whole array per call, and 64-bit keys rounded)
-        i = int(s.searchsorted(self.dtype.type(x)))
-        return i < len(s) and int(s[i]) == x
+        return self._sorted.find(x)[0] >= 0
 
     def __contains__(self, x) -> bool:
         x = int(x)
@@ -47,11 +146,7 @@ class IntSet:
     def contains_many(self, xs: np.ndarray) -> np.ndarray:
         """Membership of each element of ``xs`` (a bool array of the same length), vectorised."""
         xs = np.asarray(xs, dtype=self.dtype)
-        s = self._sorted
-        idx = np.searchsorted(s, xs)
-        hit = np.zeros(len(xs), dtype=bool)
-        ok = idx < len(s)
-        hit[ok] = s[idx[ok]] == xs[ok]
+        hit = self._sorted.find_many(xs)[2]
         if self._recent or self._removed:
             for i, x in enumerate(xs.tolist()):
                 if x in self._recent:
@@ -88,20 +183,18 @@ class IntSet:
             self._removed.add(x)
 
     def __len__(self) -> int:
-        return len(self._sorted) - len(self._removed) + len(self._recent)
+        return self._sorted.n - len(self._removed) + len(self._recent)
 
     def _maybe_merge(self) -> None:
         if len(self._recent) >= MERGE_MIN:
             self._merge()
 
     def _merge(self) -> None:
-        s = self._sorted
         if self._removed:
-            s = s[~np.isin(s, np.fromiter(self._removed, dtype=self.dtype, count=len(self._removed)))]
+            self._sorted.remove(np.fromiter(self._removed, dtype=self.dtype, count=len(self._removed)))
             self._removed.clear()
         # the buffer never holds an element of the sorted part (add/update check first): insert, don't re-sort
-        r = np.sort(np.fromiter(self._recent, dtype=self.dtype, count=len(self._recent)))
-        self._sorted = np.insert(s, np.searchsorted(s, r), r) if len(s) else r
+        self._sorted.insert(np.sort(np.fromiter(self._recent, dtype=self.dtype, count=len(self._recent))))
         self._recent.clear()
 
 
@@ -111,8 +204,7 @@ class IntMap:
 
     def __init__(self, dtype=np.uint64, buffer: int | None = None):
         self.dtype = np.dtype(dtype)
-        self._keys = np.empty(0, dtype=self.dtype)
-        self._vals = np.empty(0, dtype=self.dtype)
+        self._sorted = _Sorted(self.dtype, values=True)
         self._recent: dict[int, int] = {}
         self._buffer = buffer
 
@@ -121,21 +213,16 @@ class IntMap:
 
     def items(self):
         """Every ``(key, value)`` (the sorted part in key order, then the buffer)."""
-        yield from zip(self._keys.tolist(), self._vals.tolist())
+        yield from self._sorted.items()
         yield from self._recent.items()
-
-    def _find(self, k: int) -> int:
-        ks = self._keys
-        i = int(ks.searchsorted(self.dtype.type(k)))      # a dtype scalar: see IntSet._in_sorted
-        return i if i < len(ks) and int(ks[i]) == k else -1
 
     def get(self, k, default=None):
         k = int(k)
         v = self._recent.get(k)
         if v is not None:
             return v
-        i = self._find(k)
-        return int(self._vals[i]) if i >= 0 else default
+        c, i = self._sorted.find(k)
+        return int(self._sorted.vals[c][i]) if c >= 0 else default
 
     def __contains__(self, k) -> bool:
         return self.get(k) is not None
@@ -148,20 +235,27 @@ class IntMap:
 
     def __setitem__(self, k, v) -> None:
         k = int(k)
-        i = self._find(k) if len(self._keys) else -1
-        if i >= 0:
-            self._vals[i] = v
+        c, i = self._sorted.find(k)
+        if c >= 0:
+            self._sorted.vals[c][i] = v
             return
         self._recent[k] = int(v)
         if self._full():
             self._merge()
 
     def setdefault(self, k, v) -> int:
-        prev = self.get(k)
+        """As ``dict.setdefault``, with one search (the ingest calls it once per resource read)."""
+        k = int(k)
+        prev = self._recent.get(k)
         if prev is not None:
             return prev
-        self[k] = v
-        return int(v)
+        c, i = self._sorted.find(k)
+        if c >= 0:
+            return int(self._sorted.vals[c][i])
+        self._recent[k] = v = int(v)
+        if self._full():
+            self._merge()
+        return v
 
     def get_many(self, keys: Sequence[int]) -> list[int | None]:
         """``[self.get(k) for k in keys]`` with one vectorised search of the sorted part (a file's resources at a
@@ -169,13 +263,11 @@ class IntMap:
         if not len(keys):
             return []
         out: list[int | None] = [None] * len(keys)
-        if len(self._keys):
-            ks = np.asarray(keys, dtype=self.dtype)
-            idx = np.searchsorted(self._keys, ks)
-            idx[idx == len(self._keys)] = 0
-            hit = self._keys[idx] == ks
+        if self._sorted.n:
+            c, pos, hit = self._sorted.find_many(np.asarray(keys, dtype=self.dtype))
+            vals = self._sorted.vals
             for i in np.flatnonzero(hit).tolist():
-                out[i] = int(self._vals[idx[i]])
+                out[i] = int(vals[c[i]][pos[i]])
         recent = self._recent
         if recent:
             for i, k in enumerate(keys):
@@ -193,17 +285,15 @@ class IntMap:
             self._merge()
 
     def __len__(self) -> int:
-        return len(self._keys) + len(self._recent)
+        return self._sorted.n + len(self._recent)
 
     def _merge(self) -> None:
         n = len(self._recent)
         rk = np.fromiter(self._recent.keys(), dtype=self.dtype, count=n)
         rv = np.fromiter(self._recent.values(), dtype=self.dtype, count=n)
         order = np.argsort(rk)
-        rk, rv = rk[order], rv[order]
         # buffered keys are never in the sorted part (__setitem__/setdefault* look there first): insert them
-        at = np.searchsorted(self._keys, rk)
-        self._keys, self._vals = np.insert(self._keys, at, rk), np.insert(self._vals, at, rv)
+        self._sorted.insert(rk[order], rv[order])
         self._recent.clear()
 
 
