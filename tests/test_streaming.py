@@ -327,7 +327,12 @@ def test_a_worker_reads_its_later_chunks_from_one_split_of_the_store(store, old_
         sources.append(D.as_store(st).root == root), real_load(st, loincs, patients=patients))[1])
     monkeypatch.setattr(DM, "patient_partitions", lambda st, chunks: (splits.append(len(chunks)), real_split(st, chunks))[1])
     got = _walk(ds, 0, 1, monkeypatch)
-    assert sources[0] and not any(sources[1:]) and len(sources) == len(ds.chunks(0))
+    # training drops the last partial batch: a last chunk holding only items that batch would have taken is
+    # never read (whether it happens depends on the shuffled chunk sizes)
+    chunks = ds.chunks(0)
+    keep = D.stream_batches(sum(len(c) for _, c in chunks), 2, True) * 2
+    before = np.cumsum([0] + [len(c) for _, c in chunks])[:-1]
+    assert sources[0] and not any(sources[1:]) and len(sources) == int((before < keep).sum()) >= 3
     assert splits == [len(ds.chunks(0)) - 1]
 
     class AllFromStore:                        # the former path: every chunk read from the store
