@@ -140,14 +140,15 @@ def run_stage(name: str, work: Path, n: int, steps: int, log: Path) -> dict:
     res = work / f"{name}.json"
     cmd = [sys.executable, __file__, "--stage", name, "--work", str(work), "--n", str(n), "--steps", str(steps)]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
-    t = time.perf_counter()
+    t, load0 = time.perf_counter(), os.getloadavg()[0]
     with open(log, "a") as lf:
         p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
         _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     p.returncode = os.waitstatus_to_exitcode(status)
     out = {"stage": name, "n": n, "seconds": round(wall, 2), "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 2),
-           "peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "rc": p.returncode}
+           "peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "rc": p.returncode,
+           "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)}
     if p.returncode == 0 and res.exists():
         out.update(json.loads(res.read_text()))
     print(json.dumps(out), file=sys.stderr, flush=True)
@@ -161,9 +162,11 @@ def _svg(rows: list[dict], path: Path) -> None:
               "#bcbd22", "#17becf"]
     W, H, M = 420, 300, 55
     ns = sorted({r["n"] for r in rows})
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W + 160}" height="{H + 40}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * W + 160}" height="{H + 40}" '
              'font-family="sans-serif" font-size="11">']
-    for k, (key, title) in enumerate((("seconds", "seconds per stage"), ("peak_rss_mb", "peak RSS (MB)"))):
+    panels = (("seconds", "wall seconds per stage"), ("cpu_seconds", "CPU seconds per stage"),
+              ("peak_rss_mb", "peak RSS (MB)"))
+    for k, (key, title) in enumerate(panels):
         ox = k * W
         vals = [r[key] for r in rows if r.get(key)]
         lo, hi = math.log10(max(min(vals), 0.01)), math.log10(max(vals))
@@ -194,15 +197,17 @@ def _svg(rows: list[dict], path: Path) -> None:
             for n, v in pts:
                 parts.append(f'<circle cx="{x(n):.1f}" cy="{y(v):.1f}" r="2.5" fill="{c}"/>')
     for i, s in enumerate(stages):
-        parts.append(f'<rect x="{2 * W + 10}" y="{24 + 16 * i}" width="10" height="10" fill="{colors[i % len(colors)]}"/>'
-                     f'<text x="{2 * W + 26}" y="{33 + 16 * i}">{s}</text>')
+        parts.append(f'<rect x="{3 * W + 10}" y="{24 + 16 * i}" width="10" height="10" fill="{colors[i % len(colors)]}"/>'
+                     f'<text x="{3 * W + 26}" y="{33 + 16 * i}">{s}</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
 
 
 def _table(rows: list[dict]) -> str:
+    """Per stage and size: wall s / CPU s / peak MB (CPU of the stage's process and its waited-for children;
+    a Ray stage's workers are not its children), then the growth from the smallest to the largest size."""
     ns = sorted({r["n"] for r in rows})
-    lines = ["| stage | " + " | ".join(f"{n:,} patients: s / peak MB" for n in ns) + " |",
+    lines = ["| stage | " + " | ".join(f"{n:,} patients: wall s / CPU s / peak MB" for n in ns) + " |",
              "|---|" + "---|" * len(ns)]
     for s in STAGES + RAY_STAGES:
         cells = []
@@ -212,10 +217,42 @@ def _table(rows: list[dict]) -> str:
                 cells.append("")
                 continue
             extra = f" (p50 {r['p50_ms']:.0f} ms)" if "p50_ms" in r else ""
-            cells.append(("FAILED " if r["rc"] else "") + f"{r['seconds']:.1f} / {r['peak_rss_mb']:.0f}{extra}")
+            cells.append(("FAILED " if r["rc"] else "")
+                         + f"{r['seconds']:.1f} / {r['cpu_seconds']:.1f} / {r['peak_rss_mb']:.0f}{extra}")
         if any(cells):
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", *_growth(rows)]
     return "\n".join(lines)
+
+
+def _growth(rows: list[dict]) -> list[str]:
+    """Smallest → largest size: each stage's CPU and peak ratios (with the records or vectors ratio where the
+    stage counts them) and, per size, a 1% night's CPU against a full rebuild (ingest + embed + index)."""
+    ok = [r for r in rows if not r["rc"]]
+    ns = sorted({r["n"] for r in ok})
+    if not ns:
+        return []
+    get = {(r["stage"], r["n"]): r for r in ok}
+    out = []
+    if len(ns) > 1:
+        a, b = ns[0], ns[-1]
+        out.append(f"Growth {a:,} → {b:,} patients ({b / a:.1f}x):")
+        for s in STAGES + RAY_STAGES:
+            ra, rb = get.get((s, a)), get.get((s, b))
+            if not ra or not rb:
+                continue
+            size = next((f", {k} {rb[k] / ra[k]:.1f}x" for k in ("records", "vectors") if ra.get(k) and rb.get(k)), "")
+            p50 = f", p50 {rb['p50_ms'] / ra['p50_ms']:.2f}x" if ra.get("p50_ms") and rb.get("p50_ms") else ""
+            cpu = rb["cpu_seconds"] / ra["cpu_seconds"] if ra["cpu_seconds"] else float("nan")
+            out.append(f"- {s}: CPU {cpu:.1f}x{size}{p50}; peak {rb['peak_rss_mb'] / ra['peak_rss_mb']:.2f}x")
+    for n in ns:
+        parts = [get.get((s, n)) for s in ("ingest", "embed", "index")]
+        night = get.get(("night", n))
+        if night and all(parts):
+            full = sum(p["cpu_seconds"] for p in parts)
+            out.append(f"- 1% night at {n:,}: {night['cpu_seconds']:.1f} CPU s against a full rebuild of "
+                       f"{full:.1f} (ingest + embed + index): {100 * night['cpu_seconds'] / full:.1f} %")
+    return out
 
 
 def main() -> None:
