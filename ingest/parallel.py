@@ -27,6 +27,9 @@ record ids, pseudonyms and quarantine are those of ``workers=1``. What makes tha
 from __future__ import annotations
 
 import os
+# pickle only carries results between this ingest call's own processes (its workers / Ray actors, started by
+# it, over its own queue or object store): never bytes read from an input file or the store, so it does not
+# widen what an input can do (multiprocessing and Ray pickle those messages anyway).
 import pickle
 import queue
 from pathlib import Path

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+# pickle only carries results between this ingest call's own processes (its workers / Ray actors, started by
+# it, over its own queue or object store): never bytes read from an input file or the store, so it does not
+# widen what an input can do (multiprocessing and Ray pickle those messages anyway).
 import pickle
 from pathlib import Path
 
