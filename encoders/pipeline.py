@@ -102,7 +102,7 @@ def embedding_tables(store, net, version: str, batch_size: int = 128,
                 if pid is not None:
                     per_patient.setdefault(pid, []).append(v)
         tab = tab.set_column(tab.column_names.index("source_ref"), "source_ref", pa.array(src, pa.string()))
-        tab = tab.set_column(tab.column_names.index("modality"), "modality", pa.array([name] * tab.num_rows))
+        tab = tab.set_column(tab.column_names.index("modality"), "modality", pa.array([name] * tab.num_rows, pa.string()))
         out[name] = tab
     if per_patient:
         pids = sorted(per_patient)

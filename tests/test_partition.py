@@ -207,3 +207,32 @@ def test_parts_are_written_in_bounded_row_groups_and_read_in_batches(store, tmp_
         assert pa.concat_tables(batches).equals(store.read(name))       # hidden rows out, same order
     assert store.hidden_rid not in pa.concat_tables(
         [b for _, b in store.iter_parts("observations", ["record_id"], batch_rows=5)]).column(0).to_pylist()
+
+
+def test_a_chunk_without_a_modality_gives_that_modality_typed_and_empty(cohort_store):
+    """Chunks are concatenated per modality (the night, the embedding pass): a chunk whose patients have no image
+    (or note ...) must give the modality's table its schema, not a null-typed ``modality`` column (a night failed
+    with "Schema at index 2 was different" when its chunk of 3 patients drew none with an image)."""
+    import pyarrow as pa
+
+    from raretarget.encoders import pipeline
+    from raretarget.encoders.training import load_model
+    from raretarget.store import schema as S
+
+    eng = cohort_store(14, 5).eng
+    if eng.current_model() is None:
+        eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 8,
+                     "encoders.image.arch": "small", "model.knowledge.steps": 0, "data.num_workers": 0})
+    model = eng.current_model()
+    net = load_model(model["path"], device="cpu")
+    imaged = set(eng.store.read("images", ["patient_id"]).column(0).to_pylist())
+    pids = sorted(set(eng.store.read("patients", ["patient_id"]).column(0).to_pylist()))
+    some = [p for p in pids if p in imaged][:2]
+    none = [p for p in pids if p not in imaged][:2]
+    assert some and none
+    a = pipeline.embedding_tables(eng.store, net, model["model_version"], batch_size=16, patients=some)
+    b = pipeline.embedding_tables(eng.store, net, model["model_version"], batch_size=16, patients=none)
+    for m in set(a) & set(b):
+        assert b[m].schema.field("modality").type == pa.string(), m
+        assert pa.concat_tables([a[m], b[m]]).num_rows == a[m].num_rows + b[m].num_rows
+    assert "image" in a and b.get("image") is None or b["image"].num_rows == 0

@@ -93,7 +93,7 @@ def _embed_patients(store, net, version: str, batch_size: int, pids: list[str]) 
 
     chunks = patient_chunks(pids)
     out: dict[str, list[pa.Table]] = {}
-    with patient_partitions(store, chunks) as reads:
+    with patient_partitions(store, chunks, sparse=True) as reads:
         for chunk, src in zip(chunks, reads):
             for m, t in embedding_tables(src, net, version, batch_size=batch_size, patients=chunk).items():
                 out.setdefault(m, []).append(t)
