@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from raretarget.arrays import unique
 from raretarget.store import atomic_write_bytes
 
 from .vector_index import VectorIndex, l2_normalize
@@ -122,7 +123,7 @@ class DeltaIndex:
     def __init__(self, base: VectorIndex, delta: VectorIndex | None, masked: np.ndarray):
         self.base = base
         self.delta = delta if delta is not None and len(delta) else None
-        self.masked = np.unique(np.asarray(masked, np.int64))
+        self.masked = unique(np.asarray(masked, np.int64))
         self.dim = base.dim
         self.meta = base.meta
 

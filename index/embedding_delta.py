@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raretarget.arrays import unique
 from raretarget.store import schema as S
 from raretarget.store import atomic_write_bytes, atomic_write_parquet
 
@@ -276,7 +277,7 @@ def write(vdir: Path, changes: Mapping[str, tuple[pa.Table | None, np.ndarray]],
     entry = {"seq": seq, "generation": int(generation), "batches": sorted(batches), "modalities": {}}
     delta_dir(vdir).mkdir(parents=True, exist_ok=True)
     for m, (ups, tomb) in sorted(changes.items()):
-        tomb = np.unique(np.asarray(tomb, np.int64))
+        tomb = unique(np.asarray(tomb, np.int64))
         n_ups = 0 if ups is None else ups.num_rows
         if not n_ups and not len(tomb):
             continue
@@ -290,7 +291,7 @@ def write(vdir: Path, changes: Mapping[str, tuple[pa.Table | None, np.ndarray]],
         if n_ups:
             ups = S.conform_embeddings(ups)
             up_ids = ups.column("record_id").to_numpy()
-            if len(np.unique(up_ids)) != len(up_ids):
+            if len(unique(up_ids)) != len(up_ids):
                 raise ValueError(f"{m}: duplicate record ids in one delta")
             atomic_write_parquet(upserts_path(vdir, seq, m), ups)
         if len(tomb):

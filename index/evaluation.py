@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from raretarget.arrays import unique
+
 
 def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200, k: int = 10,
                  seed: int = 0, modalities: Sequence[str] | None = None) -> dict:
@@ -29,7 +31,7 @@ def recall_check(gens, info: dict, model_version: str, sample_queries: int = 200
 
     def rows_of(m: str, want: np.ndarray) -> np.ndarray:
         """Vectors ``(len(want), d)`` of these record ids, in their order."""
-        t = gens.read_embeddings(model_version, m, ["record_id", "vector"], ids=np.unique(want))
+        t = gens.read_embeddings(model_version, m, ["record_id", "vector"], ids=unique(want))
         return vectors_of(t.take(pc.index_in(pa.array(want, pa.int64()), value_set=t.column("record_id"))))
 
     for m, idx in indexes.items():

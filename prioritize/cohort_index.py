@@ -43,6 +43,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raretarget.arrays import unique
+
 __all__ = ["CohortIndex", "DEFAULT_RULE"]
 
 #: the qualifying-allele parameters the index holds carriers for (cohort_evidence's defaults)
@@ -183,7 +185,7 @@ class CohortIndex:
         qg = _codes(qual.column("gene"), genes_pa)
         refs = _sorted_unique(qual.column("source_ref"))
         qr = _codes(qual.column("source_ref"), refs)
-        pair = np.unique(qp * max(len(genes_pa), 1) + qg)          # distinct (patient, gene), sorted
+        pair = unique(qp * max(len(genes_pa), 1) + qg)          # distinct (patient, gene), sorted
         pp, pg = pair // max(len(genes_pa), 1), pair % max(len(genes_pa), 1)
         carrier_ptr, carrier_genes = _csr(pp, pg, n_p)
         ref_order = np.lexsort((qr, qg, qp))
@@ -257,7 +259,7 @@ class CohortIndex:
         pos = _gather(self.ref_ptr, cases)
         rg, rc = self.ref_gene[pos].astype(np.int64), self.ref_code[pos].astype(np.int64)
         keep = rc >= 0
-        key = np.unique(rg[keep] * max(len(self.refs), 1) + rc[keep])      # distinct (gene, ref), sorted
+        key = unique(rg[keep] * max(len(self.refs), 1) + rc[keep])      # distinct (gene, ref), sorted
         refs = _lists(key // max(len(self.refs), 1), key % max(len(self.refs), 1), genes, self.refs,
                       null_empty=True)
         return carriers, refs

@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from raretarget.arrays import unique
+
 #: elements held in the Python container (the buffer) before they are merged into the sorted arrays: the
 #: most a container holds in Python objects (about 70-110 bytes an element), whatever its size
 MERGE_MIN = 1 << 16
@@ -131,7 +133,7 @@ class IntSet:
     def __init__(self, values: Iterable[int] | np.ndarray = (), dtype=np.int64):
         self.dtype = np.dtype(dtype)
         self._sorted = _Sorted(self.dtype, values=False)
-        self._sorted.insert(np.unique(np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
+        self._sorted.insert(unique(np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
                                                  dtype=self.dtype)))
         self._recent: set[int] = set()
         self._removed: set[int] = set()       # removed from the sorted part (rare: deletes)
