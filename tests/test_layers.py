@@ -4,7 +4,7 @@ attribute access in the source.
 Layers, lowest first; a module imports only modules of its own layer or of layers below:
 
 ====  ===========================================================================================
-0     ``raretarget.vocab``, ``raretarget.config``, ``raretarget.machine``
+0     ``raretarget.vocab``, ``raretarget.config``, ``raretarget.machine``, ``raretarget.arrays``
 1     ``raretarget.store`` (schema, table, safe_sql, writer, pseudo, artifacts, io)
 2     ``raretarget.ingest`` (readers, the ingest pipeline handing rows to the store writer)
 3     ``raretarget.index``, ``raretarget.synth``
@@ -38,6 +38,7 @@ MAPPED = {"ingest": "raretarget.ingest", "encoders": "raretarget.encoders", "ind
 LOWER = ("ingest", "encoders", "index", "query", "prioritize")
 LAYERS = {
     "raretarget.vocab": 0, "raretarget.config": 0, "raretarget.machine": 0, "raretarget.conf": 0,
+    "raretarget.arrays": 0,
     "raretarget.store": 1,
     "raretarget.ingest": 2,
     "raretarget.index": 3, "raretarget.synth": 3,
