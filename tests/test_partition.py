@@ -236,3 +236,40 @@ def test_a_chunk_without_a_modality_gives_that_modality_typed_and_empty(cohort_s
         assert b[m].schema.field("modality").type == pa.string(), m
         assert pa.concat_tables([a[m], b[m]]).num_rows == a[m].num_rows + b[m].num_rows
     assert "image" in a and b.get("image") is None or b["image"].num_rows == 0
+
+
+def test_sparse_partitions_decode_only_the_parts_of_the_listed_patients(cohort_store, tmp_path, monkeypatch):
+    """``sparse=True`` (a night's few changed patients): the same rows as a full split, and the parts holding none
+    of the listed patients are not decoded; a whole-table read (one dataset scan) equals the parts read one by one."""
+    from raretarget import Engine
+
+    src = cohort_store(12, 3)
+    eng = Engine.open(tmp_path / "many", create=True)
+    eng.ingest([src.root / "c" / k for k in ("fhir", "dicom", "vcf")], batch_files=3)     # many small parts
+    st = eng.store
+    parts = st.parts("patients")
+    assert len(parts) >= 3
+    one = st.iter_parts("patients", ["patient_id"])
+    stem, first = next(one)
+    pids = sorted(set(first.column(0).to_pylist()))
+    for name in S.DATA_TABLES:          # the dataset scan gives the per-part rows, in part order
+        assert st.read(name).equals(pa.concat_tables([t for _, t in st.iter_parts(name)]) if st.parts(name)
+                                    else st.read(name)), name
+    decoded: dict[str, set] = {}
+    real = Store.iter_parts
+
+    def spy(self, table, columns=None, batch_rows=None, stems=None):
+        if self.root == st.root:        # the split's scan of the store (not the chunk stores' own reads)
+            decoded[table] = set(p.stem for p in self.parts(table)) if stems is None else set(stems)
+        return real(self, table, columns, batch_rows, stems)
+
+    monkeypatch.setattr(Store, "iter_parts", spy)
+    with patient_partitions(st, [pids], sparse=True) as (sub,):
+        got = {t: sub.read(t) for t in SAMPLE_TABLES}
+    assert stem in decoded["patients"] and len(decoded["patients"]) < len(parts)
+    with patient_partitions(st, [pids]) as (sub,):
+        want = {t: sub.read(t) for t in SAMPLE_TABLES}
+    assert decoded["patients"] == {p.stem for p in parts}            # not sparse: every part
+    for t in SAMPLE_TABLES:
+        assert got[t].equals(want[t]), t
+    assert set(got["patients"].column("patient_id").to_pylist()) == set(pids)
