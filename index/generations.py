@@ -123,10 +123,15 @@ class Generations:
                 continue
             vecs = vectors_of(t)
             ids = t.column("record_id").to_numpy()
+            del t
             idx = VectorIndex.build(vecs, ids, factory=factory,
                                     meta={"model_version": model_version, "modality": modality})
+            del vecs, ids
             idx.save(gdir / modality)
             counts[modality] = len(idx)
+            # one modality's index in memory at a time: without this the previous one lived until the next was
+            # built (peak at 100k patients 441 → 347 MB, see benchmarks/RESULTS.md)
+            del idx
         info = {"generation": gen, "model_version": model_version, "counts": counts,
                 "built_at": int(time.time()), "build_seconds": round(time.time() - t0, 3), **(extra or {})}
         atomic_write_bytes(gdir / "GENERATION.json", json.dumps(info).encode())
