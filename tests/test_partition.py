@@ -142,6 +142,18 @@ def test_alias_links_are_read_without_the_other_pseudonyms(store, monkeypatch):
     assert len(want) > 0 and all(got.get(o) == p for o, p in want.items()) and got.get("not an identifier") is None
 
 
+def _trained(cohort_store):
+    """The shared 14-patient generated store with a (tiny) trained model: ``(engine, model info, loaded model)``."""
+    from raretarget.encoders.training import load_model
+
+    eng = cohort_store(14, 5).eng
+    if eng.current_model() is None:
+        eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 8,
+                     "encoders.image.arch": "small", "model.knowledge.steps": 0, "data.num_workers": 0})
+    model = eng.current_model()
+    return eng, model, load_model(model["path"], device="cpu")
+
+
 def test_a_night_embeds_its_patients_from_partitions(cohort_store, monkeypatch):
     """The nightly's re-embedding of the changed patients reads them from partitions (the store's tables scanned
     once, no SQL over the whole store), chunk by chunk, and gives the rows of a direct call."""
@@ -149,16 +161,10 @@ def test_a_night_embeds_its_patients_from_partitions(cohort_store, monkeypatch):
 
     from raretarget.apps import nightly
     from raretarget.encoders import pipeline
-    from raretarget.encoders.training import load_model
     from raretarget.index.generations import vectors_of
     from raretarget.store import safe_sql
 
-    eng = cohort_store(14, 5).eng
-    if eng.current_model() is None:
-        eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 8,
-                     "encoders.image.arch": "small", "model.knowledge.steps": 0, "data.num_workers": 0})
-    model = eng.current_model()
-    net = load_model(model["path"], device="cpu")
+    eng, model, net = _trained(cohort_store)
     pids = sorted(set(eng.store.read("patients", ["patient_id"]).column(0).to_pylist()))[:7]
     want = pipeline.embedding_tables(eng.store, net, model["model_version"], batch_size=16, patients=pids)
     real_chunks, real_connect = pipeline.patient_chunks, safe_sql.connect
@@ -216,15 +222,8 @@ def test_a_chunk_without_a_modality_gives_that_modality_typed_and_empty(cohort_s
     import pyarrow as pa
 
     from raretarget.encoders import pipeline
-    from raretarget.encoders.training import load_model
-    from raretarget.store import schema as S
 
-    eng = cohort_store(14, 5).eng
-    if eng.current_model() is None:
-        eng.train(**{"encoders.text.backbone": "tiny", "model.embed_dim": 32, "max_epochs": 1, "batch_size": 8,
-                     "encoders.image.arch": "small", "model.knowledge.steps": 0, "data.num_workers": 0})
-    model = eng.current_model()
-    net = load_model(model["path"], device="cpu")
+    eng, model, net = _trained(cohort_store)
     imaged = set(eng.store.read("images", ["patient_id"]).column(0).to_pylist())
     pids = sorted(set(eng.store.read("patients", ["patient_id"]).column(0).to_pylist()))
     some = [p for p in pids if p in imaged][:2]
@@ -235,7 +234,7 @@ def test_a_chunk_without_a_modality_gives_that_modality_typed_and_empty(cohort_s
     for m in set(a) & set(b):
         assert b[m].schema.field("modality").type == pa.string(), m
         assert pa.concat_tables([a[m], b[m]]).num_rows == a[m].num_rows + b[m].num_rows
-    assert "image" in a and b.get("image") is None or b["image"].num_rows == 0
+    assert "image" in a and (b.get("image") is None or b["image"].num_rows == 0)
 
 
 def test_sparse_partitions_decode_only_the_parts_of_the_listed_patients(cohort_store, tmp_path, monkeypatch):
