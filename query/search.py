@@ -154,7 +154,11 @@ def open_searcher(ctx, model: dict, gens, device: str = "auto") -> Searcher:
     cols = ["record_id", "patient_id", "source_ref"]
     lookups = {m: gens.read_embeddings(model["model_version"], m).select(cols + ["vector"] * (m == "patient"))
                for m in indexes}
-    return Searcher(ctx, load_model(model["path"], device=device), model["model_version"], indexes, lookups)
+    # a context that keeps its loaded model (raretarget.context.Context.loaded_model) lends it: a searcher
+    # rebuilt after a night then costs no second load of the same weights
+    same = getattr(ctx, "loaded_model", None) and ctx.current_model() == model
+    net = ctx.loaded_model(device) if same else load_model(model["path"], device=device)
+    return Searcher(ctx, net, model["model_version"], indexes, lookups)
 
 
 def search_spec(ctx, spec, *, k: int = 20, modalities: Sequence[str] | None = None, where: str | None = None,

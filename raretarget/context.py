@@ -10,8 +10,10 @@ engine. Nothing is read from disk when it is made; the caches fill on first use.
 * ``writer`` – the ingest commit rules and their lookups (:class:`raretarget.store.writer.StoreWriter`),
   kept for the context's lifetime so later ingests reuse the loaded identifiers;
 * ``resources`` – reference vocabularies loaded on first use (units, genes, HPO: :class:`raretarget.ingest.core.Resources`);
-* caches: the knowledge base (``knowledge()``), the loaded model + index generation (``searcher()``) and the
-  cohort index of the current store version (``cohort_index()``: who has which phenotypes, who carries what, for
+* caches: the knowledge base (``knowledge()``), the loaded model (``loaded_model()``: the current model on one
+  device, loaded once per model version, so that a long-lived process — a server, a nightly worker running
+  ``update`` night after night — does not pay torch/transformers/MONAI start-up and weight loading each time), the
+  loaded model + index generation (``searcher()``) and the cohort index of the current store version (``cohort_index()``: who has which phenotypes, who carries what, for
   ranking; rebuilt when the manifest changes, e.g. after an ingest or update).
 """
 
@@ -40,6 +42,8 @@ class Context:
         self.device = device
         self.kb = None                  # knowledge base, built on first knowledge()
         self.cached_searcher = None     # loaded model + indexes, until reset_searcher()
+        self.cached_model = None        # ((model_version, path, device), model) of loaded_model()
+        self.model_lock = threading.Lock()
         self.review_phi = None          # (PHI rows, compiled patterns) of review note scrubbing
         self.cached_cohort = None       # CohortIndex of one store version (its .key), until the store changes
         self.cohort_lock = threading.Lock()   # a server's threads build it once, not once each
@@ -74,6 +78,24 @@ class Context:
         if model is None:
             raise RuntimeError("no trained model in this store: call Engine.train() first")
         return model
+
+    def loaded_model(self, device: str | None = None):
+        """The store's current model loaded on ``device`` (None: this context's device), eval mode
+        (:func:`raretarget.encoders.training.load_model`). Kept until the current model (or the device) changes:
+        the model version is the hash of the weights, so one version is one set of weights."""
+        from raretarget.encoders.device import resolve_device
+
+        model = self.require_model()
+        # "auto" and "cpu" name one device on a machine without CUDA: keyed by the resolved device
+        key = (model["model_version"], str(model["path"]), str(resolve_device(device or self.device)))
+        with self.model_lock:
+            hit = self.cached_model
+            if hit is None or hit[0] != key:
+                from raretarget.encoders.training import load_model
+
+                self.cached_model = None            # the old one can go before the new one is loaded
+                self.cached_model = hit = (key, load_model(model["path"], device=key[2]))
+        return hit[1]
 
     def reset_searcher(self) -> None:
         self.cached_searcher = None

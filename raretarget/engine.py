@@ -237,6 +237,11 @@ class Engine:
         """:meth:`current_model`, or a clear error when the store has no trained model yet."""
         return self.ctx.require_model()
 
+    def loaded_model(self, device: str | None = None):
+        """The current model loaded on ``device`` (default :attr:`device`), eval mode; this engine keeps it until the
+        current model changes (``update`` and ``search`` use it, so a long-lived process loads it once)."""
+        return self._sync().loaded_model(device)
+
     def train(self, **overrides) -> dict:
         """Train the shared-space encoders contrastively on this store; make the result current.
 
@@ -339,6 +344,17 @@ class Engine:
 
         cfg.setdefault("device", self.device)
         return update(self, paths, **cfg)
+
+    def watch(self, paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None, *, every: float,
+              runs: int | None = None, **cfg):
+        """A long-lived nightly worker: :meth:`update` on ``paths`` every ``every`` seconds (``runs`` times; None:
+        until interrupted), in this process, so that the start-up (imports, reference tables, the loaded model) is
+        paid once, not each night. Yields each run's log (a failed run's log has ``ok: False`` and ``error``; the
+        worker goes on). Files of ``paths`` ingested before are skipped by content hash."""
+        from .apps.nightly import watch
+
+        cfg.setdefault("device", self.device)
+        return watch(self, paths, every=every, runs=runs, **cfg)
 
     def reset_searcher(self) -> None:
         """Drop the cached :meth:`searcher` (after a new model, embeddings or index generation)."""

@@ -437,3 +437,59 @@ def test_killed_delta_night_converges(base, stage):
     assert len(man["deltas"]) == 1                      # the killed attempt's delta was dropped, not stacked
     names = {f.name for f in (path / "embeddings" / ver / "_delta").iterdir()}
     assert names == {f.name for f in (ref / "embeddings" / ver / "_delta").iterdir()}
+
+
+def test_watch_worker_loads_the_model_once_and_equals_separate_nights(base, monkeypatch):
+    """A long-lived worker (``Engine.watch``) runs night after night on one drop folder: it loads the model once
+    (not each night), a failed run does not stop it, and the store it leaves equals two separate ``update``s."""
+    import raretarget.apps.nightly as nightly
+    import raretarget.encoders.training as training
+
+    nights = [_labs_night(base, f"night_w{n}", f"night-watch-obs-{n}", n) for n in (1, 2)]
+    sep = _clone(base, "s_watch_sep")
+    eng_sep = Engine.open(sep)
+    for night in nights:
+        assert eng_sep.update([night])["published"]
+
+    path = _clone(base, "s_watch")
+    drop = base["dir"] / "drop_w"
+    drop.mkdir()
+    shutil.copy(nights[0] / "obs.ndjson", drop / "night1.ndjson")
+    loads = []
+    real_load = training.load_model
+    monkeypatch.setattr(training, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_update, calls = nightly.update, []
+
+    def flaky_update(eng, paths, **cfg):          # the second run fails once: the worker must go on
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk hiccup")
+        return real_update(eng, paths, **cfg)
+
+    monkeypatch.setattr(nightly, "update", flaky_update)
+
+    def sleep(seconds):                           # between runs: the next night's file lands in the drop folder
+        assert 0 <= seconds <= 5
+        if len(calls) == 2:
+            shutil.copy(nights[1] / "obs.ndjson", drop / "night2.ndjson")
+
+    eng = Engine.open(path)
+    logs = list(nightly.watch(eng, [drop], every=5, runs=3, sleep=sleep, device="cpu"))
+    assert [x["published"] for x in logs] == [True, False, True]
+    assert logs[1] == {"ok": False, "published": False, "error": "OSError: disk hiccup"}
+    assert logs[0]["counts"]["files"] == 1 and logs[2]["counts"]["files_already_ingested"] == 1
+    assert len(loads) == 1, "the worker reloaded the model"
+    # the searcher opened after the nights lends the worker's model too ("auto" is the CPU here)
+    assert eng.searcher().model is eng.loaded_model("cpu") and len(loads) == 1
+    _assert_same(_state(path), _state(sep))
+
+
+def test_cli_update_every_runs_as_a_worker(base, capsys):
+    from raretarget.cli import main
+
+    path = _clone(base, "s_watch_cli")
+    night = _labs_night(base, "night_w_cli", "night-watch-cli-obs", 3)
+    assert main(["update", str(path), str(night), "--every", "0", "--runs", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("published: True") == 1 and out.count("mode unchanged") == 1
+    assert main(["update", str(path), "--runs", "2"]) == 2

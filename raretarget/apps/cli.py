@@ -655,8 +655,22 @@ def cmd_update(args) -> int:
     cfg = {"device": args.device}
     if args.recall_threshold is not None:
         cfg["recall_threshold"] = args.recall_threshold
-    log = eng.update(args.paths or None, **cfg)
+    if args.every is None:
+        if args.runs is not None:
+            raise UsageError("--runs needs --every")
+        return _print_update(con, eng.update(args.paths or None, **cfg))
+    if args.every < 0 or (args.runs is not None and args.runs < 1):
+        raise UsageError("--every must be >= 0 seconds and --runs >= 1")
+    rc = 0
+    for log in eng.watch(args.paths or None, every=args.every, runs=args.runs, **cfg):
+        rc = _print_update(con, log)
+    return rc
+
+
+def _print_update(con, log: dict) -> int:
     con.rule("[bold]update")
+    if log.get("error"):
+        con.print(f"failed: {log['error']}")
     con.print(f"mode {log.get('mode')}; published: {log.get('published')}; ok: {log.get('ok')}")
     if log.get("counts"):
         con.print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(log["counts"].items())
@@ -737,6 +751,7 @@ EPILOG = """examples:
   raretarget explain STORE KCNH1 --hpo HP:0000169 HP:0000256
   raretarget review STORE H1a2b3c4d5e6f KCNH1 confirmed --note "segregates in the family"
   raretarget update STORE new_files/            # nightly: ingest, re-embed changed patients, new index
+  raretarget update STORE incoming/ --every 86400   # the same as a long-lived worker (start-up paid once)
   raretarget serve STORE                        # review web app on http://127.0.0.1:8765
   raretarget audit STORE --action rank
   raretarget drift STORE                        # nightly embedding drift: ok | warn | alarm
@@ -856,6 +871,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("paths", nargs="*")
     sp.add_argument("--recall-threshold", type=float, default=None)
     sp.add_argument("--device", default="auto")
+    sp.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                    help="stay up and run again every SECONDS (a nightly worker: start-up and model load paid once)")
+    sp.add_argument("--runs", type=int, default=None, help="with --every: stop after this many runs")
     sp.set_defaults(func=cmd_update)
 
     sp = add("audit", "the audit trail: who ran which query, ranking, review or link-folder reveal",
