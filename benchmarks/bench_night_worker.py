@@ -13,7 +13,8 @@ measured in the same run.
 
 Per repeat, in a rotated order, each a fresh process on a fresh copy of ``S``:
 
-* ``cold``: ``Engine.open(S).update([N])`` — a night as a cron job runs it (Python start, imports, model load);
+* ``cold``: ``Engine.open(S).update([N])`` — a night as a cron job runs it; the figure is the whole process's CPU
+  (Python start, imports, model load, the night);
 * ``warm``: one ``Engine`` runs ``update([W])`` then ``update([N])`` (``Engine.watch``'s loop, without the
   sleep); the figure is the CPU of the second call alone (``getrusage`` before and after, all threads).
 
@@ -111,7 +112,10 @@ def main() -> None:
                 s = fresh_copy(a.store, work / "s")
                 nights = [a.night] if kind == "cold" else [a.warmup, a.night]
                 r = {"kind": kind, "rep": rep, **run_child(a.python, [kind, str(s), *nights])}
-                r["night_cpu"] = round(r[f"night{len(nights) - 1}"]["cpu"], 2) if r.get("rc") == 0 else None
+                # cold: what the cron job's process costs in all (start, imports, the night); warm: the second
+                # night's own CPU inside the worker
+                r["night_cpu"] = None if r.get("rc") else (r["process_cpu"] if kind == "cold" else
+                                                           round(r[f"night{len(nights) - 1}"]["cpu"], 2))
                 print(json.dumps(r), flush=True)
                 rows.append(r)
         rebuild = None

@@ -90,6 +90,7 @@ def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.P
     pseudo = writer.pseudo
     bar = _progress(progress, len(inputs))
     with writer.store.writer():
+        writer.sync()               # another writer committed since this (long-lived) writer's last call: reload
         # Earlier batches' identifiers, loaded once and then kept current by each commit, so a lookup
         # gives the same answer whichever process made it (and in whatever batch).
         writer.known_phi("")

@@ -224,3 +224,20 @@ def test_killed_ingest_rerun_gives_same_store(tmp_path):
     # same record ids (keys differ between the two stores, so compare counts and per-table uniqueness)
     assert killed.sql("select count(*) = count(distinct record_id) from observations").column(0)[0].as_py()
     assert killed.status()["quarantined"] == clean.status()["quarantined"]
+
+
+def test_a_long_lived_engine_sees_another_writers_commits(tmp_path):
+    """Engine A (a nightly worker, a server) keeps its writer's lookups between ingests. Engine B (another process)
+    commits meanwhile: A's next ingest must dedupe against B's records too, not against its own stale view."""
+    a = Engine.open(tmp_path / "s", create=True)
+    b = Engine.open(tmp_path / "s")
+    a.ingest([FHIR / "Patient.ndjson"])                         # loads A's lookups
+    b.ingest([FHIR / "bundle_phi.json"])
+    before = b.status()["tables"]
+    copy = tmp_path / "again.json"                              # B's resources, another export of them
+    data = json.loads((FHIR / "bundle_phi.json").read_text())
+    data["id"] = "another-export"
+    copy.write_text(json.dumps(data))
+    rep = a.ingest([copy])
+    assert sum(rep.accepted.values()) == 0 and rep.duplicates > 0
+    assert Engine.open(tmp_path / "s").status()["tables"] == before

@@ -14,8 +14,10 @@ commits them atomically with :meth:`raretarget.store.Store.commit`, after
 
 It also keeps the lookups a batch needs from earlier batches (PHI terms per patient, alias map, study →
 patient), loaded once per writer and kept current by each commit, so a lookup gives the same answer
-whichever process made it (the PHI terms in bounded memory: :class:`raretarget.store.phi.PhiTerms`). One writer
-per ingest call; the caller holds :meth:`Store.writer`'s lock.
+whichever process made it (the PHI terms in bounded memory: :class:`raretarget.store.phi.PhiTerms`). An engine
+keeps its writer between ingest calls (a nightly worker, a server): :meth:`sync`, called at the start of each
+call under :meth:`Store.writer`'s lock, drops those lookups when another writer committed since, so that they are
+read again rather than deduplicating against a stale view.
 """
 
 from __future__ import annotations
@@ -44,6 +46,22 @@ class StoreWriter:
         self.options: dict = {}
         #: resources met in the current ingest call, by id → content hash (conflicts are found across batches)
         self.seen_resources: dict[int, int] | None = None
+        self.synced: tuple | None = None              # the store state the lookups above reflect (see sync)
+
+    @staticmethod
+    def _state(man: dict) -> tuple:
+        """What the lookups depend on: the manifest's commit counter and its parts (so a rewritten manifest with
+        the same counter still counts as a change)."""
+        return (man.get("version", 0), tuple((t, tuple(ps)) for t, ps in sorted(man.get("tables", {}).items())))
+
+    def sync(self) -> None:
+        """Drop the lookups loaded from the store if another writer committed since this writer last loaded or
+        committed (call under :meth:`Store.writer`'s lock, which re-reads the manifest)."""
+        state = self._state(self.store.manifest())
+        if self.synced is not None and state != self.synced:
+            self.phi_cache = self.alias_cache = self.study_cache = None
+            self.id_cache = {}
+        self.synced = state
 
     @property
     def pseudo(self) -> Pseudonymizer:
@@ -125,7 +143,7 @@ class StoreWriter:
             "phi": pa.table({"patient_id": list(phi), "terms": list(phi.values())},
                             schema=S.LINK_TABLES["phi"]),
         }
-        self.store.commit(batch_id, tables, links)
+        self.synced = self._state(self.store.commit(batch_id, tables, links))
         batch.committed_phi.update(phi)
         batch.committed_alias.update(alias)
         batch.committed_files = len(batch.files)
