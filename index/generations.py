@@ -38,10 +38,6 @@ from . import embedding_delta
 from .vector_index import IndexMismatchError, VectorIndex
 
 
-#: rows per batch of a streamed index build (64k rows × 256-d float32 = 64 MB; 8 MB at the 32-d of the benchmarks)
-BUILD_BATCH = 65_536
-
-
 class Generations:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -88,12 +84,6 @@ class Generations:
         (memory: one batch)."""
         yield from embedding_delta.iter_batches(self.emb_dir / model_version, modality, columns, batch_rows)
 
-    def embedding_dim(self, model_version: str, modality: str) -> int:
-        """Width ``D`` of a modality's vectors (its ``fixed_size_list<float32>[D]`` column); 0 when it has no rows."""
-        for t in self.iter_embeddings(model_version, modality, ["vector"], batch_rows=1):
-            return t.schema.field("vector").type.list_size
-        return 0
-
     def embedding_counts(self, model_version: str | None) -> dict[str, int]:
         if not model_version:
             return {}
@@ -125,19 +115,18 @@ class Generations:
         gen, gdir = self._new_dir()
         counts = {}
         t0 = time.time()
-        for modality, n in self.embedding_counts(model_version).items():
-            if (modalities and modality not in modalities) or not n:
+        for modality in self.embedding_counts(model_version):
+            if modalities and modality not in modalities:
                 continue
-
-            def batches(m=modality):
-                # streamed from the base + delta files: the build holds the index and one batch, not the whole
-                # table, its vectors and their normalised copy beside it
-                for t in self.iter_embeddings(model_version, m, ["record_id", "vector"], batch_rows=BUILD_BATCH):
-                    yield vectors_of(t), t.column("record_id").to_numpy()
-
-            dim = self.embedding_dim(model_version, modality)
-            idx = VectorIndex.build_streamed(batches, n, dim, factory=factory,
-                                             meta={"model_version": model_version, "modality": modality})
+            t = self.read_embeddings(model_version, modality, ["record_id", "vector"])
+            if t.num_rows == 0:
+                continue
+            vecs = vectors_of(t)
+            ids = t.column("record_id").to_numpy()
+            del t
+            idx = VectorIndex.build(vecs, ids, factory=factory,
+                                    meta={"model_version": model_version, "modality": modality})
+            del vecs, ids
             idx.save(gdir / modality)
             counts[modality] = len(idx)
             # one modality's index in memory at a time: without this the previous one lived until the next was

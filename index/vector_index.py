@@ -54,7 +54,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -336,61 +336,16 @@ class VectorIndex:
         if factory is None:
             factory = auto_factory(n, d, memory)
         self = cls(d, factory, device=device, compact_fraction=compact_fraction, meta=meta)
-        pos = self._train_positions(n, train_size, seed)
-        if pos is not None:
-            self._index.train(xn if len(pos) == n else xn[pos])
+        self._train(xn, train_size, seed)
         self._add_normalized(xn, ids64)
         self.build_seconds = time.perf_counter() - t0
         return self
 
-    @classmethod
-    def build_streamed(cls, batches: Callable[[], Iterable[tuple[Any, Any]]], n: int, dim: int,
-                       factory: str | None = None, *, memory: str = "normal", device: str = "auto",
-                       compact_fraction: float = 0.2, meta: Mapping[str, Any] | None = None,
-                       train_size: int | None = None, seed: int = 1234) -> "VectorIndex":
-        """:meth:`build` over ``n`` vectors of width ``dim`` that arrive in batches, so that memory holds the index
-        and one batch, not the whole input (and its normalised copy) beside it.
-
-        ``batches()`` returns a fresh iterable of ``(vectors (m, dim) float32, ids (m,) int64)`` pairs with ``n``
-        rows in all, in a fixed order; it is called twice when the factory needs training (IVF, PQ, SQ): once
-        to collect the training sample — the rows at the same positions :meth:`build` samples, so the same
-        index is trained — and once to fill it. Ids must be unique across batches (a repeated id replaces the
-        earlier vector, as :meth:`add` does)."""
-        t0 = time.perf_counter()
-        if factory is None:
-            factory = auto_factory(n, dim, memory)
-        self = cls(dim, factory, device=device, compact_fraction=compact_fraction, meta=meta)
-        pos = self._train_positions(n, train_size, seed)
-        if pos is not None:
-            parts, at = [], 0
-            for v, _ in batches():
-                v = np.asarray(v)
-                lo, hi = np.searchsorted(pos, [at, at + len(v)])
-                if hi > lo:
-                    parts.append(l2_normalize(v[pos[lo:hi] - at], dim))
-                at += len(v)
-            if at != n:
-                raise ValueError(f"batches gave {at} vectors, expected n={n}")
-            self._index.train(np.concatenate(parts))
-            del parts
-        total = 0
-        for v, i in batches():
-            xn = l2_normalize(v, dim)
-            ids64 = _as_ids(i, len(xn))
-            _check_unique(ids64)
-            self._add_normalized(xn, ids64)
-            total += len(xn)
-        if total != n:
-            raise ValueError(f"batches gave {total} vectors, expected n={n}")
-        self.build_seconds = time.perf_counter() - t0
-        return self
-
-    def _train_positions(self, n: int, train_size: int | None, seed: int) -> np.ndarray | None:
-        """Sorted row positions of the training sample among ``n`` vectors (all of them when fewer than
-        ``train_size``); None when the index needs no training."""
+    def _train(self, xn: np.ndarray, train_size: int | None, seed: int) -> None:
         faiss = _faiss()
         if self._index.is_trained:
-            return None
+            return
+        n = len(xn)
         if train_size is None:
             nlist = faiss.extract_index_ivf(self._index).nlist if self.mode == "ivf" else 0
             train_size = max(64 * nlist, 1 << 16)
@@ -398,9 +353,8 @@ class VectorIndex:
             raise ValueError(f"factory {self.factory!r} needs training vectors; build it with data")
         if self.mode == "ivf" and n < faiss.extract_index_ivf(self._index).nlist:
             raise ValueError(f"factory {self.factory!r}: {n} vectors are fewer than its nlist lists")
-        if n <= train_size:
-            return np.arange(n)
-        return np.sort(np.random.default_rng(seed).choice(n, train_size, replace=False))
+        sample = xn if n <= train_size else xn[np.sort(np.random.default_rng(seed).choice(n, train_size, replace=False))]
+        self._index.train(sample)
 
     def _base(self):
         faiss = _faiss()
@@ -552,9 +506,8 @@ class VectorIndex:
         if self.mode == "tomb" or retrain:
             new = VectorIndex(self.dim, self.factory, device=self.device,
                               compact_fraction=self.compact_fraction, meta=self.meta)
-            pos = new._train_positions(len(vecs), None, 1234)
-            if pos is not None:
-                new._index.train(vecs if len(pos) == len(vecs) else vecs[pos])
+            if not new._index.is_trained:
+                new._train(vecs, None, 1234)
             new._add_normalized(vecs, ids)
             self._index, self._live, self._dead = new._index, new._live, set()
             self._mapped_fd = None

@@ -364,33 +364,3 @@ def test_side_store_lookup_vectorised_matches_dict():
         assert o == (p is not None)
         np.testing.assert_array_equal(v, st.vecs[p] if p is not None else np.zeros(4, np.float32))
     assert not _SideStore(4).lookup(np.array([[1, 2]]))[1].any()
-
-
-@pytest.mark.parametrize("fac", ["Flat", "IVF64,SQ8", "HNSW32,Flat"])
-def test_streamed_build_equals_whole_build(data20k, fac):
-    """``build_streamed`` over batches (the store's index build) gives the index ``build`` gives over the whole
-    array: the same ids, the same results for Flat and for a trained IVF (the training sample is drawn at the
-    same positions: train_size below n, so it is a real sample), and HNSW's recall against exact search."""
-    x, ids, q, Dex, Iex = data20k
-    calls = []
-
-    def batches():
-        calls.append(1)
-        for a in range(0, len(x), 3_000):               # uneven last batch
-            yield x[a:a + 3_000], ids[a:a + 3_000]
-
-    s = VectorIndex.build_streamed(batches, len(x), x.shape[1], factory=fac, train_size=5_000)
-    w = VectorIndex.build(x, ids, factory=fac, train_size=5_000)
-    assert len(calls) == (2 if fac.startswith("IVF") else 1)     # a second pass only to draw the training sample
-    assert np.array_equal(np.sort(s.ids()), np.sort(ids)) and len(s) == len(w)
-    Ds, Is = s.search(q, 10)
-    if fac == "HNSW32,Flat":
-        assert recall(Is, Iex) >= 0.95
-    else:
-        Dw, Iw = w.search(q, 10)
-        np.testing.assert_array_equal(Is, Iw)
-        np.testing.assert_allclose(Ds, Dw, atol=1e-6)
-    if fac == "Flat":
-        check_exact(Ds, Is, Dex, Iex)
-    with pytest.raises(ValueError, match="expected n="):
-        VectorIndex.build_streamed(batches, len(x) + 1, x.shape[1], factory="Flat")
