@@ -133,6 +133,9 @@ def run_ingest(writer, resources, paths: str | os.PathLike | Sequence[str | os.P
                 pool.plan(files)
             for a, b in zip(bounds, bounds[1:]):
                 _ingest_batch(writer, resources, [files[k] for k in range(a, b)], report, bar, pool, chunk_records)
+        except BaseException:
+            writer.forget()         # a call that failed part-way: the next one reads the lookups again
+            raise
         finally:
             if pool is not None:
                 pool.close()

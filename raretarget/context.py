@@ -8,13 +8,15 @@ engine. Nothing is read from disk when it is made; the caches fill on first use.
 
 * ``store`` – :class:`raretarget.store.Store`; ``artifacts`` – the on-disk layout (:mod:`raretarget.store.artifacts`);
 * ``writer`` – the ingest commit rules and their lookups (:class:`raretarget.store.writer.StoreWriter`),
-  kept for the context's lifetime so later ingests reuse the loaded identifiers;
+  kept for the context's lifetime so later ingests reuse the loaded identifiers (read again when another
+  writer committed in between, or after a failed ingest);
 * ``resources`` – reference vocabularies loaded on first use (units, genes, HPO: :class:`raretarget.ingest.core.Resources`);
-* caches: the knowledge base (``knowledge()``), the loaded model (``loaded_model()``: the current model on one
+* caches: the knowledge base (``knowledge()``); the loaded model (``loaded_model()``: the current model on one
   device, loaded once per model version, so that a long-lived process — a server, a nightly worker running
-  ``update`` night after night — does not pay torch/transformers/MONAI start-up and weight loading each time), the
-  loaded model + index generation (``searcher()``) and the cohort index of the current store version (``cohort_index()``: who has which phenotypes, who carries what, for
-  ranking; rebuilt when the manifest changes, e.g. after an ingest or update).
+  ``update`` night after night — does not pay torch / transformers / MONAI start-up and weight loading each
+  time); the loaded model + index generation (``searcher()``, which borrows that model); and the cohort index of
+  the current store version (``cohort_index()``: who has which phenotypes, who carries what, for ranking;
+  rebuilt when the manifest changes, e.g. after an ingest or update).
 """
 
 from __future__ import annotations

@@ -59,9 +59,14 @@ class StoreWriter:
         committed (call under :meth:`Store.writer`'s lock, which re-reads the manifest)."""
         state = self._state(self.store.manifest())
         if self.synced is not None and state != self.synced:
-            self.phi_cache = self.alias_cache = self.study_cache = None
-            self.id_cache = {}
+            self.forget()
         self.synced = state
+
+    def forget(self) -> None:
+        """Drop the lookups loaded from the store (read again when next needed)."""
+        self.phi_cache = self.alias_cache = self.study_cache = None
+        self.id_cache = {}
+        self.synced = None
 
     @property
     def pseudo(self) -> Pseudonymizer:
