@@ -259,14 +259,15 @@ class KnowledgeBase:
         self.annotations_path: Path | None = Path(annotations) if annotations else None
         self._phenotype_model = None
 
-    def phenotype_model(self):
+    def phenotype_model(self, background=None):
         """The :class:`~raretarget.prioritize.phenomodel.PhenotypeModel` of this KB, built on first use (~1-2 s)
-        and kept on the instance."""
+        and kept on the instance. ``background``: passed to the model when it is built (None: the packaged
+        per-gene background; ``False``: none, as ``scripts/build_gene_background.py`` needs)."""
         if self._phenotype_model is None:
             from .phenomodel import PhenotypeModel, load_frequency_table
 
             freqs = load_frequency_table(self.annotations_path) if self.annotations_path else None
-            self._phenotype_model = PhenotypeModel(self, freqs)
+            self._phenotype_model = PhenotypeModel(self, freqs, background=background)
         return self._phenotype_model
 
     # ------------------------------------------------------------------ builders

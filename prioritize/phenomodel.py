@@ -19,6 +19,13 @@ What the field does and what is taken from it:
   from :class:`raretarget.prioritize.scorers.PhenotypeIC`.
 * ``log_nterms`` (log(1 + number of the gene's annotations), a specificity correction) and ``has_dis`` (the
   gene has a linked OMIM disease).
+* **Phenomizer's correction for the query-independent part of a score** (Köhler et al., AJHG 2009, ranked
+  diseases by the p-value of their score against random queries): ``background`` is the gene's mean phenotype
+  logit over realistic random queries (terms drawn from other OMIM diseases' annotations), a per-gene constant.
+  Genes with large, generic annotation sets (KDM6B, PIGA, ...) score well against almost any developmental
+  query; with this feature the fit can discount that. Precomputed by ``scripts/build_gene_background.py``
+  (:func:`compute_background`, ~45 s) into the packaged ``gene_background.tsv.gz``; a gene the file does not list
+  takes the median.
 
 Genes are linked to OMIM diseases through NCBI gene2omim (the KB's ``diseases``) and, because that table is from
 2022, also where all of a disease's phenotype annotations are among the gene's (hpo3's gene annotations are the
@@ -51,12 +58,68 @@ FREQUENCY_TERMS: dict[str, float] = {
 
 #: the feature names, in the order of :meth:`PhenotypeModel.features`
 FEATURES: tuple[str, ...] = ("res_gene", "res_dis", "lrf_obs", "lrf_all", "lrb_obs", "lrb_all", "exact_frac",
-                             "pseudo", "hyper", "hyper_frac", "log_nterms", "has_dis")
+                             "pseudo", "hyper", "hyper_frac", "log_nterms", "has_dis", "background")
 
 
 def default_annotations() -> Path:
     """The packaged ``phenotype.hpoa.gz`` (HPO annotations release 2025-01-16, unmodified)."""
     return Path(str(resources.files("raretarget") / "data" / "phenotype.hpoa.gz"))
+
+
+def default_background() -> Path:
+    """The packaged ``gene_background.tsv.gz`` (``scripts/build_gene_background.py``)."""
+    return Path(str(resources.files("raretarget") / "data" / "gene_background.tsv.gz"))
+
+
+def load_background(path: str | Path | None = None) -> dict[str, float]:
+    """``{gene symbol: background logit}`` of a ``gene_background.tsv(.gz)`` (``#`` lines are its provenance)."""
+    p = Path(path) if path is not None else default_background()
+    out: dict[str, float] = {}
+    with (gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else open(p, encoding="utf-8")) as f:
+        for line in f:
+            if line.startswith("#") or line.startswith("gene\t"):
+                continue
+            g, v = line.rstrip("\n").split("\t")[:2]
+            out[g] = float(v)
+    return out
+
+
+def compute_background(kb, coef: Mapping[str, float], n_queries: int = 4000, seed: int = 0,
+                       mean_size: float = 6.0) -> np.ndarray:
+    """The ``background`` feature ``[G]``: each gene's mean phenotype logit ``Σ coef_k · feature_k`` (features
+    other than ``background``; shifted so that each query's best gene is 0) over ``n_queries`` random queries.
+    A query is ``1 + Poisson(mean_size − 1)`` terms (at most all of them) drawn without replacement from one
+    random OMIM disease's annotations (≥ 3 terms); the disease's own genes are left out of its query's mean, so
+    a gene's true diseases do not count as background. Genes never averaged get 0."""
+    from .scorers import Phenotype
+
+    rng = np.random.default_rng(seed)
+    c = {k: float(v) for k, v in coef.items() if k != "background" and float(v) != 0.0}
+    ph = Phenotype(kb, coef={k: 0.0 for k in FEATURES if k != "background"})
+    dis = {d.id: d for ds in kb.diseases.values() for d in ds if d.id.startswith("OMIM") and len(d.terms) >= 3}
+    ids = sorted(dis)
+    genes_of: dict[str, list[int]] = {}
+    for g, ds in kb.diseases.items():
+        for d in ds:
+            if g in kb.gene_index:
+                genes_of.setdefault(d.id, []).append(kb.gene_index[g])
+    G = len(kb.genes)
+    total, n = np.zeros(G), np.zeros(G)
+    for _ in range(int(n_queries)):
+        d = dis[ids[rng.integers(len(ids))]]
+        terms = sorted(d.terms)
+        q = int(min(1 + rng.poisson(max(mean_size - 1.0, 0.0)), len(terms)))
+        obs, _ = kb.resolve_terms(list(rng.choice(terms, q, replace=False)))
+        if not obs:
+            continue
+        f, _, _ = ph.features(obs, [])
+        z = PhenotypeModel.logit(f, c)
+        z = z - z.max()
+        m = np.ones(G, bool)
+        m[genes_of.get(d.id, [])] = False
+        total[m] += z[m]
+        n[m] += 1
+    return np.where(n > 0, total / np.maximum(n, 1), 0.0)
 
 
 def parse_frequency(s: str | None) -> float | None:
@@ -194,7 +257,8 @@ class PhenotypeModel:
     """
 
     def __init__(self, kb, frequencies: Mapping[tuple[str, str], float] | None = None, *, eps: float = 0.01,
-                 min_freq: float = 0.02, max_subset_genes: int = 10):
+                 min_freq: float = 0.02, max_subset_genes: int = 10,
+                 background: Mapping[str, float] | None | bool = None):
         self.kb = kb
         self.eps = float(eps)
         T, G = len(kb.term_ids), len(kb.genes)
@@ -255,6 +319,11 @@ class PhenotypeModel:
         self.terms_per_gene = np.asarray(self.gene_closure.sum(axis=1)).ravel()             # K_g
         self.population = float(self.terms_per_gene.sum())                                  # N
         self.log_nterms = np.log1p(kb.n_gene_terms)
+        # per-gene background logit (module doc): None = the packaged table, False = zeros (e.g. while computing it)
+        bgd = {} if background is False else (load_background() if background in (None, True) else dict(background))
+        vals = np.array([bgd[g] for g in kb.genes if g in bgd], float)
+        fill = float(np.median(vals)) if len(vals) else 0.0
+        self.background = np.array([bgd.get(g, fill) for g in kb.genes], float)            # [G]
 
     # ------------------------------------------------------------------ per query
     def disease_lr(self, observed: Sequence[int], excluded: Sequence[int], use_freq: bool = True
@@ -353,6 +422,7 @@ class PhenotypeModel:
             "hyper_frac": hyper_frac,
             "log_nterms": self.log_nterms,
             "has_dis": self.has_dis.astype(float),
+            "background": self.background,
         }
         return feats, best
 
