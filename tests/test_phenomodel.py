@@ -240,3 +240,31 @@ def test_knowledge_base_disease_order_does_not_depend_on_the_process(kb):
         n += len(orpha) > 1
         assert all(list(d.terms) == sorted(d.terms) for d in ds)
     assert n > 100                                       # many genes have several: the check is not vacuous
+
+
+def test_packaged_background_is_the_computed_one_and_marks_generic_genes(kb):
+    """The packaged per-gene background (``scripts/build_gene_background.py``) is what ``compute_background``
+    gives (checked on a few hundred queries: the same genes high and low), is loaded into the model's
+    ``background`` feature, and ranks genes with large generic annotation sets (the hubs that won wrong top-1s,
+    KDM6B, PIGA) above genes with a narrow, specific phenotype (AAGAB: punctate keratoderma)."""
+    from raretarget.prioritize.phenomodel import compute_background, load_background
+
+    packed = load_background()
+    m = kb.phenotype_model()
+    gi = kb.gene_index
+    assert set(packed) == set(kb.genes)
+    assert m.background[gi["KDM6B"]] == pytest.approx(packed["KDM6B"])
+    for hub in ("KDM6B", "PIGA"):
+        assert packed[hub] > np.percentile(list(packed.values()), 95) > packed["AAGAB"]
+    import ast
+    import gzip
+
+    from raretarget.prioritize.phenomodel import default_background
+
+    with gzip.open(default_background(), "rt") as f:       # the coefficients it was built with, from its header
+        head = [next(f) for _ in range(2)]
+    coef = ast.literal_eval(head[1].split("coefficients ", 1)[1].strip())
+    assert set(coef) == set(FEATURES) - {"background"}
+    small = compute_background(kb, coef, n_queries=300, seed=1)
+    ref = np.array([packed[g] for g in kb.genes])
+    assert np.corrcoef(small, ref)[0, 1] > 0.8
