@@ -4,8 +4,8 @@ feature of :mod:`raretarget.prioritize.phenomodel` (Phenomizer's correction for 
 gene's score: its mean score over random queries).
 
 Queries: terms of random OMIM diseases' annotations (hpo3's built-in HPO release; ``compute_background``), no
-patient data; the logit is the phenotype model's with the coefficients of ``--coef-from`` (default: the shipped
-``conf/prioritize/default.yaml``), without the ``background`` term itself. The coefficients used, the HPO release,
+patient data; the logit is the phenotype model's with the shipped coefficients (``conf/prioritize/default.yaml``)
+without the ``background`` term itself. The coefficients used, the HPO release,
 the query count and the seed are written in the file's ``#`` header; refit the phenotype model
 (``scripts/bench_phenopackets.py --fit``) after rebuilding it. Deterministic for a given seed and KB.
 

@@ -247,7 +247,10 @@ def test_packaged_background_is_the_computed_one_and_marks_generic_genes(kb):
     gives (checked on a few hundred queries: the same genes high and low), is loaded into the model's
     ``background`` feature, and ranks genes with large generic annotation sets (the hubs that won wrong top-1s,
     KDM6B, PIGA) above genes with a narrow, specific phenotype (AAGAB: punctate keratoderma)."""
-    from raretarget.prioritize.phenomodel import compute_background, load_background
+    import ast
+    import gzip
+
+    from raretarget.prioritize.phenomodel import compute_background, default_background, load_background
 
     packed = load_background()
     m = kb.phenotype_model()
@@ -256,11 +259,6 @@ def test_packaged_background_is_the_computed_one_and_marks_generic_genes(kb):
     assert m.background[gi["KDM6B"]] == pytest.approx(packed["KDM6B"])
     for hub in ("KDM6B", "PIGA"):
         assert packed[hub] > np.percentile(list(packed.values()), 95) > packed["AAGAB"]
-    import ast
-    import gzip
-
-    from raretarget.prioritize.phenomodel import default_background
-
     with gzip.open(default_background(), "rt") as f:       # the coefficients it was built with, from its header
         head = [next(f) for _ in range(2)]
     coef = ast.literal_eval(head[1].split("coefficients ", 1)[1].strip())
