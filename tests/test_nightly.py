@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -482,6 +483,17 @@ def test_watch_worker_loads_the_model_once_and_equals_separate_nights(base, monk
     # the searcher opened after the nights lends the worker's model too ("auto" is the CPU here)
     assert eng.searcher().model is eng.loaded_model("cpu") and len(loads) == 1
     _assert_same(_state(path), _state(sep))
+
+
+def test_hydra_nightly_every_runs_as_a_worker(base):
+    path = _clone(base, "s_watch_hydra")
+    night = _labs_night(base, "night_w_hydra", "night-watch-hydra-obs", 4)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "nightly.py"), f"store={path}", f"inputs=[{night}]",
+                        "every=0", "runs=2", "device=cpu"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    modes = [json.loads(m.group(0))["mode"] for m in re.finditer(r"(?ms)^\{$.*?^\}$", r.stdout)]
+    assert modes == ["incremental", "unchanged"]
+    assert len(list((path / "runs").glob("*.json"))) == 2
 
 
 def test_cli_update_every_runs_as_a_worker(base, capsys):
