@@ -269,8 +269,8 @@ def watch(eng, paths=None, *, every: float, runs: int | None = None, sleep: Call
     ``every`` is followed by the next at once), ``runs`` times (None: until interrupted). Yields each run's log.
 
     Why: a night in a fresh process pays Python's start, importing torch / transformers / MONAI and loading the
-    model (~13 CPU s on 2 cores), more than a 1 % night's own work at 10k patients; here they are paid by the first
-    run only (the engine keeps the model, the writer's identifier sets and the reference tables). A run that
+    model (~9 of a 1 % night's ~13 CPU s at 10k patients on 2 cores, benchmarks/RESULTS.md); here they are paid by
+    the first run only (the engine keeps the model, the writer's identifier sets and the reference tables). A run that
     raises is logged (its run log is written by :func:`update`) and yielded as ``{"ok": False, "error": ...}``:
     one bad night does not stop the worker. ``paths`` are read again each run; files ingested before are skipped
     by content hash, so a drop folder can keep its old files (hashing them is the cost: prefer a folder per night
