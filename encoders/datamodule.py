@@ -223,8 +223,10 @@ class StreamedPatients(IterableDataset):
     and yields lists of ``batch_size`` items (:class:`PatientDataset` items; batches run across chunk boundaries,
     the last partial one of a worker is dropped in training when it has more than one batch's worth).
 
-    Randomness (order, note subsets, image choice) is seeded by ``(seed, epoch, rank, chunk)``, so a batch does not
-    depend on the number of workers that made it. ``len()`` is the exact number of batches of this rank, the same
+    Chunks hold :meth:`chunk_size` patients: ``chunk_patients``, cut smaller only so that every worker gets one
+    when the rank's share is small. Randomness (order, note subsets, image choice) is seeded by
+    ``(seed, epoch, rank, chunk)``, so once the share fills every worker's chunk a batch does not depend on the
+    number of workers that made it. ``len()`` is the exact number of batches of this rank, the same
     on every rank.
     """
 
@@ -241,9 +243,18 @@ class StreamedPatients(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def chunk_size(self, num_workers: int = 1) -> int:
+        """Patients a chunk holds: ``chunk_patients``, or fewer when this rank's share would not give every one of
+        ``num_workers`` DataLoader workers a chunk (``ceil(share / num_workers)``). Chunks are the workers' unit of
+        work, so a store smaller than ``num_workers * chunk_patients`` would otherwise be read and collated by one
+        worker while the others idle (seen on an H200: 4 workers, 2,417 training patients, one chunk, the GPU
+        waiting on one worker's image augmentation)."""
+        share = len(self.ids) // self.world_size
+        return max(1, min(self.chunk_patients, -(-share // max(1, int(num_workers)))))
+
     def chunks(self, epoch: int | None = None, worker: int = 0, num_workers: int = 1) -> list[tuple[int, list[str]]]:
         """``(chunk index, patient ids)`` that ``worker`` of ``num_workers`` reads in ``epoch`` (default: next)."""
-        c = D.epoch_chunks(self.ids, self.chunk_patients, epoch=self.epoch if epoch is None else epoch,
+        c = D.epoch_chunks(self.ids, self.chunk_size(num_workers), epoch=self.epoch if epoch is None else epoch,
                            seed=self.seed, shuffle=self.train, rank=self.rank, world_size=self.world_size)
         return D.worker_chunks(c, worker, num_workers)
 

@@ -152,6 +152,24 @@ def test_training_stream_splits_ranks_and_workers(store, old_split, world, worke
     assert sorted(nxt) == train and nxt != e0
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_small_store_gives_every_worker_a_chunk(store, old_split, workers, monkeypatch):
+    """A rank's share smaller than ``workers * chunk_patients`` is cut so that every worker reads and collates a
+    part (before, one chunk: one worker did the whole epoch while the others idled); still every patient once."""
+    from raretarget.encoders.datamodule import StreamedPatients
+
+    train = sorted(old_split[0])
+    ds = StreamedPatients(store, train, train=True, batch_size=1, chunk_patients=10_000, num_workers=workers)
+    assert ds.chunk_size(workers) == -(-len(train) // workers) and ds.chunk_size(1) == len(train)
+    per_worker = [[it["patient_id"] for b in _walk(ds, w, workers, monkeypatch) for it in b] for w in range(workers)]
+    sizes = [len(p) for p in per_worker]
+    assert min(sizes) > 0 and max(sizes) - min(sizes) <= ds.chunk_size(workers)
+    assert sorted(p for w in per_worker for p in w) == train
+    # never more than chunk_patients a chunk: a large share keeps the configured size
+    assert StreamedPatients(store, train, train=True, batch_size=1, chunk_patients=2, num_workers=workers).chunk_size(
+        workers) == 2
+
+
 def _spy_chunks(monkeypatch) -> list:
     """Record how many patients each ``load_store_samples`` call asks for (None: the whole store)."""
     asked = []
