@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from raretarget.machine import release_memory
 from raretarget.store import atomic_write_bytes, atomic_write_parquet
 from raretarget.store import schema as S
 from raretarget.store.artifacts import GENERATION_GLOB, Artifacts
@@ -121,10 +122,11 @@ class Generations:
             t = self.read_embeddings(model_version, modality, ["record_id", "vector"])
             if t.num_rows == 0:
                 continue
-            vecs = vectors_of(t)
+            vecs = np.array(vectors_of(t))  # our own copy: the table's pages can go before the index grows
             ids = t.column("record_id").to_numpy()
             del t
-            idx = VectorIndex.build(vecs, ids, factory=factory,
+            release_memory()
+            idx = VectorIndex.build(vecs, ids, factory=factory, copy=False,
                                     meta={"model_version": model_version, "modality": modality})
             del vecs, ids
             idx.save(gdir / modality)
@@ -132,6 +134,7 @@ class Generations:
             # one modality's index in memory at a time: without this the previous one lived until the next was
             # built (peak at 100k patients 441 → 347 MB, see benchmarks/RESULTS.md)
             del idx
+            release_memory()
         info = {"generation": gen, "model_version": model_version, "counts": counts,
                 "built_at": int(time.time()), "build_seconds": round(time.time() - t0, 3), **(extra or {})}
         atomic_write_bytes(gdir / "GENERATION.json", json.dumps(info).encode())

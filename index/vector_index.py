@@ -79,13 +79,17 @@ def _faiss():
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
-def l2_normalize(x: Any, dim: int | None = None, what: str = "vectors") -> np.ndarray:
-    """Return a new C-contiguous float32 ``(n, d)`` array of unit rows; never mutates ``x``.
+def l2_normalize(x: Any, dim: int | None = None, what: str = "vectors", *, inplace: bool = False) -> np.ndarray:
+    """Return a new C-contiguous float32 ``(n, d)`` array of unit rows; never mutates ``x``, unless ``inplace``
+    and ``x`` is already a writable C-contiguous float32 array: then ``x`` itself is normalised and returned
+    (a caller that owns a large array saves one copy of it).
 
     A 1-D input is treated as one row. Raises ``ValueError`` on a wrong dimension, non-finite values,
     or a zero (or numerically zero) row: a zero vector has no direction, so no cosine.
     """
-    a = np.array(x, dtype=np.float32, copy=True, order="C")
+    own = (inplace and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
+           and x.flags.writeable)
+    a = x if own else np.array(x, dtype=np.float32, copy=True, order="C")
     if a.ndim == 1:
         a = a.reshape(1, -1)
     if a.ndim != 2:
@@ -317,8 +321,10 @@ class VectorIndex:
     @classmethod
     def build(cls, vectors: Any, ids: Any, factory: str | None = None, *, memory: str = "normal",
               device: str = "auto", compact_fraction: float = 0.2, meta: Mapping[str, Any] | None = None,
-              train_size: int | None = None, seed: int = 1234) -> "VectorIndex":
+              train_size: int | None = None, seed: int = 1234, copy: bool = True) -> "VectorIndex":
         """Build an index over ``vectors`` (float32 ``(n, d)``) with ``ids`` (int64 ``(n,)``).
+        ``copy=False``: ``vectors`` may be L2-normalised in place (a caller handing over its own array: one copy
+        fewer at the build's peak).
 
         ``factory=None`` picks one with :func:`auto_factory` (``memory`` is passed on). Trainable
         indexes (IVF, PQ, SQ) are trained on a random sample of at most ``train_size`` vectors
@@ -330,7 +336,7 @@ class VectorIndex:
         if x.ndim != 2:
             raise ValueError(f"vectors: expected a 2-D (n, d) array, got shape {x.shape}")
         n, d = x.shape
-        xn = l2_normalize(x)
+        xn = l2_normalize(x, inplace=not copy)
         ids64 = _as_ids(ids, n)
         _check_unique(ids64)
         if factory is None:

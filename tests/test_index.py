@@ -292,6 +292,28 @@ def test_l2_normalize_copies():
     assert b is not a and b.dtype == np.float32
 
 
+def test_l2_normalize_in_place_only_when_asked_and_possible():
+    a = np.array([[3.0, 4.0]], np.float32)
+    assert l2_normalize(a, inplace=True) is a
+    np.testing.assert_allclose(a, [[0.6, 0.8]])
+    ro = np.array([[3.0, 4.0]], np.float32)
+    ro.flags.writeable = False                               # e.g. a view on an Arrow buffer: never written
+    assert l2_normalize(ro, inplace=True) is not ro and ro[0, 0] == 3.0
+    f64 = np.array([[3.0, 4.0]])
+    assert l2_normalize(f64, inplace=True) is not f64 and f64[0, 0] == 3.0
+
+
+def test_build_without_copy_is_the_same_index():
+    x, ids, q = small(300)
+    a = VectorIndex.build(x.copy(), ids, "HNSW16,Flat")
+    mine = (x * 3.0).astype(np.float32)                      # unnormalised: the build normalises it in place
+    b = VectorIndex.build(mine, ids, "HNSW16,Flat", copy=False)
+    np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, rtol=1e-5)
+    (da, ia), (db, ib) = a.search(q, 5), b.search(q, 5)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_allclose(da, db, rtol=1e-5)
+
+
 def test_wrong_dim_rejected():
     x, ids, q = small(100)
     idx = VectorIndex.build(x, ids, "Flat")
