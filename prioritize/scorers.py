@@ -19,6 +19,7 @@ Scorers register by name with :func:`register_scorer` and are built from a confi
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -29,6 +30,8 @@ import pyarrow as pa
 from raretarget.vocab.variants import IMPACT_TERMS, impact_of, is_plp, normalize_clinvar  # noqa: F401
 
 from .knowledge import KnowledgeBase
+
+log = logging.getLogger(__name__)
 
 SCORERS: dict[str, type["Scorer"]] = {}
 
@@ -332,15 +335,24 @@ class Phenotype(PhenotypeIC):
     role = "relevance"
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, coef: Mapping[str, float] | None = None,
-                 unannotated: float = 0.0, **params: Any):
+                 unannotated: float = 0.0, residual: str | None = None, **params: Any):
         super().__init__(kb, weight, method="blend", **params)
-        from .phenomodel import FEATURES
+        from .phenomodel import FEATURES, Residual
 
         self.coef = {k: float(v) for k, v in (coef or {"res_gene": 1.0}).items()}
         unknown = set(self.coef) - set(FEATURES)
         if unknown:
             raise KeyError(f"unknown phenotype features {sorted(unknown)}; known: {list(FEATURES)}")
         self.unannotated_offset = float(unannotated)
+        # "default": the packaged network fitted with the shipped coefficients; a path: that file; None: linear only
+        self.residual = (residual if isinstance(residual, Residual) or residual is None
+                         else Residual.load(None if residual == "default" else residual))
+        fitted_with = (self.residual.meta.get("coef") if self.residual is not None else None)
+        if fitted_with is not None and {k: float(v) for k, v in fitted_with.items()} != self.coef:
+            # the network was fitted jointly with its linear part: next to other coefficients it would be noise
+            log.warning("phenotype: coefficients differ from those the residual network was fitted with; "
+                        "the network is not used (set phenotype.residual: null to silence this)")
+            self.residual = None
 
     def features(self, observed: list[int], excluded: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
         """(features ``{name: [G]}`` over KB genes, best disease per gene ``[G]`` (−1 none), Resnik parts)."""
@@ -353,11 +365,13 @@ class Phenotype(PhenotypeIC):
         ``unannotated``)."""
         from .phenomodel import PhenotypeModel
 
-        z = PhenotypeModel.logit(feats, self.coef)
+        z = PhenotypeModel.logit(feats, self.coef, self.residual)
         blank = {k: np.array([0.0]) for k in feats}
         blank["lrf_obs"] = blank["lrf_all"] = blank["lrb_obs"] = blank["lrb_all"] = blank["pseudo"] = np.array(
             [feats["pseudo"].min() if len(feats["pseudo"]) else 0.0])
-        z0 = float(PhenotypeModel.logit(blank, self.coef)[0]) + (self.unannotated_offset if offset is None else offset)
+        blank["background"] = np.array([float(np.median(feats["background"]))])   # what an unlisted gene takes
+        z0 = float(PhenotypeModel.logit(blank, self.coef, self.residual)[0]) + (
+            self.unannotated_offset if offset is None else offset)
         none = self.kb.n_gene_terms == 0
         z = np.where(none, z0, z)
         return z, z0

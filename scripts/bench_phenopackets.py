@@ -380,6 +380,44 @@ def fit_conditional_logit(X: list[np.ndarray], y: list[int], l2: float = 1e-3, f
     return w.detach().numpy() / sd
 
 
+def fit_residual(X: list[np.ndarray], y: list[int], w: np.ndarray, hidden: int = 32, steps: int = 600,
+                 wd: float = 1e-3, batch: int = 256, lr: float = 3e-3, seed: int = 0):
+    """Jointly fit the linear coefficients and a :class:`~raretarget.prioritize.phenomodel.Residual` network
+    (``hidden`` tanh units) by the same listwise loss as :func:`fit_conditional_logit` (softmax over each case's
+    genes), minibatches of ``batch`` cases, Adam, ``wd`` L2 on the network; starts at the linear solution ``w``
+    with the network's output near zero. Returns (linear coefficients ``[K]`` in raw feature units, Residual)."""
+    import torch
+
+    from raretarget.prioritize.phenomodel import Residual
+
+    torch.manual_seed(seed)
+    allx = np.concatenate(X)
+    mu, sd = allx.mean(0), allx.std(0) + 1e-9
+    del allx
+    K = len(mu)
+    xa = torch.tensor(np.stack([((x - mu) / sd).astype(np.float32) for x in X]))
+    ya = torch.tensor(y)
+    lin = torch.nn.Linear(K, 1, bias=False)
+    net = torch.nn.Sequential(torch.nn.Linear(K, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(w * sd, dtype=torch.float32)[None])
+        net[2].weight.mul_(0.01)
+    opt = torch.optim.Adam([*lin.parameters(), *net.parameters()], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(ya), generator=g)[:batch]
+        xb = xa[idx]
+        z = (lin(xb) + net(xb)).squeeze(-1)
+        loss = torch.nn.functional.cross_entropy(z, ya[idx]) + wd * sum((p ** 2).sum() for p in net.parameters())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    coef = lin.weight.detach().double().numpy()[0] / sd
+    res = Residual(FEATURES, mu, sd, net[0].weight.detach().double().numpy(), net[0].bias.detach().double().numpy(),
+                   net[2].weight.detach().double().numpy()[0], float(net[2].bias.detach()[0]))
+    return coef, res
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -390,6 +428,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fit-cases", type=int, default=1500)
     ap.add_argument("--vcf-cases", type=int, default=400, help="report cases for phenotype + VCF (each run twice)")
     ap.add_argument("--vcf-fit-cases", type=int, default=600)
+    ap.add_argument("--residual-hidden", type=int, default=32, help="with --fit: hidden units of the phenotype "
+                    "logit's residual network (0: linear only)")
+    ap.add_argument("--residual-steps", type=int, default=600)
+    ap.add_argument("--residual-out", default=str(ROOT / "raretarget" / "data" / "phenotype_residual.json"),
+                    help="with --fit: where the fitted residual network is written (default: the packaged file)")
     ap.add_argument("--time-cases", type=int, default=20, help="cases timed through Engine.rank_targets(vcf=...)")
     ap.add_argument("--phenomizer-cases", type=int, default=0,
                     help="also run Phenomizer through pyhpo's batch_set_similarity on the first N report cases")
@@ -424,14 +467,29 @@ def main(argv: list[str] | None = None) -> None:
             if not obs or not gi:
                 continue
             feats, _, _ = ph.features(obs, exc)
-            X.append(np.stack([feats[k] for k in FEATURES], 1))
+            X.append(np.stack([feats[k] for k in FEATURES], 1).astype(np.float32))
             y.append(gi[0])
         w = fit_conditional_logit(X, y)
+        residual = None
+        if a.residual_hidden:
+            t1 = time.time()
+            w, res = fit_residual(X, y, w, hidden=a.residual_hidden, steps=a.residual_steps, seed=a.seed)
+            res.meta = {"fitted_by": "scripts/bench_phenopackets.py --fit", "fit_cases": len(X),
+                        "coef": {k: round(float(v), 4) for k, v in zip(FEATURES, w)},   # its linear part
+                        "split": "fit half of the phenopacket-store dev cohorts (cohorts sharing a gene or disease "
+                                 "kept together)", "hidden": a.residual_hidden, "steps": a.residual_steps,
+                        "seed": a.seed, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+            Path(a.residual_out).write_text(res.to_json() + "\n")
+            residual = a.residual_out
+            print(f"residual network ({a.residual_hidden} units) fitted in {time.time() - t1:.0f}s -> "
+                  f"{a.residual_out}", file=sys.stderr, flush=True)
+        del X
         coef = {k: round(float(v), 4) for k, v in zip(FEATURES, w)}
-        print(f"phenotype coefficients fitted on {len(X)} fit cases: {coef}", file=sys.stderr, flush=True)
+        print(f"phenotype coefficients fitted on {len(y)} fit cases: {coef}", file=sys.stderr, flush=True)
         cfg["phenotype"]["coef"] = coef
+        cfg["phenotype"]["residual"] = residual
         # variant weights and the unannotated offset, with the phenotype logit fixed
-        P_fit = Prioritizer(kb, {"phenotype": {"coef": coef, "unannotated": 0.0}})
+        P_fit = Prioritizer(kb, {"phenotype": {"coef": coef, "unannotated": 0.0, "residual": residual}})
         P_var = Prioritizer(kb, {"phenotype": 0, "phenotype_ic": 0, "knowledge": 0, "druggability": 0,
                                  "variant": {"weight": 1.0, "log_weight": 0.0}})
         Xv, yv, Fv = [], [], []
@@ -456,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
                                "clinvar_weight": round(float(wv[3]), 3),
                                "unannotated_weight": round(float(wv[4]), 3)})
         cfg["phenotype"]["unannotated"] = round(float(wv[2]), 3)
-        fitted = {"n_fit_phenotype": len(X), "n_fit_vcf": len(Xv), "phenotype": cfg["phenotype"],
+        fitted = {"n_fit_phenotype": len(y), "n_fit_vcf": len(Xv), "phenotype": cfg["phenotype"],
                   "variant": {k: cfg["variant"][k] for k in ("weight", "log_weight", "clinvar_weight",
                                                                    "unannotated_weight")}}
         print("fitted (paste into conf/prioritize/default.yaml):\n" + json.dumps(fitted, indent=1), file=sys.stderr,

@@ -266,3 +266,57 @@ def test_packaged_background_is_the_computed_one_and_marks_generic_genes(kb):
     small = compute_background(kb, coef, n_queries=300, seed=1)
     ref = np.array([packed[g] for g in kb.genes])
     assert np.corrcoef(small, ref)[0, 1] > 0.8
+
+
+def test_residual_network_is_what_it_says_and_round_trips(tmp_path):
+    """:class:`Residual` computes ``w2 · tanh(W1 · (f − μ)/σ + b1) + b2`` per gene; JSON round trip; shape and
+    feature-name checks."""
+    from raretarget.prioritize.phenomodel import Residual
+
+    rng = np.random.default_rng(0)
+    K, H, G = len(FEATURES), 4, 7
+    r = Residual(FEATURES, rng.normal(size=K), rng.uniform(1, 2, K), rng.normal(size=(H, K)), rng.normal(size=H),
+                 rng.normal(size=H), 0.5, meta={"fit_cases": 3})
+    feats = {k: rng.normal(size=G) for k in FEATURES}
+    x = np.stack([feats[k] for k in FEATURES], 1)
+    want = np.array([r.w2 @ np.tanh(r.W1 @ ((x[g] - r.mu) / r.sd) + r.b1) + 0.5 for g in range(G)])
+    np.testing.assert_allclose(r(feats), want, rtol=1e-12)
+    coef = {"res_gene": 2.0}
+    np.testing.assert_allclose(PhenotypeModel.logit(feats, coef, r), 2.0 * feats["res_gene"] + want)
+    p = tmp_path / "r.json"
+    p.write_text(r.to_json())
+    back = Residual.load(p)
+    np.testing.assert_allclose(back(feats), want, atol=1e-4)
+    assert back.meta == {"fit_cases": 3} and back.features == FEATURES
+    with pytest.raises(KeyError, match="unknown phenotype features"):
+        Residual(["nope"], [0], [1], [[1]], [0], [1], 0)
+    with pytest.raises(ValueError, match="shapes"):
+        Residual(FEATURES, np.zeros(K), np.ones(K), np.zeros((H, K - 1)), np.zeros(H), np.zeros(H), 0)
+
+
+def test_packaged_residual_is_used_by_default_and_changes_the_order(kb, caplog):
+    """The shipped config names the packaged network (fitted on the fit half, its provenance in ``meta``); the
+    default ranking's phenotype logit is the linear one plus that network, and turning it off changes the logit."""
+    from raretarget.prioritize import default_config
+    from raretarget.prioritize.phenomodel import Residual
+    from raretarget.prioritize.scorers import Phenotype
+
+    cfg = default_config()["phenotype"]
+    assert cfg["residual"] == "default"
+    packaged = Residual.load()
+    assert packaged.features == FEATURES and packaged.meta["fit_cases"] > 1000
+    on = Phenotype(kb, coef=cfg["coef"], residual="default")
+    off = Phenotype(kb, coef=cfg["coef"], residual=None)
+    obs, _ = kb.resolve_terms(SETS[1])
+    feats, _, _ = on.features(obs, [])
+    z_on, _ = on.kb_logit(feats)
+    z_off, _ = off.kb_logit(feats)
+    annotated = kb.n_gene_terms > 0
+    np.testing.assert_allclose(z_on[annotated] - z_off[annotated], packaged(feats)[annotated], rtol=1e-9)
+    assert np.ptp(packaged(feats)[annotated]) > 0.1          # it does something, gene by gene
+    # it belongs to the shipped linear part: the YAML's coefficients are those it was fitted with ...
+    assert {k: float(v) for k, v in packaged.meta["coef"].items()} == on.coef
+    # ... and next to other coefficients it is not used (with a warning), rather than silently mixed in
+    with caplog.at_level("WARNING", logger="raretarget.prioritize.scorers"):
+        other = Phenotype(kb, coef={**cfg["coef"], "exact_frac": 1.0}, residual="default")
+    assert other.residual is None and "residual network" in caplog.text
