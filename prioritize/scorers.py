@@ -324,8 +324,10 @@ class PhenotypeIC(Scorer):
 class Phenotype(PhenotypeIC):
     """Phenotype relevance from the fitted log-linear model of :mod:`raretarget.prioritize.phenomodel`.
 
-    ``logit[g] = Σ_k coef_k · feature_k[g]`` over the features of :class:`PhenotypeModel` (disease-level
-    likelihood ratios with annotation frequencies, exact-match coverage, hypergeometric enrichment, Resnik);
+    ``logit[g] = Σ_k coef_k · feature_k[g] + residual(features[g])`` over the features of :class:`PhenotypeModel`
+    (disease-level likelihood ratios with annotation frequencies, exact-match coverage, hypergeometric enrichment,
+    Resnik; ``residual``: the fitted :class:`~raretarget.prioritize.phenomodel.Residual` network, "default" the
+    packaged one, used only next to the coefficients it was fitted with);
     genes the KB does not annotate (e.g. genes only seen in a VCF) get the features of a gene without
     annotations plus ``unannotated`` (a logit offset, fitted; applied only when a variant table is given). The column shows the phenotype-only posterior
     ``softmax(logit)`` over the ranked genes (sums to 1), the evidence the matched terms (as ``phenotype_ic``),

@@ -1,4 +1,5 @@
-"""What machine a benchmark ran on (for benchmarks/RESULTS.md rows). Reads /proc only when called."""
+"""The machine a process runs on: what it is (for benchmarks/RESULTS.md rows; reads /proc only when called) and
+handing freed memory back to it (:func:`release_memory`)."""
 
 from __future__ import annotations
 
