@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 TINY = {"encoders.text.backbone": "tiny", "model.embed_dim": 32, "batch_size": 64, "model.knowledge.steps": 0,
         "eval_untrained": False}
@@ -57,7 +58,15 @@ def _queries(cohort: Path, n: int = 100) -> list[list[str]]:
     return [qs[i % len(qs)] for i in range(n)]
 
 
-def stage(name: str, work: Path, n: int, steps: int) -> dict:
+def _train_overrides(encoders: str, steps: int, knowledge_steps: int) -> dict:
+    """``tiny``: the tiny text tower, 32-d (the pipeline, not MiniLM, is timed); ``default``: the config's encoders
+    (MiniLM frozen, its ``embed_dim``, the device ``auto`` picks), the knowledge phase cut to ``knowledge_steps``."""
+    base = dict(TINY) if encoders == "tiny" else {"model.knowledge.steps": knowledge_steps, "eval_untrained": False}
+    return {**base, "trainer.max_steps": steps, "trainer.max_epochs": 1000}
+
+
+def stage(name: str, work: Path, n: int, steps: int, encoders: str = "tiny", ingest_workers: int = 1,
+          knowledge_steps: int = 0) -> dict:
     from raretarget import Engine
 
     cohort, night, store = work / "cohort", work / "night", work / "store"
@@ -75,10 +84,10 @@ def stage(name: str, work: Path, n: int, steps: int) -> dict:
         if name == "ingest_ray":          # the same key as the one-process store: the stores can be compared
             shutil.copyfile(Path(f"{store}.links") / "secret.key", eng.store.links / "secret.key")
             eng = Engine.open(dst)
-        rep = eng.ingest(inputs, ray=name == "ingest_ray")
+        rep = eng.ingest(inputs, ray=name == "ingest_ray", workers=1 if name == "ingest_ray" else ingest_workers)
         out.update(records=rep.records, files=rep.files, quarantined=rep.quarantined)
     elif name == "train":
-        info = Engine.open(store).train(**TINY, **{"trainer.max_steps": steps, "trainer.max_epochs": 1000})
+        info = Engine.open(store).train(**_train_overrides(encoders, steps, knowledge_steps))
         out["model_version"] = info.get("model_version")
     elif name in ("embed", "embed_ray"):
         dst = store
@@ -121,6 +130,11 @@ def stage(name: str, work: Path, n: int, steps: int) -> dict:
         out.update(published=log.get("published"), patients_changed=log.get("counts", {}).get("patients_changed"))
     else:
         raise SystemExit(f"unknown stage {name}")
+    if "torch" in sys.modules:                    # the stage's GPU peak, where it used one
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+            out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
 
@@ -135,10 +149,12 @@ def _same_store(work: Path) -> bool:
 
 
 # ---- driver ----------------------------------------------------------------------------------------------
-def run_stage(name: str, work: Path, n: int, steps: int, log: Path) -> dict:
-    """Run one stage in a fresh interpreter; seconds (wall), CPU seconds and peak RSS from wait4."""
+def run_stage(name: str, work: Path, n: int, steps: int, log: Path, extra: Sequence[str] = ()) -> dict:
+    """Run one stage in a fresh interpreter; seconds (wall), CPU seconds and peak RSS from wait4. ``extra``: the
+    driver's ``--encoders / --ingest-workers / --knowledge-steps`` passed on."""
     res = work / f"{name}.json"
-    cmd = [sys.executable, __file__, "--stage", name, "--work", str(work), "--n", str(n), "--steps", str(steps)]
+    cmd = [sys.executable, __file__, "--stage", name, "--work", str(work), "--n", str(n), "--steps", str(steps),
+           *extra]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
     t, load0 = time.perf_counter(), os.getloadavg()[0]
     with open(log, "a") as lf:
@@ -255,6 +271,15 @@ def _growth(rows: list[dict]) -> list[str]:
     return out
 
 
+def _gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
@@ -262,6 +287,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="training step budget (trainer.max_steps)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("scale")))
     ap.add_argument("--workdir", default=None, help="where cohorts and stores go (default: a temp dir, removed)")
+    ap.add_argument("--encoders", choices=["tiny", "default"], default="tiny",
+                    help="tiny: 32-d tiny text tower (CPU runs); default: the config's encoders on the auto device")
+    ap.add_argument("--knowledge-steps", type=int, default=100, help="knowledge phase steps with --encoders default")
+    ap.add_argument("--ingest-workers", type=int, default=1, help="Engine.ingest(workers=)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -273,7 +302,7 @@ def main() -> None:
 
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         work = Path(a.work)
-        out = stage(a.stage, work, a.n, a.steps)
+        out = stage(a.stage, work, a.n, a.steps, a.encoders, a.ingest_workers, a.knowledge_steps)
         if a.stage == "embed_ray":
             out["ingest_same_store"] = _same_store(work)
         (work / f"{a.stage}.json").write_text(json.dumps(out))
@@ -282,6 +311,8 @@ def main() -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     base = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench_scale-"))
     rows: list[dict] = []
+    extra = ["--encoders", a.encoders, "--ingest-workers", str(a.ingest_workers),
+             "--knowledge-steps", str(a.knowledge_steps)]
     t0 = time.perf_counter()
     try:
         for n in a.sizes:
@@ -289,11 +320,11 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             for s in STAGES:                   # the Ray stages right after index (before the night changes the store)
-                r = run_stage(s, work, n, a.steps, outdir / "scale.log")
+                r = run_stage(s, work, n, a.steps, outdir / "scale.log", extra)
                 rows.append(r)
                 if s == "index" and n == a.ray_size:
-                    rows.append(run_stage("ingest_ray", work, n, a.steps, outdir / "scale.log"))
-                    rows.append(run_stage("embed_ray", work, n, a.steps, outdir / "scale.log"))
+                    rows.append(run_stage("ingest_ray", work, n, a.steps, outdir / "scale.log", extra))
+                    rows.append(run_stage("embed_ray", work, n, a.steps, outdir / "scale.log", extra))
                 (outdir / "scale.partial.json").write_text(json.dumps(rows, indent=1) + "\n")
                 if r["rc"]:
                     break
@@ -307,6 +338,7 @@ def main() -> None:
                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                        f"Python {platform.python_version()}",
             "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
+            "gpu": _gpu_name(), "encoders": a.encoders, "ingest_workers": a.ingest_workers,
             "steps": a.steps, "total_seconds": round(time.perf_counter() - t0, 1)}
     (outdir / "scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     (outdir / "scale.md").write_text(f"{meta['machine']}; {meta['date']}; `{meta['command']}`\n\n{_table(rows)}\n")
