@@ -291,6 +291,8 @@ def main() -> None:
                     help="tiny: 32-d tiny text tower (CPU runs); default: the config's encoders on the auto device")
     ap.add_argument("--knowledge-steps", type=int, default=100, help="knowledge phase steps with --encoders default")
     ap.add_argument("--ingest-workers", type=int, default=1, help="Engine.ingest(workers=)")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES,
+                    help="run only these stages, in pipeline order (e.g. the GPU ones on a machine without faiss)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -319,7 +321,7 @@ def main() -> None:
             work = base / f"n{n}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            for s in STAGES:                   # the Ray stages right after index (before the night changes the store)
+            for s in [s for s in STAGES if s in a.stages]:   # the Ray stages right after index (before the night changes the store)
                 r = run_stage(s, work, n, a.steps, outdir / "scale.log", extra)
                 rows.append(r)
                 if s == "index" and n == a.ray_size:
