@@ -85,6 +85,31 @@ class Generations:
         (memory: one batch)."""
         yield from embedding_delta.iter_batches(self.emb_dir / model_version, modality, columns, batch_rows)
 
+    def read_vectors(self, model_version: str, modality: str, batch_rows: int = 8_192
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors ``[n, D]`` float32, record ids ``[n]`` int64) of one modality — the rows and order of
+        :meth:`read_embeddings` — streamed batch by batch into arrays allocated once for the modality's row count
+        (memory: the two arrays and one batch of ``batch_rows``; reading the whole table first and converting it
+        held the table, its combined chunks and the copy at once: the index build's peak at 100k patients)."""
+        n = self.embedding_counts(model_version).get(modality, 0)
+        vecs: np.ndarray | None = None
+        ids = np.empty(n, np.int64)
+        pos = 0
+        for t in self.iter_embeddings(model_version, modality, ["record_id", "vector"], batch_rows):
+            v = vectors_of(t)
+            if vecs is None:
+                vecs = np.empty((n, v.shape[1]), np.float32)
+            if pos + len(v) > len(vecs):          # more rows than counted (never expected): grow, don't fail
+                vecs = np.concatenate([vecs[:pos], np.empty((pos + len(v) - len(vecs), v.shape[1]), np.float32)])
+                ids = np.concatenate([ids[:pos], np.empty(len(vecs) - pos, np.int64)])
+            vecs[pos:pos + len(v)] = v
+            ids[pos:pos + len(v)] = t.column("record_id").to_numpy()
+            pos += len(v)
+            del t, v
+        if vecs is None:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        return (vecs, ids) if pos == len(vecs) else (vecs[:pos].copy(), ids[:pos].copy())
+
     def embedding_counts(self, model_version: str | None) -> dict[str, int]:
         if not model_version:
             return {}
@@ -119,12 +144,9 @@ class Generations:
         for modality in self.embedding_counts(model_version):
             if modalities and modality not in modalities:
                 continue
-            t = self.read_embeddings(model_version, modality, ["record_id", "vector"])
-            if t.num_rows == 0:
+            vecs, ids = self.read_vectors(model_version, modality)   # our own arrays, filled batch by batch
+            if len(ids) == 0:
                 continue
-            vecs = np.array(vectors_of(t))  # our own copy: the table's pages can go before the index grows
-            ids = t.column("record_id").to_numpy()
-            del t
             release_memory()
             idx = VectorIndex.build(vecs, ids, factory=factory, copy=False,
                                     meta={"model_version": model_version, "modality": modality})

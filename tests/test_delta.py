@@ -69,6 +69,12 @@ def test_delta_write_read_equals_full_rewrite(tmp_path):
     # streamed in small batches: the same rows in the same order (base first, then each night's upserts)
     streamed = pa.concat_tables(list(g.iter_embeddings(VER, "note", batch_rows=7)))
     assert streamed.equals(got) and max(t.num_rows for t in g.iter_embeddings(VER, "note", batch_rows=7)) <= 7
+    # the index build's arrays, filled batch by batch: the same vectors and ids in the same order
+    vecs, rids = g.read_vectors(VER, "note", batch_rows=7)
+    assert vecs.dtype == np.float32 and vecs.shape == (got.num_rows, D) and vecs.flags.c_contiguous
+    np.testing.assert_array_equal(rids, got.column("record_id").to_numpy())
+    np.testing.assert_array_equal(vecs, vectors_of(got))
+    assert g.read_vectors(VER, "gene")[0].shape[0] == 0                  # a modality with no rows
     # the same rows written as one file: what a full rewrite gives
     full = tmp_path / "full"
     Generations(full).write_embeddings(VER, "note", got)
