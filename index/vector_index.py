@@ -170,6 +170,65 @@ def auto_factory(n: int, d: int, memory: str = "normal") -> str:
     return f"IVF{nlist},PQ{m}"
 
 
+class _LiveIds:
+    """id → row of an index's live vectors (rows matter in "tomb" mode only).
+
+    Kept as two int64 arrays (16 bytes a vector) as long as the index is only built, loaded, searched and saved;
+    the first change or look-up by id turns it into a dict. A dict of Python ints costs ~100 bytes a vector and
+    fragments the heap: at 100k vectors a modality that was ~11 MB per index, held by every built or loaded
+    index (the index build's peak and the searcher's, ``benchmarks/RESULTS.md``).
+    """
+
+    __slots__ = ("_ids", "_rows", "_d")
+
+    def __init__(self, ids: np.ndarray | None = None, rows: np.ndarray | None = None):
+        self._ids = np.zeros(0, np.int64) if ids is None else np.ascontiguousarray(ids, np.int64)
+        self._rows = (np.zeros(len(self._ids), np.int64) if rows is None
+                      else np.ascontiguousarray(rows, np.int64))
+        self._d: dict[int, int] | None = None
+
+    def _dict(self) -> dict[int, int]:
+        if self._d is None:
+            self._d = dict(zip(self._ids.tolist(), self._rows.tolist()))
+            self._ids = self._rows = None
+        return self._d
+
+    def __len__(self) -> int:
+        return len(self._d) if self._d is not None else len(self._ids)
+
+    def __contains__(self, id_: int) -> bool:
+        return bool(self.contains(np.array([id_], np.int64))[0])
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """``[n]`` bool: which of ``ids`` (int64) are live."""
+        if self._d is not None:
+            d = self._d
+            return np.fromiter((i in d for i in ids.tolist()), bool, len(ids))
+        return np.isin(ids, self._ids)
+
+    def ids(self) -> np.ndarray:
+        """Live ids, int64, unsorted."""
+        return self._ids.copy() if self._d is None else np.fromiter(self._d.keys(), np.int64, len(self._d))
+
+    def rows(self) -> np.ndarray:
+        """Rows of the live ids, int64, in :meth:`ids` order."""
+        return self._rows.copy() if self._d is None else np.fromiter(self._d.values(), np.int64, len(self._d))
+
+    def add(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Add ids that are not live (the caller removed those that were)."""
+        if self._d is None:
+            if len(self._ids) == 0:
+                self._ids, self._rows = np.array(ids, np.int64), np.array(rows, np.int64)
+            else:
+                self._ids = np.concatenate([self._ids, np.asarray(ids, np.int64)])
+                self._rows = np.concatenate([self._rows, np.asarray(rows, np.int64)])
+        else:
+            self._d.update(zip(np.asarray(ids).tolist(), np.asarray(rows).tolist()))
+
+    def pop(self, id_: int) -> int:
+        return self._dict().pop(id_)
+
+
 def _fsync_dir(path: Path) -> None:
     from raretarget.store.io import fsync_dir     # one implementation of the durability step
 
@@ -303,7 +362,7 @@ class VectorIndex:
             faiss.downcast_index(base).do_polysemous_training = False
         self.lossless = self.mode != "ivf" and isinstance(base, (faiss.IndexFlat, faiss.IndexHNSWFlat))
         self._store = None if self.lossless else _SideStore(self.dim)
-        self._live: dict[int, int] = {}      # id -> row (rows meaningful in "tomb" mode only)
+        self._live = _LiveIds()              # id -> row (rows meaningful in "tomb" mode only)
         self._dead: set[int] = set()         # tombstoned rows ("tomb" mode)
         self._row_ids_cache: np.ndarray | None = None
         self._gpu = None                     # lazily made GPU copy, dropped on mutation
@@ -406,7 +465,7 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         """Live ids, int64, sorted ascending."""
-        return np.sort(np.fromiter(self._live.keys(), np.int64, len(self._live)))
+        return np.sort(self._live.ids())
 
     @property
     def n_tombstones(self) -> int:
@@ -439,15 +498,13 @@ class VectorIndex:
         if len(ids64) == 0:
             return
         self._writable()
-        existing = [i for i in ids64.tolist() if i in self._live]
+        existing = ids64[self._live.contains(ids64)].tolist()
         if existing:
             self._remove_existing(existing)
         row0 = self._index.ntotal
         self._index.add_with_ids(xn, ids64)
-        if self.mode == "tomb":
-            self._live.update(zip(ids64.tolist(), range(row0, row0 + len(ids64))))
-        else:
-            self._live.update(dict.fromkeys(ids64.tolist(), 0))
+        self._live.add(ids64, np.arange(row0, row0 + len(ids64), dtype=np.int64) if self.mode == "tomb"
+                       else np.zeros(len(ids64), np.int64))
         if self._store is not None:
             self._store.upsert(ids64, xn)
         self._row_ids_cache = None
@@ -457,7 +514,7 @@ class VectorIndex:
     def remove(self, ids: Any) -> int:
         """Remove ``ids`` (int64); unknown ids are ignored. Returns how many were removed."""
         ids64 = _as_ids(ids)
-        present = list(dict.fromkeys(i for i in ids64.tolist() if i in self._live))
+        present = list(dict.fromkeys(ids64[self._live.contains(ids64)].tolist()))
         if present:
             self._writable()
             self._remove_existing(present)
@@ -476,7 +533,7 @@ class VectorIndex:
             if n != len(present):
                 raise RuntimeError(f"faiss removed {n} vectors, expected {len(present)}")
             for i in present:
-                del self._live[i]
+                self._live.pop(i)
         if self._store is not None:
             self._store.delete(present)
         self._row_ids_cache = None
@@ -496,7 +553,7 @@ class VectorIndex:
         allv = inner.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
         row_ids = self._row_ids()
         if self.mode == "tomb":
-            rows = np.sort(np.fromiter(self._live.values(), np.int64, len(self._live)))
+            rows = np.sort(self._live.rows())
             return row_ids[rows], allv[rows]
         return row_ids.copy(), allv
 
@@ -752,9 +809,9 @@ class VectorIndex:
             row_ids = self._row_ids()
             alive = np.ones(len(row_ids), bool); alive[dead] = False
             rows = np.flatnonzero(alive)
-            self._live = dict(zip(row_ids[rows].tolist(), rows.tolist()))
+            self._live = _LiveIds(row_ids[rows], rows)
         else:
-            self._live = dict.fromkeys(np.load(path / "ids.npy").tolist(), 0)
+            self._live = _LiveIds(np.load(path / "ids.npy"))
         if man.get("vectors_kept"):
             self._store = _SideStore(self.dim, np.load(path / "vectors.npy", mmap_mode="r" if mmap else None),
                                      np.load(path / "vector_ids.npy"))

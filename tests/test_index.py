@@ -386,3 +386,34 @@ def test_side_store_lookup_vectorised_matches_dict():
         assert o == (p is not None)
         np.testing.assert_array_equal(v, st.vecs[p] if p is not None else np.zeros(4, np.float32))
     assert not _SideStore(4).lookup(np.array([[1, 2]]))[1].any()
+
+
+@pytest.mark.parametrize("fac", ["Flat", "HNSW32,Flat"])
+def test_id_map_stays_compact_until_changed_and_answers_the_same(tmp_path, fac):
+    """A built or loaded index keeps its id → row map as int64 arrays (16 bytes a vector, not a dict of Python ints:
+    the index build's and the searcher's peak memory); membership, updates and removals give the same answers
+    before and after it turns into a dict on the first change."""
+    from raretarget.index.vector_index import _LiveIds
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    ids = BASE + rng.permutation(10_000)[:300].astype(np.int64)
+    idx = VectorIndex.build(x, ids, factory=fac)
+    assert idx._live._d is None                                   # compact after a build
+    idx.save(tmp_path / "i")
+    got = VectorIndex.load(tmp_path / "i")
+    assert got._live._d is None and len(got) == 300               # and after a load
+    np.testing.assert_array_equal(got.ids(), np.sort(ids))
+    assert int(ids[5]) in got and BASE - 1 not in got and got._live._d is None   # look-ups do not expand it
+    # an update (id present) and a removal: the dict form from then on, same answers
+    got.add(x[:1] * -1, ids[:1])
+    assert got.remove(ids[1:3]) == 2 and len(got) == 298 and int(ids[1]) not in got and int(ids[0]) in got
+    d, i = got.search(-x[:1], 1)
+    assert i[0, 0] == ids[0]
+    # the map itself
+    m = _LiveIds(np.array([7, 3, 9]), np.array([0, 1, 2]))
+    assert len(m) == 3 and 3 in m and 4 not in m
+    np.testing.assert_array_equal(m.contains(np.array([9, 4, 7])), [True, False, True])
+    m.add(np.array([11]), np.array([3]))
+    assert m.pop(3) == 1 and m._d is not None and sorted(m.ids().tolist()) == [7, 9, 11]
+    np.testing.assert_array_equal(m.contains(np.array([9, 3])), [True, False])
