@@ -82,6 +82,9 @@ def test_auto_factory_and_caller_array_not_mutated(data20k):
     np.testing.assert_array_equal(q, q0)
     assert auto_factory(10_000, 384) == "Flat"
     assert auto_factory(200_000, 384) == "HNSW32,Flat"
+    # the exact-search bound is on the work a query (n·d), not on n: 49k × 256 exact, 60k × 256 not, 300k × 32 exact
+    assert auto_factory(49_000, 256) == "Flat" and auto_factory(60_000, 256) == "HNSW32,Flat"
+    assert auto_factory(300_000, 32) == "Flat" and auto_factory(500_000, 32) == "HNSW32,Flat"
     assert auto_factory(1_000_000, 256) == "IVF4000,SQ8"        # SQ8 + exact re-rank (bench_index.py)
     assert auto_factory(4_000_000, 384) == "IVF8000,SQ8"
     assert auto_factory(4_000_000, 384, memory="low") == "IVF8000,PQ96"
