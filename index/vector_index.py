@@ -182,9 +182,8 @@ class _LiveIds:
 
     Kept as two int64 arrays (16 bytes a vector) while ids are only added, looked up, searched, saved and loaded;
     the first removal (or replacement of a live id) turns it into a dict, where popping one id is O(1). A dict of
-    Python ints costs ~100 bytes a vector and
-    fragments the heap: at 100k vectors a modality that was ~11 MB per index, held by every built or loaded
-    index (the index build's peak and the searcher's, ``benchmarks/RESULTS.md``).
+    Python ints costs ~100 bytes a vector and fragments the heap: at 100k vectors a modality that was ~11 MB per
+    index, held by every built or loaded index (the index build's peak and the searcher's, ``benchmarks/RESULTS.md``).
     """
 
     __slots__ = ("_ids", "_rows", "_d")
