@@ -410,11 +410,16 @@ class PhenotypeModel:
         if not M.nnz:
             return out, arg
         vals = per_disease[M.indices]
-        row = np.repeat(np.arange(G), np.diff(M.indptr))
-        order = np.lexsort((-vals, row))
-        ne = np.diff(M.indptr) > 0
-        top = order[M.indptr[:-1][ne]]
-        out[ne], arg[ne] = vals[top], M.indices[top]
+        counts = np.diff(M.indptr)
+        ne = counts > 0
+        starts = M.indptr[:-1][ne]
+        best = np.maximum.reduceat(vals, starts)            # per gene with diseases: its best value
+        # the first of the gene's diseases (in M's order) that reaches it: a -inf value never wins over another
+        at = np.flatnonzero(vals == np.repeat(best, counts[ne]))
+        row = np.searchsorted(M.indptr, at, side="right") - 1
+        first = np.ones(len(at), bool)
+        first[1:] = row[1:] != row[:-1]
+        out[ne], arg[row[first]] = best, M.indices[at[first]]
         return out, arg
 
     def gene_lr(self, observed: Sequence[int]) -> np.ndarray:

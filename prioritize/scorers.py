@@ -59,6 +59,8 @@ class Query:
     variants: pa.Table | None = None
     extra: dict[str, dict[str, float]] = field(default_factory=dict)
     kb_rows: np.ndarray | None = None         # for each universe gene its KB gene row or -1
+    # values derived from this query that several scorers need (e.g. a gene's matched terms): computed once
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.gene_pos = {g: i for i, g in enumerate(self.genes)}
@@ -193,6 +195,33 @@ def excluded_strength(kb: KnowledgeBase, e: int) -> np.ndarray:
     return has
 
 
+def _best_under(kb: KnowledgeBase, r: int) -> dict[int, int]:
+    """``{ancestor: the gene's most informative annotation under it}`` for KB gene ``r`` (term indices; every
+    ancestor-or-self of the gene's terms; ties: the first in the gene's term order). Evidence only: computed on
+    first use from the CSR rows of ``kb.anc`` as flat arrays (one sparse slice a query term cost ~90 % of a
+    phenotype-only ranking) and kept on the KB — at most one entry per KB gene, like its phenotype model."""
+    cache = kb.__dict__.setdefault("_best_under", {})
+    hit = cache.get(r)
+    if hit is not None:
+        return hit
+    gterms = np.asarray(kb.gene_terms[r], dtype=np.int64)
+    out: dict[int, int] = {}
+    if len(gterms):
+        ip, ix = kb.anc.indptr, kb.anc.indices
+        starts = ip[gterms]
+        lens = ip[gterms + 1] - starts
+        anc = ix[np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))]
+        row = np.repeat(np.arange(len(gterms)), lens)
+        t = gterms[row]
+        o = np.lexsort((row, -kb.ic[t], anc))            # per ancestor: highest IC first, then term order
+        a = anc[o]
+        first = np.ones(len(o), bool)
+        first[1:] = a[1:] != a[:-1]
+        out = dict(zip(a[first].tolist(), t[o][first].tolist()))
+    cache[r] = out
+    return out
+
+
 @register_scorer("phenotype_ic")
 class PhenotypeIC(Scorer):
     """Phenotype match of the query HPO terms to each gene's HPO annotations.
@@ -229,14 +258,21 @@ class PhenotypeIC(Scorer):
         self.penalty = float(penalty)
 
     def parts(self, observed: list[int], excluded: list[int], methods: Sequence[str] | None = None,
-              with_penalty: bool | None = None) -> dict[str, Any]:
+              with_penalty: bool | None = None, memo: dict | None = None) -> dict[str, Any]:
         """The pieces every method is made of, per KB gene ``[G]``: ``query`` (gene-level), ``disease`` (best
         disease; gene-level where the gene has none), ``funSimAvg``, ``blend``; ``pen`` (the excluded-term
         penalty per unit λ), ``strengths`` ``[E, G]``, ``best``/``mica`` ``[Q, G]``, ``best_disease`` ``[G]``
         (-1 = none). ``methods``: which scores to compute (default: this scorer's); ``with_penalty``: compute
-        ``pen`` (default: when λ > 0). Lets a benchmark score several settings from one pass."""
+        ``pen`` (default: when λ > 0). Lets a benchmark score several settings from one pass. ``memo``: a query's
+        :attr:`Query.memo`; the phenotype columns of one query then share one pass (read-only results)."""
         kb = self.kb
         methods = list(methods or [self.method])
+        if {"disease", "blend"} & set(methods):
+            methods += ["disease", "blend"]           # one costs what both cost: compute (and share) both
+        wp = self.penalty > 0 if with_penalty is None else bool(with_penalty)
+        key = ("parts", "funSimAvg" in methods, "disease" in methods, wp, tuple(observed), tuple(excluded))
+        if memo is not None and key in memo:
+            return memo[key]
         best, mica = query_to_genes(kb, observed)
         qic = kb.ic[observed]
         denom = max(float(qic.sum()), 1e-12)
@@ -254,19 +290,21 @@ class PhenotypeIC(Scorer):
             out["blend"] = 0.5 * (q + out["disease"])
         strengths = []
         pen = np.zeros(len(kb.genes))
-        if self.penalty > 0 if with_penalty is None else with_penalty:
+        if wp:
             for e in excluded:
                 strengths.append(excluded_strength(kb, e))
                 pen += kb.ic[e] * strengths[-1] / denom
         out["pen"] = pen
         out["strengths"] = np.array(strengths) if strengths else np.zeros((0, len(kb.genes)))
+        if memo is not None:
+            memo[key] = out
         return out
 
-    def raw(self, observed: list[int], excluded: list[int]
+    def raw(self, observed: list[int], excluded: list[int], memo: dict | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(score ``[G]``, best ``[Q, G]``, mica ``[Q, G]``, excluded strengths ``[E, G]``, best disease index
         per gene ``[G]`` (-1 = none) or None when not scoring diseases)."""
-        p = self.parts(observed, excluded)
+        p = self.parts(observed, excluded, memo=memo)
         score = np.clip(p[self.method] - self.penalty * p["pen"], 0.0, 1.0)
         return score, p["best"], p["mica"], p["strengths"], p["best_disease"]
 
@@ -275,31 +313,44 @@ class PhenotypeIC(Scorer):
         annotation under the common ancestor, that ancestor and its IC; ``exact`` when the query term itself is
         the common ancestor (the gene carries it or a descendant). ``mica``: ``[Q, G]`` from :func:`query_to_genes`."""
         kb = self.kb
-        gterms = kb.gene_terms[r]
+        common = mica[:, r].astype(np.int64)
+        keep = (common >= 0)
+        keep[keep] = kb.ic[common[keep]] > 0
+        if not keep.any():
+            return []
+        best_term = _best_under(kb, r)
         pairs = []
-        for k, qi in enumerate(observed):
-            a = int(mica[k, r])
-            if a < 0 or kb.ic[a] <= 0:
-                continue
-            sub = gterms[np.asarray(kb.anc[gterms, a].todense()).ravel().astype(bool)]
-            t = int(sub[np.argmax(kb.ic[sub])]) if len(sub) else a
-            pairs.append({"query": kb.term_ids[qi], "gene_term": kb.term_ids[t], "common": kb.term_ids[a],
-                          "common_name": kb.name(a), "ic": round(float(kb.ic[a]), 3), "exact": bool(a == qi)})
+        ids = kb.term_ids
+        ks = np.flatnonzero(keep)
+        for k, a, ic in zip(ks.tolist(), common[ks].tolist(), kb.ic[common[ks]].tolist()):
+            qi = observed[k]
+            t = best_term.get(a, a)
+            pairs.append({"query": ids[qi], "gene_term": ids[t], "common": ids[a],
+                          "common_name": kb.name(a), "ic": round(ic, 3), "exact": a == qi})
         pairs.sort(key=lambda p: -p["ic"])
         return pairs
+
+    def matches_memo(self, q: Query, mica: np.ndarray, r: int) -> list[dict]:
+        """:meth:`matches` once a query and gene (``mica`` depends only on the KB and ``q.observed``, so the
+        phenotype columns that show the same matches share them)."""
+        key = ("matches", r)
+        hit = q.memo.get(key)
+        if hit is None:
+            hit = q.memo[key] = self.matches(q.observed, mica, r)
+        return [dict(m) for m in hit]       # callers may edit their copy
 
     def score(self, q: Query) -> Component:
         kb = self.kb
         if not q.observed:
             return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
-        s, best, mica, strengths, best_dis = self.raw(q.observed, q.excluded)
+        s, best, mica, strengths, best_dis = self.raw(q.observed, q.excluded, q.memo)
 
         def evidence(i: int) -> dict:
             r = int(q.kb_rows[i])
             if r < 0 or not len(kb.gene_terms[r]):
                 return {"note": "gene has no HPO phenotype annotations",
                         "score_used": self.unannotated if q.variants is not None else 0.0}
-            ev: dict = {"matches": self.matches(q.observed, mica, r)}
+            ev: dict = {"matches": self.matches_memo(q, mica, r)}
             if best_dis is not None and best_dis[r] >= 0:
                 d = kb.disease_list[int(best_dis[r])]
                 ev["best_disease"] = {"id": d.id, "name": d.name}
@@ -356,9 +407,10 @@ class Phenotype(PhenotypeIC):
                         "the network is not used (set phenotype.residual: null to silence this)")
             self.residual = None
 
-    def features(self, observed: list[int], excluded: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    def features(self, observed: list[int], excluded: list[int], memo: dict | None = None
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
         """(features ``{name: [G]}`` over KB genes, best disease per gene ``[G]`` (−1 none), Resnik parts)."""
-        p = self.parts(observed, excluded, methods=["query", "disease"], with_penalty=False)
+        p = self.parts(observed, excluded, methods=["query", "disease"], with_penalty=False, memo=memo)
         feats, best = self.kb.phenotype_model().features(observed, excluded, p)
         return feats, best, p
 
@@ -382,7 +434,7 @@ class Phenotype(PhenotypeIC):
         kb = self.kb
         if not q.observed:
             return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
-        feats, best_dis, parts = self.features(q.observed, q.excluded)
+        feats, best_dis, parts = self.features(q.observed, q.excluded, q.memo)
         # an unknown phenotype is a prior only among a patient's variant genes; for a phenotype-only (or cohort)
         # question a gene without annotations has no phenotype support
         z_kb, z0 = self.kb_logit(feats, None if q.variants is not None else 0.0)
@@ -396,7 +448,7 @@ class Phenotype(PhenotypeIC):
             r = int(q.kb_rows[i])
             if r < 0 or not len(kb.gene_terms[r]):
                 return {"note": "gene has no HPO phenotype annotations", "logit": round(float(z[i]), 3)}
-            ev: dict = {"matches": self.matches(q.observed, mica, r), "logit": round(float(z[i]), 3)}
+            ev: dict = {"matches": self.matches_memo(q, mica, r), "logit": round(float(z[i]), 3)}
             if best_dis[r] >= 0:
                 d = model.diseases[int(best_dis[r])]
                 ev["best_disease"] = {"id": d.id, "name": d.name}

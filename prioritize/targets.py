@@ -120,7 +120,12 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
     table = _rank(kb, obs, exc, variants, weights, extra, k)
     if evidence_extra or notes:
         ev = []
+        # rows past the evidence limit hold "{}": their new evidence is one constant (k=None ranks ~5k genes)
+        plain = json.dumps({"query_notes": notes} if notes else {}, default=str)
         for g, e in zip(table.column("gene").to_pylist(), table.column("evidence").to_pylist()):
+            if (not e or e == "{}") and g not in evidence_extra:
+                ev.append(plain)
+                continue
             d = json.loads(e) if e else {}
             if g in evidence_extra:
                 d["cohort"] = evidence_extra[g]

@@ -175,6 +175,12 @@ def review(engine, hypothesis_id: str, gene: str, verdict: str, note: str = "", 
 # ---- ranking with verdicts ------------------------------------------------------------------------------
 def apply_verdicts(table: pa.Table, latest: dict[str, dict], k: int | None, hid: str) -> pa.Table:
     """Add ``verdict``; rejected genes below all others (ranks renumbered), top ``k`` unrejected kept."""
+    if not latest:                      # no verdict yet (the common case): same rows, an empty verdict column
+        out = table.slice(0, k) if k is not None else table
+        out = out.append_column("verdict", pa.nulls(out.num_rows, pa.string()))
+        meta = dict(out.schema.metadata or {})
+        meta[b"hypothesis_id"] = hid.encode()
+        return out.replace_schema_metadata(meta)
     genes = table.column("gene").to_pylist()
     v = [latest[g]["verdict"] if g in latest else None for g in genes]
     keep = [i for i, x in enumerate(v) if x != "rejected"]

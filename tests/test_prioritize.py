@@ -87,6 +87,34 @@ def test_tiny_phenotype_ranking_and_excluded(tiny):
     assert ev1["query"] == A1 and ev1["gene_term"] == A1
 
 
+def test_matched_terms_are_the_genes_most_informative_term_under_the_common_ancestor(tiny):
+    """Each match names the query term, the common ancestor with the gene (its MICA) and the gene's most
+    informative annotation under that ancestor: checked by brute force over every gene and several queries."""
+    kb = tiny
+    ic = dict(zip(kb.term_ids, kb.ic))
+    P = Prioritizer(kb)
+    sc = next(s for s in P.scorers if s.name == "phenotype_ic")
+    for query in ([A1, B1, C], [A2], [B, A1], [C, A, B1]):
+        idx, _ = kb.resolve_terms(query)
+        _, mica = query_to_genes(kb, idx)
+        for g, ann in GENES.items():
+            r = kb.gene_index[g]
+            got = sc.matches(idx, mica, r)
+            shared = {q: [a for a in ancestors(q) if any(a in ancestors(t) for t in ann)] for q in query}
+            assert sorted(m["query"] for m in got) == sorted(q for q in query
+                                                             if max((ic[a] for a in shared[q]), default=0) > 0)
+            for m in got:
+                q, common, t = m["query"], m["common"], m["gene_term"]
+                assert common in shared[q] and ic[common] == max(ic[a] for a in shared[q])      # a MICA
+                under = [x for x in ann if common in ancestors(x)]
+                assert t in under and ic[t] == max(ic[x] for x in under), (g, q)
+                assert m["exact"] == (common == q)
+            assert [m["ic"] for m in got] == sorted((m["ic"] for m in got), reverse=True)
+    # shared by the two phenotype columns of one ranking: the same matches in both
+    ev = json.loads(rank_genes([A1, B1], kb=kb).to_pylist()[0]["evidence"])
+    assert ev["phenotype"]["matches"] == ev["phenotype_ic"]["matches"]
+
+
 def test_disease_level_phenotype_scores_the_best_disease_not_the_union():
     """A pleiotropic gene whose two diseases each explain half of the query must rank below a gene with one
     disease that explains all of it; gene-level (union) scoring ties them. Genes without diseases fall back."""
