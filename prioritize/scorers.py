@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raretarget.vocab.variants import IMPACT_TERMS, impact_of, is_plp, normalize_clinvar  # noqa: F401
 
@@ -64,6 +65,13 @@ class Query:
 
     def __post_init__(self) -> None:
         self.gene_pos = {g: i for i, g in enumerate(self.genes)}
+
+    def gene_array(self) -> pa.Array:
+        """``genes`` as an Arrow string array (for vectorised lookups; built once)."""
+        a = self.memo.get("gene_array")
+        if a is None:
+            a = self.memo["gene_array"] = pa.array(self.genes, pa.string())
+        return a
 
 
 @dataclass
@@ -603,13 +611,15 @@ def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: 
     return max(s, c) if c is not None else s
 
 
-def rarity(af: float | None, rare: float = 1e-4, common: float = 0.05) -> float:
-    """1 for AF ≤ ``rare`` (or unknown AF), 0 for AF ≥ ``common``, log-linear in between."""
-    if af is None or (isinstance(af, float) and math.isnan(af)) or af <= rare:
-        return 1.0
-    if af >= common:
-        return 0.0
-    return float((math.log10(common) - math.log10(af)) / (math.log10(common) - math.log10(rare)))
+def rarity(af, rare: float = 1e-4, common: float = 0.05):
+    """1 for AF ≤ ``rare`` (or unknown AF: None / NaN), 0 for AF ≥ ``common``, log-linear in between. ``af``: a
+    number or None → float; or an array ``[n]`` (NaN = unknown) → ``[n]``."""
+    if af is None or np.isscalar(af):
+        return float(rarity(np.array([np.nan if af is None else af], dtype=float), rare, common)[0])
+    a = np.asarray(af, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mid = (np.log10(common) - np.log10(a)) / (np.log10(common) - np.log10(rare))
+    return np.where(np.isnan(a) | (a <= rare), 1.0, np.where(a >= common, 0.0, mid))
 
 
 @register_scorer("variant")
@@ -646,6 +656,8 @@ class Variant(Scorer):
         self.clinvar_weight = float(clinvar_weight)
         self.known_fit = float(known_fit)
         self.unannotated_weight = float(unannotated_weight)
+        self._bits_genes = pa.array(list(kb.inheritance), pa.string())
+        self._bits_val = np.array([self._mode_bits(m) for m in kb.inheritance.values()] + [0], np.int64)
 
     def gene_fit(self, gene: str, alleles: list[tuple[float, str]]) -> tuple[float, str]:
         """Best (score, mode) for the gene given ``[(v, zygosity)]``."""
@@ -670,64 +682,107 @@ class Variant(Scorer):
             fits.append((self.unknown_mode * v1, "unknown"))
         return max(fits)
 
+    @staticmethod
+    def _mode_bits(modes) -> int:
+        """Which of :meth:`gene_fit`'s rules apply to a gene with inheritance ``modes``: 1 AR, 2 X-linked
+        recessive, 4 dominant-like (AD, XLD, somatic, MT, Y-linked, digenic); 0 none (unknown mode)."""
+        bits = 0
+        for m in modes:
+            bits |= 1 if m == "AR" else 2 if m in ("XLR", "XL") else 4 if m in _DOMINANT_LIKE else 0
+        return bits
+
+    def allele_scores(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+        """Per row of a variant table: allele score ``v = pathogenicity × rarity`` ``[n]``, homozygous /
+        hemizygous ``[n]`` bool, ClinVar P/LP ``[n]`` bool, gene code ``[n]`` (−1: no gene), and the genes the
+        codes name (an Arrow string array). Each distinct annotation (ClinVar, impact, consequence, REVEL, CADD,
+        SpliceAI) is scored once by the scalar rule (:func:`variant_pathogenicity`): an exome has ~22k rows but a
+        few hundred distinct annotations; AF by :func:`rarity` over the array."""
+        n = t.num_rows
+        cols = set(t.column_names)
+
+        def codes(name: str) -> tuple[np.ndarray, pa.Array]:
+            if name not in cols or n == 0:
+                return np.full(n, -1, np.int64), pa.array([], pa.string())
+            d = t.column(name).combine_chunks().dictionary_encode()
+            return pc.fill_null(d.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), d.dictionary
+
+        ann = [codes(c) for c in ("clinvar", "impact", "consequence", "revel", "cadd_phred", "spliceai")]
+        key, bound = np.zeros(n, np.int64), 1
+        for idx, vals in ann:                  # one id per distinct annotation tuple (mixed radix, kept < 2^62)
+            if bound * (len(vals) + 1) >= 1 << 62:
+                key = np.unique(key, return_inverse=True)[1].astype(np.int64).reshape(-1)
+                bound = int(key.max()) + 1 if n else 1
+            key, bound = key * (len(vals) + 1) + (idx + 1), bound * (len(vals) + 1)
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        values = [vals.to_pylist() for _, vals in ann]
+        path = np.array([variant_pathogenicity(*[(vl[idx[k]] if idx[k] >= 0 else None)
+                                                 for (idx, _), vl in zip(ann, values)]) for k in first.tolist()],
+                        dtype=float)
+        v = path[inv.reshape(-1)] if n else np.zeros(0)
+        if "af" in cols and n:
+            af = pc.fill_null(t.column("af").combine_chunks().cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+            v = v * rarity(af)
+        z_idx, z_vals = codes("zygosity")
+        hom = np.array([z in ("hom_alt", "hom", "hemi") for z in z_vals.to_pylist()] + [False], bool)[z_idx]
+        cv_idx = ann[0][0]
+        plp = np.array([bool(c) and is_plp(c) for c in values[0]] + [False], bool)[cv_idx]
+        g_idx, g_vals = codes("gene")
+        g_ok = np.append(pc.fill_null(pc.not_equal(g_vals, ""), False).to_numpy(zero_copy_only=False), False)
+        g_idx = np.where(g_ok[g_idx], g_idx, -1)
+        return v, hom, plp, g_idx, g_vals
+
     def score(self, q: Query) -> Component:
         t = q.variants
         if t is None:
             return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
-        cols = set(t.column_names)
-
-        def col(n: str) -> list:
-            return t.column(n).to_pylist() if n in cols else [None] * t.num_rows
-
-        genes, csq, imp, cv, zyg, af = (col(c) for c in ("gene", "consequence", "impact", "clinvar", "zygosity", "af"))
-        rv, cd, sa = col("revel"), col("cadd_phred"), col("spliceai")       # null / absent without VEP plugins
-        hgvsc, hgvsp = col("hgvsc"), col("hgvsp")
-        per_gene: dict[str, list[tuple[float, str, int]]] = {}
-        plp: set[str] = set()
-        # an exome has ~22k rows but a few hundred distinct annotation triples and AF values: score each once
-        path_of: dict[tuple, float] = {}
-        plp_of: dict[str | None, bool] = {}
-        rare_of: dict[float | None, float] = {}
-        for k in range(t.num_rows):
-            g = genes[k]
-            if not g:
-                continue
-            key = (cv[k], imp[k], csq[k], rv[k], cd[k], sa[k])
-            p = path_of.get(key)
-            if p is None:
-                p = path_of[key] = variant_pathogenicity(*key)
-            a = af[k]
-            r = rare_of.get(a)
-            if r is None:
-                r = rare_of[a] = rarity(a)
-            per_gene.setdefault(g, []).append((p * r, zyg[k] or "het", k))
-            isp = plp_of.get(cv[k])
-            if isp is None:               # the project's one P/LP predicate (not conflicting, not benign)
-                isp = plp_of[cv[k]] = bool(cv[k]) and is_plp(cv[k])
-            if isp:
-                plp.add(g)
+        v, hom, plp_row, g_idx, g_vals = self.allele_scores(t)
+        rows = np.flatnonzero(g_idx >= 0)
+        # rows grouped by gene, best allele first (ties: file order, as a stable sort by score would give)
+        order = rows[np.lexsort((rows, -v[rows], g_idx[rows]))]
+        gcode = g_idx[order]
+        starts = np.flatnonzero(np.r_[True, gcode[1:] != gcode[:-1]]) if len(order) else np.zeros(0, np.int64)
+        ends = np.r_[starts[1:], len(order)].astype(np.int64)
+        vs = v[order]
         s = np.zeros(len(q.genes))
         known = np.zeros(len(q.genes))
-        modes: dict[int, str] = {}
-        for g, al in per_gene.items():
-            i = q.gene_pos.get(g)
-            if i is None:
-                continue
-            s[i], modes[i] = self.gene_fit(g, [(v, z) for v, z, _ in al])
-            known[i] = float(g in plp and s[i] >= self.known_fit)
+        span: dict[int, tuple[int, int]] = {}           # universe position → its rows in ``order``
+        if len(starts):
+            v1 = vs[starts]
+            v2 = np.where(ends - starts >= 2, vs[np.minimum(starts + 1, len(vs) - 1)], 0.0)
+            hom1 = np.maximum.reduceat(np.where(hom[order], vs, 0.0), starts)
+            het1 = np.maximum.reduceat(np.where(hom[order], 0.0, vs), starts)
+            anyplp = np.maximum.reduceat(plp_row[order].astype(np.int8), starts) > 0
+            genes = g_vals.take(pa.array(gcode[starts]))
+            # inheritance rules and universe position by Arrow lookups (an exome names ~11k genes)
+            bi = pc.index_in(genes, value_set=self._bits_genes)
+            bits = np.where(pc.is_valid(bi).to_numpy(zero_copy_only=False),
+                            self._bits_val[pc.fill_null(bi, 0).to_numpy(zero_copy_only=False)], 0)
+            # gene_fit, per gene at once: the best fit over the gene's inheritance modes
+            fit = np.full(len(genes), -np.inf)
+            fit = np.where(bits & 1, np.maximum(fit, np.maximum.reduce([hom1, v2, self.carrier * v1])), fit)
+            fit = np.where(bits & 2, np.maximum(fit, np.maximum(hom1, 0.5 * het1)), fit)
+            fit = np.where(bits & 4, np.maximum(fit, v1), fit)
+            fit = np.where(bits == 0, self.unknown_mode * v1, fit)
+            pos = pc.fill_null(pc.index_in(genes, value_set=q.gene_array()), -1).to_numpy(
+                zero_copy_only=False).astype(np.int64)
+            m = pos >= 0
+            s[pos[m]] = fit[m]
+            known[pos[m]] = (anyplp[m] & (fit[m] >= self.known_fit)).astype(float)
+            span = dict(zip(pos[m].tolist(), zip(starts[m].tolist(), ends[m].tolist())))
+        shown = t.select([c for c in _EVIDENCE_FIELDS if c in t.column_names])
 
         def evidence(i: int) -> dict:
-            al = per_gene.get(q.genes[i])
-            if not al:
+            se = span.get(i)
+            if se is None:
                 return {}
+            al = order[se[0]:se[1]]
+            _, mode = self.gene_fit(q.genes[i], list(zip(v[al].tolist(), np.where(hom[al], "hom_alt", "het").tolist())))
             vs = []
-            for v, z, k in sorted(al, key=lambda a: -a[0])[:5]:
-                vs.append({k2: x for k2, x in (("hgvsc", hgvsc[k]), ("hgvsp", hgvsp[k]), ("consequence", csq[k]),
-                                                ("impact", imp[k]), ("clinvar", cv[k]), ("revel", rv[k]),
-                                                ("cadd_phred", cd[k]), ("spliceai", sa[k]), ("zygosity", z),
-                                                ("af", af[k]), ("allele_score", round(v, 3))) if x is not None})
-            return {"variants": vs, "fit": modes.get(i, ""),
-                    "inheritance": sorted(self.kb.inheritance.get(q.genes[i], ()))}
+            for r, x in zip(shown.take(pa.array(al[:5])).to_pylist(), v[al[:5]].tolist()):
+                r["zygosity"] = r.get("zygosity") or "het"
+                r["allele_score"] = round(x, 3)
+                vs.append({c: r.get(c) for c in (*_EVIDENCE_FIELDS, "allele_score") if r.get(c) is not None})
+            return {"variants": vs, "fit": mode, "inheritance": sorted(self.kb.inheritance.get(q.genes[i], ()))}
 
         unann = np.ones(len(q.genes))
         m = q.kb_rows >= 0
@@ -735,6 +790,11 @@ class Variant(Scorer):
         logit = self.weight * s + (self.log_weight * np.log(s + self.floor) if self.log_weight else 0.0) \
             + self.clinvar_weight * known + self.unannotated_weight * unann * s
         return Component(self.name, s, evidence, role=self.role, logit=logit, features={"known": known, "unannotated": unann})
+
+
+_DOMINANT_LIKE = frozenset({"AD", "XLD", "SOMATIC", "MT", "YL", "DIGENIC"})
+_EVIDENCE_FIELDS = ("hgvsc", "hgvsp", "consequence", "impact", "clinvar", "revel", "cadd_phred", "spliceai",
+                    "zygosity", "af")
 
 
 # ---------------------------------------------------------------------------------------------- placeholders

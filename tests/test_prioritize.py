@@ -205,6 +205,45 @@ def test_variant_zygosity_vs_inheritance(tiny):
     assert ev["variants"][0]["clinvar"] == "pathogenic" and ev["fit"] == "AD"
 
 
+def test_variant_column_is_the_per_allele_rule_fitted_per_gene(tiny):
+    """The variant scorer works over whole columns; every gene's score must still be the documented per-allele
+    rule (pathogenicity × rarity) fitted to the gene's inheritance by ``gene_fit``, row by row."""
+    from raretarget.prioritize.scorers import rarity, variant_pathogenicity
+
+    kb = KnowledgeBase(TERMS, GENES, phenotype_root="HP:0000118")
+    kb.inheritance.update({"G3": {"XLR"}, "G4": {"AR", "AD"}, "G5": {"SEMIDOMINANT"}})   # every rule, and none
+    P = Prioritizer(kb, {"phenotype_ic": 0, "knowledge": 0, "druggability": 0,
+                         "variant": {"weight": 1.0, "clinvar_weight": 3.0}})
+    V = next(sc for sc in P.scorers if sc.name == "variant")
+    rng = np.random.default_rng(7)
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    rows = [{"gene": pick(["G1", "G2", "G3", "G4", "G5", "NOVEL1", "", None]),
+             "clinvar": pick(["pathogenic", "Likely_pathogenic", "benign", "uncertain_significance",
+                              "Conflicting_classifications_of_pathogenicity", None]),
+             "impact": pick(["HIGH", "MODERATE", "LOW", "MODIFIER", None]),
+             "consequence": pick(["stop_gained", "missense_variant", "synonymous_variant", None]),
+             "revel": pick([None, 0.1, 0.9]), "af": pick([None, 1e-6, 3e-4, 0.01, 0.2, float("nan")]),
+             "zygosity": pick(["het", "hom_alt", "hemi", None])} for _ in range(300)]
+    t = _variants(rows)
+    q, _ = P.query(variants=t)
+    comp = V.score(q)
+    per: dict[str, list] = {}
+    for r in rows:
+        if r["gene"]:
+            v = variant_pathogenicity(r["clinvar"], r["impact"], r["consequence"], r["revel"]) * rarity(r["af"])
+            per.setdefault(r["gene"], []).append((v, r["zygosity"] or "het", r["clinvar"]))
+    assert set(per) == {"G1", "G2", "G3", "G4", "G5", "NOVEL1"}
+    for g, al in per.items():
+        want, mode = V.gene_fit(g, [(v, z) for v, z, _ in al])
+        i = q.gene_pos[g]
+        assert comp.scores[i] == pytest.approx(want, abs=1e-12), g
+        plp = any(c in ("pathogenic", "Likely_pathogenic") for _, _, c in al)
+        assert comp.features["known"][i] == float(plp and want >= V.known_fit), g
+        ev = comp.evidence(i)
+        assert ev["fit"] == mode and len(ev["variants"]) == min(5, len(al))
+        assert [x["allele_score"] for x in ev["variants"]] == sorted((round(v, 3) for v, _, _ in al), reverse=True)[:5]
+
+
 def test_rank_table_schema_and_combination(tiny):
     """relevance = softmax of the summed relevance logits; priority = relevance·(1 + β·tractability), with
     tractability the weighted mean of druggability and knowledge; the table is ordered by priority."""
