@@ -203,33 +203,6 @@ def excluded_strength(kb: KnowledgeBase, e: int) -> np.ndarray:
     return has
 
 
-def _best_under(kb: KnowledgeBase, r: int) -> dict[int, int]:
-    """``{ancestor: the gene's most informative annotation under it}`` for KB gene ``r`` (term indices; every
-    ancestor-or-self of the gene's terms; ties: the first in the gene's term order). Evidence only: computed on
-    first use from the CSR rows of ``kb.anc`` as flat arrays (one sparse slice a query term cost ~90 % of a
-    phenotype-only ranking) and kept on the KB — at most one entry per KB gene, like its phenotype model."""
-    cache = kb.__dict__.setdefault("_best_under", {})
-    hit = cache.get(r)
-    if hit is not None:
-        return hit
-    gterms = np.asarray(kb.gene_terms[r], dtype=np.int64)
-    out: dict[int, int] = {}
-    if len(gterms):
-        ip, ix = kb.anc.indptr, kb.anc.indices
-        starts = ip[gterms]
-        lens = ip[gterms + 1] - starts
-        anc = ix[np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))]
-        row = np.repeat(np.arange(len(gterms)), lens)
-        t = gterms[row]
-        o = np.lexsort((row, -kb.ic[t], anc))            # per ancestor: highest IC first, then term order
-        a = anc[o]
-        first = np.ones(len(o), bool)
-        first[1:] = a[1:] != a[:-1]
-        out = dict(zip(a[first].tolist(), t[o][first].tolist()))
-    cache[r] = out
-    return out
-
-
 @register_scorer("phenotype_ic")
 class PhenotypeIC(Scorer):
     """Phenotype match of the query HPO terms to each gene's HPO annotations.
@@ -326,7 +299,7 @@ class PhenotypeIC(Scorer):
         keep[keep] = kb.ic[common[keep]] > 0
         if not keep.any():
             return []
-        best_term = _best_under(kb, r)
+        best_term = kb.best_term_under(r)
         pairs = []
         ids = kb.term_ids
         ks = np.flatnonzero(keep)
