@@ -653,8 +653,12 @@ class _Reader:
         revel, cadd_phred, spliceai); the predictions are those of the picked entry (None when absent)."""
         idx = self._pick_idx.get(id(fmt))
         if idx is None or idx[0] is not fmt:
-            idx = self._pick_idx[id(fmt)] = (fmt, *_pick_indices(fmt, f_allele, f_cons, f_imp, f_sym, f_hc, f_hp, vep))
-        _, ia, ic, ii, isy, ihc, ihp, inum, ican, imane, iaf, icl, irv, icd, isp = idx
+            ix = _pick_indices(fmt, f_allele, f_cons, f_imp, f_sym, f_hc, f_hp, vep)
+            # the fields that choose an entry come first in VEP/snpEff formats: an entry is split only up to the
+            # last of them (a VEP --everything entry has ~80 fields), the picked entry in full below
+            sel = max(i for i in (*ix[:4], *ix[6:9], 0) if i is not None) + 1
+            idx = self._pick_idx[id(fmt)] = (fmt, *ix, sel)
+        _, ia, ic, ii, isy, ihc, ihp, inum, ican, imane, iaf, icl, irv, icd, isp, sel = idx
         if len(alts) == 1 and inum is None:
             amap = _ONE_ALT                 # one alt allele: every entry is its (see below: k None → 0)
         else:
@@ -663,11 +667,12 @@ class _Reader:
         best: list = [None] * nalt          # (key, fields, term)
         best_sym: list = [None] * nalt      # most severe entry with a gene symbol
         nfmt = len(fmt)
+        crank = _cons_rank
         for entry in text.split(","):
-            f = entry.split("|")
-            nf = len(f)
+            nf = entry.count("|") + 1
             if vep and nf > nfmt:                       # more fields than the header names: misaligned
                 raise _BadAnnotation()
+            f = entry.split("|", sel)
             k = None
             if inum is not None and inum < nf and f[inum].isdigit():
                 k = int(f[inum]) - 1
@@ -681,7 +686,7 @@ class _Reader:
             if not 0 <= k < nalt:
                 continue
             cons = f[ic] if ic is not None and ic < nf else ""
-            rt = _cons_rank.get(cons)
+            rt = crank.get(cons)
             if rt is None:
                 rt = _consequence_rank(cons)
             rank, term = rt
@@ -692,24 +697,24 @@ class _Reader:
             key = (rank, not mane, not canon)
             b = best[k]
             if b is None or key < b[0]:
-                best[k] = (key, f, term)
+                best[k] = (key, entry, term)
             sym = f[isy] if isy is not None and isy < nf else ""
             if sym:
                 bs = best_sym[k]
                 if bs is None or key < bs[0]:
-                    best_sym[k] = (key, f, term)
+                    best_sym[k] = (key, entry, term)
         out = []
         for k in range(nalt):
             b = best[k]
             if b is None:
                 out.append(None)
                 continue
-            _, f, term = b
+            _, entry, term = b
+            f = entry.split("|")
             nf = len(f)
             sym = (f[isy] or None) if isy is not None and isy < nf else None
             if not sym and best_sym[k] is not None:
-                sf = best_sym[k][1]
-                sym = sf[isy]
+                sym = best_sym[k][1].split("|")[isy]
             impact = ((f[ii] or None) if ii is not None and ii < nf else None) or (TERM_IMPACT.get(term) if term else None)
             hc = (f[ihc] or None) if ihc is not None and ihc < nf else None
             hp = (f[ihp] or None) if ihp is not None and ihp < nf else None

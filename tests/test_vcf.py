@@ -489,3 +489,34 @@ def test_read_variants_bcf_equals_text_for_each_sample(tmp_path):
             got = []
         assert got == want, si
     assert any(V.read_variants(bcf, sample=si, require_gene=False)[0].num_rows for si in range(3))
+
+
+def test_wide_vep_entries_the_picked_entry_gives_its_late_fields(tmp_path):
+    """VEP --everything entries have ~80 fields; an entry is chosen on its first fields (allele, consequence,
+    impact, symbol, canonical / MANE) and the chosen one's later fields (AF, ClinVar, REVEL) are read, not the
+    first entry's; an entry with more fields than the header names is still a misaligned annotation."""
+    fmt = (["Allele", "Consequence", "IMPACT", "SYMBOL", "Gene", "Feature", "HGVSc", "HGVSp", "CANONICAL", "MANE_SELECT"]
+           + [f"X{i}" for i in range(40)] + ["gnomADe_AF", "CLIN_SIG", "REVEL_score"])
+
+    def entry(**kw) -> str:
+        return "|".join(kw.get(k, "") for k in fmt)
+
+    intron = entry(Allele="T", Consequence="intron_variant", IMPACT="MODIFIER", SYMBOL="FBN1", gnomADe_AF="0.2",
+                   CLIN_SIG="benign", REVEL_score="0.01")
+    missense = entry(Allele="T", Consequence="missense_variant", IMPACT="MODERATE", SYMBOL="FBN1",
+                     HGVSp="p.(Cys1117Tyr)", CANONICAL="YES", gnomADe_AF="1e-05", CLIN_SIG="likely_pathogenic",
+                     REVEL_score="0.93")
+    head = ["##fileformat=VCFv4.2", "##contig=<ID=15>",
+            '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+            '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. Format: '
+            + "|".join(fmt) + '">', "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1"]
+    body = [f"15\t48700000\t.\tC\tT\t50\tPASS\tCSQ={intron},{missense},{intron}\tGT\t0/1",
+            f"15\t48700100\t.\tC\tT\t50\tPASS\tCSQ={intron}|extra\tGT\t0/1"]
+    p = tmp_path / "wide.vcf"
+    p.write_text("\n".join(head + body) + "\n")
+    t, pr = V.read_variants(p)
+    [r] = t.to_pylist()
+    assert (r["gene"], r["consequence"], r["impact"], r["hgvsp"]) == ("FBN1", "missense_variant", "MODERATE",
+                                                                       "p.(Cys1117Tyr)")
+    assert r["af"] == pytest.approx(1e-5) and r["clinvar"] == "likely_pathogenic" and r["revel"] == pytest.approx(0.93)
+    assert pr.codes() == {"vcf_bad_annotation": 1}
