@@ -139,9 +139,9 @@ class Prioritizer:
 
     def rank(self, phenotypes: Sequence[str] = (), excluded: Sequence[str] = (), variants: pa.Table | None = None,
              extra_components: Mapping[str, Mapping[str, float]] | None = None, top: int | None = None,
-             evidence_limit: int | None = 200) -> pa.Table:
+             evidence_limit: int | None = 200, evidence_genes: Sequence[str] = ()) -> pa.Table:
         """See :func:`rank_genes`. ``evidence_limit``: evidence is built for the first N rows only (the rest get
-        ``{}``; ``None`` = all rows)."""
+        ``{}``; ``None`` = all rows) and for the rows of ``evidence_genes`` wherever they rank (``explain``)."""
         q, notes = self.query(phenotypes, excluded, variants, extra_components)
         comps = self.components(q)
         weights = {s.name: s.weight for s in self.scorers}
@@ -177,7 +177,7 @@ class Prioritizer:
             cols[c.name] = pa.array(np.where(c.present, c.scores[order], np.nan), pa.float64())
         ev = []
         for n, i in enumerate(order):
-            if evidence_limit is not None and n >= evidence_limit:
+            if evidence_limit is not None and n >= evidence_limit and q.genes[i] not in evidence_genes:
                 ev.append("{}")
                 continue
             d = {c.name: c.evidence(int(i)) for c in comps if c.present}
@@ -196,7 +196,7 @@ class Prioritizer:
 def rank_genes(phenotypes: Sequence[str], excluded: Sequence[str] = (), variants: pa.Table | None = None,
                weights: Mapping[str, Any] | None = None,
                extra_components: Mapping[str, Mapping[str, float]] | None = None, top: int | None = None, *,
-               kb: KnowledgeBase, evidence_limit: int | None = 200) -> pa.Table:
+               kb: KnowledgeBase, evidence_limit: int | None = 200, evidence_genes: Sequence[str] = ()) -> pa.Table:
     """Rank all genes of ``kb`` (plus genes named in ``variants`` / ``extra_components``) for one query.
 
     phenotypes / excluded: HPO ids observed / explicitly absent (obsolete ids are mapped via ``replaced_by``;
@@ -218,4 +218,4 @@ def rank_genes(phenotypes: Sequence[str], excluded: Sequence[str] = (), variants
     P = cache.get(key)
     if P is None:
         P = cache[key] = Prioritizer(kb, weights)
-    return P.rank(phenotypes, excluded, variants, extra_components, top, evidence_limit)
+    return P.rank(phenotypes, excluded, variants, extra_components, top, evidence_limit, evidence_genes)

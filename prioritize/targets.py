@@ -82,10 +82,13 @@ def _cases(engine, text, obs, max_cases: int = 50, index=None) -> list[str]:
 def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] | None = None,
                  excluded: Sequence[str] = (), phenopacket=None, patients: Sequence[str] | None = None,
                  patient: str | None = None, vcf=None, k: int | None = 50, weights=None,
-                 sample: str | int | None = None, build: str | None = None) -> pa.Table:
+                 sample: str | int | None = None, build: str | None = None, evidence_genes: Sequence[str] = ()
+                 ) -> pa.Table:
     """See :meth:`raretarget.Engine.rank_targets`. ``vcf``: the index case's VCF/BCF, read without a store
     (:func:`read_case_vcf`; ``sample``: which sample column of a multi-sample file, default the first, said in
-    the notes; ``build``: GRCh37/GRCh38 for genes by position when the header does not say)."""
+    the notes; ``build``: GRCh37/GRCh38 for genes by position when the header does not say).
+    ``evidence_genes``: genes whose evidence is built wherever they rank (the first 200 rows always have theirs;
+    :func:`explain` asks for its gene)."""
     obs, exc, text, notes = resolve_query(engine, query, phenotypes, excluded, phenopacket)
     if not obs and text is None:
         dropped = ", ".join(f"{t} ({why})" for t, why in notes.items() if "skipped" in why)
@@ -117,7 +120,7 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
         notes.update(vnotes)
     elif patient is not None:
         variants = engine.sql("select * from variants where patient_id = ?", [patient])
-    table = _rank(kb, obs, exc, variants, weights, extra, k)
+    table = _rank(kb, obs, exc, variants, weights, extra, k, evidence_genes)
     if evidence_extra or notes:
         ev = []
         # rows past the evidence limit hold "{}": their new evidence is one constant (k=None ranks ~5k genes)
@@ -155,15 +158,16 @@ def read_case_vcf(engine, vcf, *, sample=None, build=None) -> tuple[pa.Table, di
     return table, notes
 
 
-def _rank(kb, obs, exc, variants, weights, extra, k):
+def _rank(kb, obs, exc, variants, weights, extra, k, evidence_genes=()):
     from .rank import rank_genes
 
-    return rank_genes(obs, exc, variants=variants, weights=weights, extra_components=extra or None, top=k, kb=kb)
+    return rank_genes(obs, exc, variants=variants, weights=weights, extra_components=extra or None, top=k, kb=kb,
+                      evidence_genes=evidence_genes)
 
 
 def explain(engine, gene: str, **query) -> dict:
     """The evidence behind one gene's row for a query, down to source records."""
-    t = rank_targets(engine, k=None, **query)
+    t = rank_targets(engine, k=None, evidence_genes=(gene,), **query)
     hit = t.filter(pa.compute.equal(t.column("gene"), gene))
     if hit.num_rows == 0:
         raise ValueError(f"gene {gene!r} is not ranked for this query")

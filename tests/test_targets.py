@@ -150,3 +150,16 @@ def test_unknown_terms_are_noted_in_the_ranking_never_a_silent_empty_one(empty_e
     assert json.loads(t.column("evidence")[0].as_py())["query_notes"]["HP:9999999"] == "unknown HPO id, skipped"
     with pytest.raises(ValueError, match="give a query.*HP:9999999"):
         empty_engine.rank_targets(phenotypes=["HP:9999999"])
+
+
+def test_explain_gives_the_evidence_of_a_gene_ranked_past_the_evidence_rows(empty_engine):
+    """A ranking builds evidence for its first 200 rows; explaining a gene ranked far below must still show why it
+    ranks there (its phenotype matches and its variants), not an empty row."""
+    eng = empty_engine
+    terms = _gene_terms("FBN1")
+    t = eng.rank_targets(phenotypes=terms, vcf=VCF_DATA / "old_symbols_two_samples.vcf", k=None)
+    far = next(r for r in t.to_pylist()[300:] if r["gene"] == "BRCA1" or r["rank"] == 400)
+    assert set(json.loads(far["evidence"])) <= {"query_notes"}        # past the evidence rows: nothing built
+    ex = eng.explain(far["gene"], phenotypes=terms, vcf=VCF_DATA / "old_symbols_two_samples.vcf")
+    assert ex["rank"] == far["rank"] and "phenotype" in ex["evidence"]
+    assert "logit" in ex["evidence"]["phenotype"]
