@@ -500,10 +500,15 @@ class Druggability(Scorer):
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, **params: Any):
         super().__init__(kb, weight, **params)
         self._by_gene = {g: druggability_score(r) for g, r in kb.druggability.items()}
+        self._kb = np.array([self._by_gene.get(g, 0.0) for g in kb.genes])     # the KB genes lead every universe
 
     def score(self, q: Query) -> Component:
         kb = self.kb
-        s = np.array([self._by_gene.get(g, 0.0) for g in q.genes])
+        n = len(self._kb)
+        if q.genes[:n] == list(kb.genes):
+            s = np.concatenate([self._kb, [self._by_gene.get(g, 0.0) for g in q.genes[n:]]])
+        else:
+            s = np.array([self._by_gene.get(g, 0.0) for g in q.genes])
 
         def evidence(i: int) -> dict:
             r = kb.druggability.get(q.genes[i])
