@@ -705,6 +705,7 @@ class Variant(Scorer):
         cv_idx = ann[0][0]
         plp = np.array([bool(c) and is_plp(c) for c in values[0]] + [False], bool)[cv_idx]
         g_idx, g_vals = codes("gene")
+        g_vals = g_vals.cast(pa.string())      # a store query may hand large_string / string_view: one type to look up
         g_ok = np.append(pc.fill_null(pc.not_equal(g_vals, ""), False).to_numpy(zero_copy_only=False), False)
         g_idx = np.where(g_ok[g_idx], g_idx, -1)
         return v, hom, plp, g_idx, g_vals
