@@ -13,9 +13,12 @@ the case's causal gene as a rare missense, written with its ``write_vcf`` (VEP C
 * ``per_case_s``: mean / median / max over all cases in one warm Engine (KB built), and ``read_s``: the VCF read alone
   (:func:`raretarget.ingest.vcf.read_variants`, gene table already loaded);
 * ``phenotype_only_per_case_s``: the same queries without the VCF;
-* ``--no-csq``: the same VCFs with the CSQ field removed and real GRCh38 positions (genes by position).
+* ``--no-csq``: the same VCFs with the CSQ field removed and real GRCh38 positions (genes by position);
+* ``--vep-transcripts T``: each record's CSQ rewritten as VEP ``--everything`` writes it: T entries (the
+  simulated consequence on a MANE/canonical transcript, then T − 1 others: intron, upstream, downstream, NMD, UTR,
+  non-coding exon, synonymous) of 88 fields each, the AF / ClinVar / REVEL fields at the end.
 
-    python benchmarks/bench_rank_vcf.py --cases 10 [--no-csq]
+    python benchmarks/bench_rank_vcf.py --cases 10 [--no-csq | --vep-transcripts 8]
 """
 
 from __future__ import annotations
@@ -87,12 +90,53 @@ def strip_csq(src: Path, dst: Path, build: str = "GRCh38") -> None:
         f.writelines(head + body)
 
 
+#: VEP --everything-like CSQ: the choosing fields first, ~60 others, the frequency / ClinVar / REVEL fields last
+WIDE_FIELDS = (["Allele", "Consequence", "IMPACT", "SYMBOL", "Gene", "Feature_type", "Feature", "BIOTYPE", "EXON",
+                "INTRON", "HGVSc", "HGVSp", "cDNA_position", "CDS_position", "Protein_position", "Amino_acids",
+                "Codons", "Existing_variation", "DISTANCE", "STRAND", "FLAGS", "SYMBOL_SOURCE", "HGNC_ID",
+                "CANONICAL", "MANE_SELECT"] + [f"X{i}" for i in range(60)] + ["gnomADe_AF", "CLIN_SIG", "REVEL_score"])
+OTHER_TRANSCRIPTS = [("intron_variant", "MODIFIER"), ("upstream_gene_variant", "MODIFIER"),
+                     ("downstream_gene_variant", "MODIFIER"), ("NMD_transcript_variant", "MODIFIER"),
+                     ("3_prime_UTR_variant", "MODIFIER"), ("non_coding_transcript_exon_variant", "MODIFIER"),
+                     ("synonymous_variant", "LOW")]
+
+
+def widen_csq(src: Path, dst: Path, transcripts: int) -> None:
+    """The same calls with each CSQ value written as ``transcripts`` VEP entries of :data:`WIDE_FIELDS`."""
+    with gzip.open(src, "rt", encoding="utf-8") as f, gzip.open(dst, "wt", encoding="utf-8") as w:
+        for line in f:
+            if line.startswith("##INFO=<ID=CSQ"):
+                w.write('##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl '
+                        'VEP. Format: ' + "|".join(WIDE_FIELDS) + '">\n')
+                continue
+            if line.startswith("#"):
+                w.write(line)
+                continue
+            p = line.rstrip("\n").split("\t")
+            a = p[7][4:].split("|")      # Allele|Consequence|IMPACT|SYMBOL|HGVSc|HGVSp|gnomADe_AF|CLIN_SIG
+
+            def entry(cons: str, imp: str, k: int) -> str:
+                d = {"Allele": a[0], "Consequence": cons, "IMPACT": imp, "SYMBOL": a[3], "Gene": "ENSG00000000001",
+                     "Feature_type": "Transcript", "Feature": f"ENST0000000000{k}", "BIOTYPE": "protein_coding",
+                     "HGVSc": a[4] if k == 0 else "", "HGVSp": a[5] if k == 0 else "",
+                     "CANONICAL": "YES" if k == 0 else "", "MANE_SELECT": "NM_000001.1" if k == 0 else "",
+                     "gnomADe_AF": a[6], "CLIN_SIG": a[7]}
+                return "|".join(d.get(c, "") for c in WIDE_FIELDS)
+
+            es = [entry(a[1], a[2], 0)] + [entry(c, i, k + 1) for k, (c, i) in
+                                           enumerate((OTHER_TRANSCRIPTS * transcripts)[:transcripts - 1])]
+            p[7] = "CSQ=" + ",".join(es)
+            w.write("\t".join(p) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "phenopackets"))
     ap.add_argument("--cases", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-csq", action="store_true")
+    ap.add_argument("--vep-transcripts", type=int, default=0, help="rewrite each CSQ as this many 88-field VEP "
+                    "entries (0: as simulated, one 8-field entry)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
@@ -111,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     for k, c in enumerate(cases):
         p = tmp / f"case{k}.vcf.gz"
         write_vcf(simulate(c, a.seed, False, pool, ar_genes), p)
+        if a.vep_transcripts:
+            q = tmp / f"case{k}.wide.vcf.gz"
+            widen_csq(p, q, a.vep_transcripts)
+            p = q
         if a.no_csq:
             q = tmp / f"case{k}.nocsq.vcf.gz"
             strip_csq(p, q)
@@ -167,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                    f"Python {platform.python_version()}",
         "command": "python benchmarks/bench_rank_vcf.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cases": len(paths), "records_per_vcf": int(np.mean(records)), "no_csq": a.no_csq,
+        "vep_transcripts": a.vep_transcripts,
         "fresh_process": {k: round(v, 3) for k, v in first.items()},
         "load_average_1min_at_end": round(__import__("os").getloadavg()[0], 2),
         "phenotype_only_per_case_s": round(pheno_only, 3), "phenotype_only_per_case_cpu_s": round(pheno_only_cpu, 3),
