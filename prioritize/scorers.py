@@ -600,6 +600,12 @@ def rarity(af, rare: float = 1e-4, common: float = 0.05):
     return np.where(np.isnan(a) | (a <= rare), 1.0, np.where(a >= common, 0.0, mid))
 
 
+#: the genotype groups of :meth:`Variant.gene_fit` (codes of ``knowledge.INHERITANCE_TERMS``; zygosity spellings)
+_HOMOZYGOUS = frozenset({"hom_alt", "hom", "hemi"})
+_X_RECESSIVE = frozenset({"XLR", "XL"})
+_DOMINANT_LIKE = frozenset({"AD", "XLD", "SOMATIC", "MT", "YL", "DIGENIC"})
+
+
 @register_scorer("variant")
 class Variant(Scorer):
     """The index patient's variants in the gene, in [0, 1].
@@ -643,8 +649,8 @@ class Variant(Scorer):
             return 0.0, ""
         alleles = sorted(alleles, key=lambda a: -a[0])
         v1 = alleles[0][0]
-        homs = [v for v, z in alleles if z in ("hom_alt", "hom", "hemi")]
-        hets = [v for v, z in alleles if z not in ("hom_alt", "hom", "hemi")]
+        homs = [v for v, z in alleles if z in _HOMOZYGOUS]
+        hets = [v for v, z in alleles if z not in _HOMOZYGOUS]
         modes = self.kb.inheritance.get(gene, set())
         fits: list[tuple[float, str]] = []
         for m in modes:
@@ -652,9 +658,9 @@ class Variant(Scorer):
                 cands = [homs[0] if homs else 0.0, alleles[1][0] if len(alleles) >= 2 else 0.0,
                          self.carrier * v1]
                 fits.append((max(cands), "AR"))
-            elif m in ("XLR", "XL"):
+            elif m in _X_RECESSIVE:
                 fits.append((max(homs[0] if homs else 0.0, 0.5 * (hets[0] if hets else 0.0)), m))
-            elif m in ("AD", "XLD", "SOMATIC", "MT", "YL", "DIGENIC"):
+            elif m in _DOMINANT_LIKE:
                 fits.append((v1, m))
         if not fits:
             fits.append((self.unknown_mode * v1, "unknown"))
@@ -666,7 +672,7 @@ class Variant(Scorer):
         recessive, 4 dominant-like (AD, XLD, somatic, MT, Y-linked, digenic); 0 none (unknown mode)."""
         bits = 0
         for m in modes:
-            bits |= 1 if m == "AR" else 2 if m in ("XLR", "XL") else 4 if m in _DOMINANT_LIKE else 0
+            bits |= 1 if m == "AR" else 2 if m in _X_RECESSIVE else 4 if m in _DOMINANT_LIKE else 0
         return bits
 
     def allele_scores(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
@@ -701,7 +707,7 @@ class Variant(Scorer):
             af = pc.fill_null(t.column("af").combine_chunks().cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
             v = v * rarity(af)
         z_idx, z_vals = codes("zygosity")
-        hom = np.array([z in ("hom_alt", "hom", "hemi") for z in z_vals.to_pylist()] + [False], bool)[z_idx]
+        hom = np.array([z in _HOMOZYGOUS for z in z_vals.to_pylist()] + [False], bool)[z_idx]
         cv_idx = ann[0][0]
         plp = np.array([bool(c) and is_plp(c) for c in values[0]] + [False], bool)[cv_idx]
         g_idx, g_vals = codes("gene")
@@ -771,7 +777,6 @@ class Variant(Scorer):
         return Component(self.name, s, evidence, role=self.role, logit=logit, features={"known": known, "unannotated": unann})
 
 
-_DOMINANT_LIKE = frozenset({"AD", "XLD", "SOMATIC", "MT", "YL", "DIGENIC"})
 _EVIDENCE_FIELDS = ("hgvsc", "hgvsp", "consequence", "impact", "clinvar", "revel", "cadd_phred", "spliceai",
                     "zygosity", "af")
 
