@@ -911,7 +911,7 @@ class _DirectContext:
 
 
 def read_variants(path, resources=None, *, sample: str | int | None = None, build: str | None = None,
-                  require_gene: bool = True):
+                  require_gene: bool = True, max_af: float | None = None):
     """Read one VCF/BCF for ranking, without a store → ``(pyarrow.Table, VcfProblems)``.
 
     The same reader as ingest (pre-scan, quarantine codes, CSQ/ANN picking, ClinVar, AF, gene normalisation
@@ -925,6 +925,13 @@ def read_variants(path, resources=None, *, sample: str | int | None = None, buil
       (:mod:`raretarget.ingest.intervals`): ``build`` ``"GRCh37"``/``"GRCh38"``, default from the header
       (``##reference``/``##assembly``, contig lengths); ``consequence`` and ``impact`` stay NULL (unknown),
       ``gene_status`` is ``position``.
+    * ``max_af``: alleles whose population AF (the ``af`` column's value: CSQ gnomAD-like field, else INFO) is
+      ``≥ max_af`` give no row; they are counted as ``problems.ignored["vcf_common_allele"]``. For ranking, where a
+      common allele adds nothing (:data:`raretarget.vocab.variants.COMMON_AF`). On a one-alt text record with a
+      CSQ the frequency field of every entry is read before any entry is picked (common when all are ≥
+      ``max_af``, so the picked one is too): picking is most of the time a ranking spends reading a
+      multi-transcript VEP file. Such a record's entries are then only checked for their field count: a common
+      allele whose entry is malformed in content is counted as common rather than quarantined.
     * Raises :class:`NoUsableVariant` when nothing can be ranked (file unreadable, no allele carried by the
       sample, or — with ``require_gene`` — no row with a gene); the message gives counts and reason codes, never
       a value from the file.
@@ -939,6 +946,7 @@ def read_variants(path, resources=None, *, sample: str | int | None = None, buil
     problems = VcfProblems()
     ctx = _DirectContext(resources, problems)
     reader = _DirectReader(ctx, path, sample)
+    reader.max_af = max_af
     kind = _sniff(path)
     if kind == "unreadable":
         ctx.record()
@@ -955,6 +963,13 @@ def read_variants(path, resources=None, *, sample: str | int | None = None, buil
     for part in ctx.parts:
         for c in _VARIANT_COLS:
             cols[c].extend(part[c])
+    if max_af is not None and cols["pos"]:
+        # what the fast path's first-entry test did not skip (BCF, multi-allelic records, an empty first field)
+        keep = [a is None or not a >= max_af for a in cols["af"]]
+        if not all(keep):
+            for c in _VARIANT_COLS:
+                cols[c] = [x for x, k in zip(cols[c], keep) if k]
+            ctx.ignore("vcf_common_allele", keep.count(False))
     n = len(cols["pos"])
     if reader.n_samples > 1:
         problems.notes["sample"] = (f"multi-sample VCF ({reader.n_samples} samples): ranked for sample column "
@@ -990,6 +1005,8 @@ def _problem_suffix(p: VcfProblems) -> str:
 def _nothing_message(p: VcfProblems, reader) -> str:
     if p.records == 0:
         what = "VCF has no data line"
+    elif p.ignored.get("vcf_common_allele") and not p.quarantined:
+        what = f"every allele the ranked sample carries in the VCF's {p.records} record(s) is common"
     elif reader.n_samples and not p.quarantined:
         what = f"the ranked sample carries no alt allele in any of the VCF's {p.records} record(s)"
     else:
@@ -1012,6 +1029,8 @@ class _DirectReader(_Reader):
         self.sample_error: Exception | None = None
         self.contig_lengths: dict[str, int] = {}
         self.reference: str | None = None
+        self.max_af: float | None = None            # see read_variants
+        self._csq_af_index: tuple | None = None     # (CSQ format, its frequency field's position)
 
     # -- header ---------------------------------------------------------------------------------
     def _setup(self, vcf) -> None:
@@ -1082,11 +1101,13 @@ class _DirectReader(_Reader):
         self._started = False
         self._qual: dict = {}
         self._rows: list[tuple] = []
-        self._fast_counts = [0, 0, 0]          # ignored: no carrier, no alt; quarantined annotations
+        self._fast_counts = [0, 0, 0, 0]       # ignored: no carrier, no alt; quarantined annotations; common
         scan = _prescan(self.path, self.ctx, on_good=self._fast_line)
         if scan is not None and not self._started:
             self._header_from_lines(scan.header)
-        ic, ia, _ = self._fast_counts
+        ic, ia, _, icommon = self._fast_counts
+        if icommon:
+            self.ctx.ignore("vcf_common_allele", icommon)
         if ic:
             self.ctx.ignore("vcf_site_without_carrier", ic)
         if ia:
@@ -1163,6 +1184,9 @@ class _DirectReader(_Reader):
                     if afv is not None:
                         break
                 cadd = info.get(self.cadd_key) if self.cadd_key else None
+        if self.max_af is not None and nalt == 1 and self._common(csq, afv):
+            self._fast_counts[3] += 1
+            return
         ref = p[3].decode()
         try:
             anns = self._annotate_values(ref, alts, csq, ann, clnsig, geneinfo, mc, afv, cadd)
@@ -1183,6 +1207,47 @@ class _DirectReader(_Reader):
         rows = self._rows
         for k in carried:
             rows.append((chrom, pos, ref, alts[k - 1], *anns[k - 1], zyg_of[k], qual, filt))
+
+    def _common(self, csq: str | None, afv) -> bool:
+        """A one-alt record's population AF, as :meth:`_annotate_values` would read it, is ``≥ max_af``: the CSQ
+        frequency field of every entry (VEP writes the same on each entry of an allele; False when one is empty
+        or the entries have another field count than the header, so the full pick decides), else INFO's."""
+        fmt = self.csq
+        if csq and fmt is not None:
+            iaf = self._csq_af_index
+            if iaf is None or iaf[0] is not fmt:
+                iaf = self._csq_af_index = (fmt, next((fmt[n] for n in CSQ_AF_FIELDS if n in fmt), None))
+            i, nf = iaf[1], len(fmt)
+            if i is not None:
+                late = 2 * i > nf          # split from the nearer end (VEP writes the frequencies late)
+                try:
+                    end = csq.find(",")
+                    e = csq if end < 0 else csq[:end]
+                    x = e.rsplit("|", nf - i)[1] if late else e.split("|", i + 1)[i]
+                    try:
+                        af = float(x)
+                    except ValueError:     # empty, or several values ("0.1&0.2": _num takes the largest)
+                        af = _num(x or None)
+                    if af is None or not af >= self.max_af:
+                        return False       # the first entry decides most records: rare (or unknown, NaN) → pick
+                    # entries as wide as the header says (a misaligned entry: the full pick decides, quarantines)
+                    if csq.count("|") != (csq.count(",") + 1) * (nf - 1):
+                        return False
+                    if end < 0:
+                        return True
+                    vals = ({e.rsplit("|", nf - i)[1] for e in csq.split(",")} if late else
+                            {e.split("|", i + 1)[i] for e in csq.split(",")})
+                except IndexError:
+                    return False
+                if len(vals) == 1:         # every entry has the first one's value
+                    return True
+                afs = [_num(v or None) for v in vals]
+                # common only if every entry says so: the picked entry's frequency is then common too
+                return None not in afs and min(afs) >= self.max_af
+        if afv is None:
+            return False
+        af = _num(afv[0] if isinstance(afv, (tuple, list)) else afv)
+        return af is not None and af >= self.max_af
 
 
 _MISS = object()

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raretarget.vocab.variants import IMPACT_TERMS, impact_of, is_plp, normalize_clinvar  # noqa: F401
+from raretarget.vocab.variants import COMMON_AF, RARE_AF
 
 from .knowledge import KnowledgeBase
 
@@ -589,8 +590,9 @@ def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: 
     return max(s, c) if c is not None else s
 
 
-def rarity(af, rare: float = 1e-4, common: float = 0.05):
-    """1 for AF ≤ ``rare`` (or unknown AF: None / NaN), 0 for AF ≥ ``common``, log-linear in between. ``af``: a
+def rarity(af, rare: float = RARE_AF, common: float = COMMON_AF):
+    """1 for AF ≤ ``rare`` (or unknown AF: None / NaN), 0 for AF ≥ ``common``, log-linear in between (defaults:
+    :data:`raretarget.vocab.variants.RARE_AF` / ``COMMON_AF``). ``af``: a
     number or None → float; or an array ``[n]`` (NaN = unknown) → ``[n]``."""
     if af is None or np.isscalar(af):
         return float(rarity(np.array([np.nan if af is None else af], dtype=float), rare, common)[0])

@@ -141,14 +141,21 @@ def rank_targets(engine, query: str | None = None, *, phenotypes: Sequence[str] 
 
 def read_case_vcf(engine, vcf, *, sample=None, build=None) -> tuple[pa.Table, dict[str, str]]:
     """The index case's variants from a VCF/BCF for ranking: :func:`raretarget.ingest.vcf.read_variants` with the
-    engine's resources (gene table loaded once per Engine), no store. → (variant table, notes for the result).
+    engine's resources (gene table loaded once per Engine), no store; alleles with a population AF ≥
+    :data:`raretarget.vocab.variants.COMMON_AF` give no row (counted in the notes). → (variant table, notes).
 
     Raises ``ValueError`` (:class:`raretarget.ingest.vcf.NoUsableVariant`) when the file gives no variant with a
     gene; the message carries counts and reason codes only (no sample name, no value from the file)."""
     from raretarget.ingest.vcf import read_variants
+    from raretarget.vocab.variants import COMMON_AF
 
-    table, problems = read_variants(vcf, engine.resources, sample=sample, build=build)
+    # common alleles score 0 in the variant scorer (rarity), so they are not read past their frequency
+    table, problems = read_variants(vcf, engine.resources, sample=sample, build=build, max_af=COMMON_AF)
     notes = {f"vcf_{k}": v for k, v in problems.notes.items()}
+    common = problems.ignored.get("vcf_common_allele", 0)
+    if common:
+        notes["vcf_common"] = (f"{common} carried allele(s) with population AF ≥ {COMMON_AF:g} not scored "
+                               "(common: no evidence for a rare disease)")
     if problems.quarantined:
         notes["vcf_quarantined"] = (f"{len(problems.quarantined)} of {problems.records} VCF record(s) not read: "
                                     + ", ".join(f"{c} ×{n}" for c, n in sorted(problems.codes().items())))

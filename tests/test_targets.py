@@ -163,3 +163,24 @@ def test_explain_gives_the_evidence_of_a_gene_ranked_past_the_evidence_rows(empt
     ex = eng.explain(far["gene"], phenotypes=terms, vcf=VCF_DATA / "old_symbols_two_samples.vcf")
     assert ex["rank"] == far["rank"] and "phenotype" in ex["evidence"]
     assert "logit" in ex["evidence"]["phenotype"]
+
+
+def test_common_alleles_are_not_read_and_the_scores_are_the_full_tables(empty_engine):
+    """The ranking reads a VCF without its common alleles (population AF ≥ COMMON_AF, which score 0): the notes
+    count them, and every gene's variant column and score are those of the full variant table."""
+    from raretarget.ingest.vcf import read_variants
+    from raretarget.prioritize.rank import rank_genes
+
+    eng, vcf, terms = empty_engine, VCF_DATA / "old_symbols_two_samples.vcf", _gene_terms("CIROZ")
+    t = eng.rank_targets(phenotypes=terms, vcf=vcf, k=None, sample=1)      # CIROZ hom + BRCA1 at AF 0.2
+    row = _row(t, "CIROZ")
+    assert "1 carried allele(s) with population AF ≥ 0.05" in json.loads(row["evidence"])["query_notes"]["vcf_common"]
+    assert not json.loads(_row(t, "BRCA1")["evidence"]).get("variant")
+    full, _ = read_variants(vcf, eng.resources, sample=1)
+    assert "BRCA1" in full.column("gene").to_pylist()
+    ref = {r["gene"]: r for r in rank_genes(terms, variants=full, kb=eng.knowledge()).to_pylist()}
+    assert ref["BRCA1"]["variant"] == 0
+    assert len(ref) == t.num_rows
+    for r in t.to_pylist():
+        assert (r["variant"], r["score"]) == pytest.approx((ref[r["gene"]]["variant"], ref[r["gene"]]["score"]),
+                                                           rel=1e-9, abs=1e-15), r["gene"]

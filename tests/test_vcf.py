@@ -520,3 +520,63 @@ def test_wide_vep_entries_the_picked_entry_gives_its_late_fields(tmp_path):
                                                                        "p.(Cys1117Tyr)")
     assert r["af"] == pytest.approx(1e-5) and r["clinvar"] == "likely_pathogenic" and r["revel"] == pytest.approx(0.93)
     assert pr.codes() == {"vcf_bad_annotation": 1}
+
+
+def _wide_vcf(path: Path, body: list[str], fmt: list[str], extra_head: tuple[str, ...] = ()) -> Path:
+    head = ["##fileformat=VCFv4.2", "##contig=<ID=15>", *extra_head,
+            '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+            '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. Format: '
+            + "|".join(fmt) + '">', "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1"]
+    path.write_text("\n".join(head + body) + "\n")
+    return path
+
+
+def test_max_af_drops_exactly_the_common_alleles(tmp_path):
+    """``read_variants(max_af=)`` (the ranking's read) gives the rows of a full read whose AF is below
+    ``max_af`` or unknown, counts the others as ``vcf_common_allele``, and quarantines what the full read does:
+    a record is skipped early only when every CSQ entry says common, so the picked entry's frequency decides."""
+    fmt = (["Allele", "Consequence", "IMPACT", "SYMBOL", "HGVSp", "CANONICAL"] + [f"X{i}" for i in range(30)]
+           + ["gnomADe_AF", "CLIN_SIG"])
+
+    def entry(af: str, cons: str = "intron_variant", imp: str = "MODIFIER", allele: str = "T", **kw) -> str:
+        d = {"Allele": allele, "Consequence": cons, "IMPACT": imp, "SYMBOL": "FBN1", "gnomADe_AF": af, **kw}
+        return "|".join(d.get(k, "") for k in fmt)
+
+    mis = dict(cons="missense_variant", imp="MODERATE", CANONICAL="YES")
+    rows = [
+        ",".join([entry("0.2"), entry("0.2", **mis), entry("0.2")]),          # common on every entry: skipped early
+        ",".join([entry("0.2"), entry("1e-05", **mis)]),                       # the picked (missense) entry is rare
+        entry("0.01", **mis),                                                  # 1 %: scored (rarity > 0)
+        entry("", **mis),                                                      # unknown AF: kept
+        entry("0.3&0.01", **mis),                                              # several values: the largest
+        ",".join([entry("0.2"), entry("0.2", **mis) + "|extra"]),              # misaligned: quarantined, not common
+    ]
+    body = [f"15\t{48700000 + 10 * i}\t.\tC\tT\t50\tPASS\tCSQ={c}\tGT\t0/1" for i, c in enumerate(rows)]
+    # a multi-allelic record: the common allele goes, the rare one stays (decided on the picked entries)
+    body.append("15\t48700100\t.\tC\tT,G\t50\tPASS\tCSQ=" + ",".join([entry("0.3", **mis), entry("2e-05", allele="G", **mis)])
+                + "\tGT\t1/2")
+    p = _wide_vcf(tmp_path / "af.vcf", body, fmt)
+    full, pf = V.read_variants(p)
+    got, pg = V.read_variants(p, max_af=0.05)
+    want = [r for r in full.to_pylist() if r["af"] is None or r["af"] < 0.05]
+    assert got.to_pylist() == want
+    assert [(r["pos"], r["alt"]) for r in want] == [(48700010, "T"), (48700020, "T"), (48700030, "T"),
+                                                     (48700100, "G")]
+    assert want[0]["af"] == pytest.approx(1e-5) and want[2]["af"] is None
+    assert pg.ignored["vcf_common_allele"] == full.num_rows - len(want) == 3
+    assert pg.codes() == pf.codes() == {"vcf_bad_annotation": 1}
+    # nothing but common alleles: a clear error, no empty table
+    only = _wide_vcf(tmp_path / "common.vcf", body[:1], fmt)
+    with pytest.raises(V.NoUsableVariant, match="is common.*vcf_common_allele ×1"):
+        V.read_variants(only, max_af=0.05)
+    assert V.read_variants(only)[0].num_rows == 1
+
+
+def test_max_af_from_info_when_csq_has_no_frequency(tmp_path):
+    fmt = ["Allele", "Consequence", "IMPACT", "SYMBOL"]
+    body = [f"15\t{48700000 + i}\t.\tC\tT\t50\tPASS\tCSQ=T|missense_variant|MODERATE|FBN1;gnomAD_AF={af}\tGT\t0/1"
+            for i, af in enumerate(["0.3", "0.001", "."])]
+    p = _wide_vcf(tmp_path / "info.vcf", body, fmt, ('##INFO=<ID=gnomAD_AF,Number=A,Type=Float,Description="AF">',))
+    t, pr = V.read_variants(p, max_af=0.05)
+    assert t.column("pos").to_pylist() == [48700001, 48700002] and pr.ignored["vcf_common_allele"] == 1
+    assert t.column("af").to_pylist()[0] == pytest.approx(0.001)

@@ -129,6 +129,15 @@ def impact_sql(impact: str = "impact", consequence: str = "consequence") -> str:
             f"{cases} ELSE 'MODIFIER' END)")
 
 
+# ---------------------------------------------------------------------------------------------- frequency
+#: Population allele frequency (gnomAD-like AF, a fraction) at or below which an allele counts as fully rare, and
+#: at or above which it is common: the variant scorer's rarity is 1 at ``RARE_AF``, 0 at ``COMMON_AF``, log-linear
+#: between (:func:`raretarget.prioritize.scorers.rarity`). 5 % is ACMG/AMP's BA1 stand-alone benign level
+#: (Richards et al. 2015); a common allele never adds evidence, so the ranking's VCF reader may skip it.
+RARE_AF = 1e-4
+COMMON_AF = 0.05
+
+
 # ---------------------------------------------------------------------------------------------- ClinVar
 #: ClinVar clinical significance classes (CLNSIG, lower case, ``_``-joined) as stored in ``variants.clinvar``.
 #: Also the row order of the variant encoder's ClinVar embedding (checkpoint layout: never reorder; append only
