@@ -4,7 +4,9 @@ The packaged ``hp.obo.gz`` (HPO 2025-01-16, unmodified) carries ``xref: SNOMEDCT
 ``xref: UMLS:<cui>`` lines; a SNOMED CT coded Condition maps to the HPO term(s) that cite its code.
 Where no xref exists, an exact (case-insensitive) match of the display text, without SNOMED's
 semantic tag ("(disorder)", "(finding)"), against HPO labels and exact synonyms is used. HPO-coded
-conditions pass through (obsolete ids are replaced by their ``replaced_by`` term).
+conditions pass through (obsolete ids are replaced by their ``replaced_by`` term); an id newer than the packaged
+file is looked up in hpo3's release (:func:`raretarget.vocab.hpo.release_term`), so a current term is never dropped
+for being newer than 2025-01-16.
 """
 
 from __future__ import annotations
@@ -97,8 +99,21 @@ class PhenotypeMapper:
             for label in [t.name, *t.synonyms]:
                 self.by_label.setdefault(label.lower(), t.id)
 
-    def current(self, hpo_id: str) -> str | None:
+    def term(self, hpo_id: str):
+        """The id's term (:class:`Term` of the packaged file, else hpo3's :class:`~raretarget.vocab.hpo.HpoTerm`;
+        both have ``id``, ``name``, ``obsolete``, ``replaced_by``), None when neither release has it."""
         t = self.terms.get(hpo_id)
+        if t is None:
+            newer = self.__dict__.setdefault("_newer", {})
+            if hpo_id not in newer:
+                from raretarget.vocab.hpo import release_term
+
+                newer[hpo_id] = release_term(hpo_id)
+            t = newer[hpo_id]
+        return t
+
+    def current(self, hpo_id: str) -> str | None:
+        t = self.term(hpo_id)
         if t is None:
             return None
         if t.obsolete:

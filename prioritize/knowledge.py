@@ -445,6 +445,26 @@ class KnowledgeBase:
         t = self.term_ids[i]
         return self.names.get(t, t)
 
+    def term(self, hpo_id: str):
+        """The id's :class:`~raretarget.vocab.hpo.HpoTerm` in this knowledge base's release (current, or obsolete
+        with its replacement), None when the release does not have it (the query resolver's lookup,
+        :func:`raretarget.query.spec.resolve_terms`)."""
+        from raretarget.vocab.hpo import HpoTerm
+
+        if hpo_id in self.term_index:
+            return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id))
+        if hpo_id in self.replaced_by:
+            return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id), True, self.replaced_by[hpo_id])
+        return None
+
+    def current(self, hpo_id: str) -> str | None:
+        """The id, or its replacement when obsolete (None: unknown, or obsolete without a replacement here)."""
+        t = self.term(hpo_id)
+        if t is None:
+            return None
+        r = t.replaced_by if t.obsolete else t.id
+        return r if r in self.term_index else None
+
     def __repr__(self) -> str:
         return (f"KnowledgeBase({len(self.term_ids)} terms, {len(self.genes)} genes, "
                 f"{len(self.disease_list)} diseases, {len(self.druggability)} druggability rows)")

@@ -24,11 +24,13 @@ from raretarget.vocab.refs import gene_of_ref
 
 def resolve_query(engine, query, phenotypes, excluded, phenopacket):
     """→ (observed HPO ids, excluded HPO ids, query text or None, notes): the one resolver
-    (:class:`raretarget.query.spec.QuerySpec`; obsolete ids follow replaced_by, unknown ones are dropped, both noted)."""
+    (:class:`raretarget.query.spec.QuerySpec`; obsolete ids follow replaced_by, unknown ones are dropped, both noted),
+    the ids looked up in the knowledge base the ranking uses (hpo3's release: a term newer than the packaged
+    hp.obo is kept, and no second ontology is parsed)."""
     from raretarget.query.spec import QuerySpec
 
     spec = QuerySpec.resolve(query, phenotypes=phenotypes, excluded=excluded, phenopacket=phenopacket,
-                             ontology=lambda: engine.resources.phenotypes)
+                             ontology=engine.knowledge)
     return list(spec.observed), list(spec.excluded), spec.text, dict(spec.notes)
 
 

@@ -35,7 +35,7 @@ def hpo_labels(terms: Sequence[str], mapper) -> list[str]:
         cur = mapper.current(t)
         if cur is None:
             raise ValueError(f"unknown HPO term {t!r}")
-        out.append(mapper.terms[cur].name)
+        out.append(mapper.term(cur).name)
     return out
 
 

@@ -6,7 +6,9 @@
 HPO terms (the one rule, for every caller)
 ------------------------------------------
 Each id given (``phenotypes``, ``excluded``, or read from the Phenopacket's ``phenotypicFeatures``) is looked
-up in the packaged HPO release (``ontology``: :class:`raretarget.ingest.phenotypes.PhenotypeMapper`):
+up in an HPO release (``ontology``): a ranking looks ids up in its knowledge base (hpo3's release, the one whose
+annotations it ranks with: :meth:`raretarget.prioritize.knowledge.KnowledgeBase.term`), a search in the packaged
+hp.obo with hpo3's release for ids newer than it (:class:`raretarget.ingest.phenotypes.PhenotypeMapper`):
 
 * a current id is kept;
 * an obsolete id with a ``replaced_by`` term is replaced by it (note ``"replaced_by HP:..."``);
@@ -58,7 +60,10 @@ class QuerySpec:
                 excluded: Sequence[str] | None = (), phenopacket=None, patient: str | None = None, image=None,
                 ontology) -> "QuerySpec":
         """Resolve the keywords of ``Engine.search`` / ``rank_targets`` (see module doc for the HPO rule).
-        ``ontology``: a PhenotypeMapper, or a callable returning one (called only when there are HPO ids)."""
+        ``ontology``: what the ids are looked up in — anything with ``term(id)`` and ``current(id)`` (a
+        :class:`~raretarget.ingest.phenotypes.PhenotypeMapper`, a
+        :class:`~raretarget.prioritize.knowledge.KnowledgeBase`), or a callable returning one (called only when
+        there are HPO ids)."""
         forms = given_forms(query, phenotypes=phenotypes, phenopacket=phenopacket, patient=patient, image=image)
         notes: dict[str, str] = {}
         pp = None
@@ -68,8 +73,8 @@ class QuerySpec:
 
             pp = parse_phenopacket(phenopacket)
             obs_in, exc_in = list(pp.observed), list(pp.excluded)       # its terms are the query's terms
-        if (obs_in or exc_in) and callable(ontology) and not hasattr(ontology, "terms"):
-            ontology = ontology()           # the packaged hp.obo is parsed only when a query names terms
+        if (obs_in or exc_in) and callable(ontology) and not hasattr(ontology, "term"):
+            ontology = ontology()           # built only when a query names terms
         obs = resolve_terms(obs_in, ontology, notes)
         exc = resolve_terms(exc_in, ontology, notes)
         return cls(forms, query, tuple(obs), tuple(exc), patient, image, pp, notes)
@@ -115,7 +120,7 @@ def resolve_terms(terms: Sequence[str], ontology, notes: dict[str, str] | None =
     notes = {} if notes is None else notes
     out = []
     for t in terms:
-        term = ontology.terms.get(t)
+        term = ontology.term(t)
         if term is None:
             notes[t] = UNKNOWN
         elif term.obsolete:

@@ -184,3 +184,23 @@ def test_common_alleles_are_not_read_and_the_scores_are_the_full_tables(empty_en
     for r in t.to_pylist():
         assert (r["variant"], r["score"]) == pytest.approx((ref[r["gene"]]["variant"], ref[r["gene"]]["score"]),
                                                            rel=1e-9, abs=1e-15), r["gene"]
+
+
+def test_a_term_newer_than_the_packaged_obo_counts(empty_engine):
+    """HP:0020301 (Abnormal elbow physiology) is in hpo3's release (the knowledge base's) but not in the packaged
+    hp.obo of 2025-01-16: a ranking looks ids up in its knowledge base and keeps it (it was dropped as "unknown
+    HPO id" before); the search resolver and the label lookup fall back to hpo3's release for it."""
+    from raretarget.query.spec import QuerySpec
+    from raretarget.vocab.hpo import ontology
+
+    eng, new = empty_engine, "HP:0020301"
+    assert new not in eng.resources.phenotypes.terms                 # newer than the packaged file
+    t = eng.rank_targets(phenotypes=[new], k=10)
+    assert new not in json.loads(t.column("evidence")[0].as_py()).get("query_notes", {})
+    carriers = {g.name for g in ontology().hpo(20301).genes}
+    assert set(t.column("gene").to_pylist()[:3]) <= carriers
+    spec = QuerySpec.resolve(phenotypes=[new, "HP:9999999"], ontology=eng.resources.phenotypes)
+    assert spec.observed == (new,) and spec.notes == {"HP:9999999": "unknown HPO id, skipped"}
+    assert spec.phenotype_text(eng.resources.phenotypes) == "Abnormal elbow physiology"
+    kb = eng.knowledge()
+    assert kb.current("HP:0000057") == "HP:0008665" and kb.term("HP:0000057").obsolete and kb.term("HP:12") is None
