@@ -131,7 +131,9 @@ class CohortIndex:
     def build(cls, sql: Any, ontology: Any, *, key: Any = None) -> "CohortIndex":
         """Read the store through ``sql`` (an Engine, a ``(query, params)`` callable or a DuckDB connection: one
         connection for the four queries is cheapest) and build the index for ``ontology`` (the object later
-        passed to the functions of :mod:`.enrichment`; ``None`` is refused: give the one you will query with).
+        passed to the functions of :mod:`.enrichment`; ``None`` is refused: give the one you will query with), or a
+        zero-argument callable returning it, called only when the store holds a patient row (an empty store's
+        index answers nothing and needs no ontology: the packaged hp.obo is not parsed for it).
         ``key``: what the caller keys its cache on (kept, not interpreted)."""
         from scipy import sparse
 
@@ -147,6 +149,8 @@ class CohortIndex:
         qual = run(f"SELECT v.patient_id, v.gene, v.source_ref FROM variants v WHERE {where}", None)
         seq = run("SELECT DISTINCT patient_id FROM variants WHERE patient_id IS NOT NULL", None)
         lst = run("SELECT patient_id, count(*) AS n FROM patients GROUP BY patient_id", None)
+        if callable(ontology) and not hasattr(ontology, "terms"):
+            ontology = ontology() if cond.num_rows or qual.num_rows or seq.num_rows or lst.num_rows else None
 
         n_rows = int(pc.sum(lst.column("n")).as_py() or 0)
         pids = _sorted_unique(pa.chunked_array(
@@ -164,9 +168,11 @@ class CohortIndex:
         vocab = _sorted_unique(cond.column("hpo_id"))
         cv = _codes(cond.column("hpo_id"), vocab)
         has_pheno[cp] = True
-        parents, _current = _parents_fn(ontology)
-        memo: dict[str, frozenset] = {}
-        closures = [_ancestors_or_self(t, parents, memo) for t in vocab.to_pylist()]
+        closures = []
+        if len(vocab):
+            parents, _current = _parents_fn(ontology)
+            memo: dict[str, frozenset] = {}
+            closures = [_ancestors_or_self(t, parents, memo) for t in vocab.to_pylist()]
         anc_terms = sorted(set().union(*closures)) if closures else []
         col = {t: j for j, t in enumerate(anc_terms)}
         lens = np.fromiter((len(c) for c in closures), np.int64, len(closures))

@@ -140,10 +140,9 @@ class Context:
             if hit is None or hit.key != key:
                 from raretarget.prioritize.cohort_index import CohortIndex
 
-                ontology = self.resources.phenotypes
                 con = self.store.duckdb()
-                try:
-                    hit = CohortIndex.build(con, ontology, key=key)
+                try:           # the ontology is built only for a store with patients (an empty store: no hp.obo)
+                    hit = CohortIndex.build(con, lambda: self.resources.phenotypes, key=key)
                 finally:
                     con.close()
                 self.cached_cohort = hit

@@ -204,3 +204,17 @@ def test_a_term_newer_than_the_packaged_obo_counts(empty_engine):
     assert spec.phenotype_text(eng.resources.phenotypes) == "Abnormal elbow physiology"
     kb = eng.knowledge()
     assert kb.current("HP:0000057") == "HP:0008665" and kb.term("HP:0000057").obsolete and kb.term("HP:12") is None
+
+
+def test_a_ranking_on_an_empty_store_does_not_parse_the_packaged_obo(tmp_path, monkeypatch):
+    """The first call's cost: a ranking looks its ids up in the knowledge base, and an empty store's cohort index
+    needs no ontology, so the packaged hp.obo (~0.5 s) is not parsed at all."""
+    from raretarget.ingest import phenotypes
+
+    def refuse(*a, **k):
+        raise AssertionError("hp.obo parsed")
+
+    monkeypatch.setattr(phenotypes, "load_obo", refuse)
+    eng = Engine.open(tmp_path / "s", create=True)
+    t = eng.rank_targets(phenotypes=_gene_terms("CIROZ"), vcf=VCF_DATA / "old_symbols_two_samples.vcf", k=5)
+    assert t.num_rows == 5
