@@ -90,6 +90,16 @@ def test_rank_phenopacket_and_vcf(store, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert "GRCh38" in json.dumps(doc["rows"][0]["evidence"]["query_notes"])
     assert main(["rank", str(s), "--hpo", "HP:0001166", "--build", "GRCh38"]) == 2      # --build without --vcf
+    # the table view says what the reader counted and which ids were replaced (counts and codes, no values)
+    good = (DATA / "vcf" / "vep_multi.vcf").read_text().splitlines()
+    cols = good[-1].split("\t")
+    cols[1] = "x1"                                           # a POS that is not a number: quarantined
+    bad = tmp / "one_bad_line.vcf"
+    bad.write_text("\n".join(good + ["\t".join(cols)]) + "\n")
+    assert main(["rank", str(s), "--hpo", "HP:0001166", "HP:0000057", "--vcf", str(bad), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "HP:0000057→HP:0008665" in out
+    assert "VCF: " in out and "record(s) not read: vcf_" in out
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -621,12 +621,20 @@ def cmd_rank(args) -> int:
     if rows and rows[0].get("evidence"):
         notes = json.loads(rows[0]["evidence"]).get("query_notes", {})
     skipped = [k for k, v in notes.items() if isinstance(v, str) and "unknown HPO" in v]
+    obsolete = [k for k, v in notes.items() if isinstance(v, str) and v.startswith("obsolete")]
+    replaced = [f"{k}→{v.split()[-1]}" for k, v in notes.items() if isinstance(v, str) and v.startswith("replaced_by")]
     n_rej = sum(r.get("verdict") == "rejected" for r in rows)
     con.print(f"[bold]{len(rows) - n_rej}[/bold] gene(s) ranked in {dt:.1f}s; evidence used: "
               + (", ".join(present) or "none")
               + (f"; {n_rej} rejected by review, shown last" if n_rej else "")
               + (f"; skipped {len(skipped)} HPO id(s) unknown to the ontology" if skipped else "")
+              + (f"; skipped {len(obsolete)} obsolete HPO id(s) without replacement" if obsolete else "")
+              + (f"; replaced obsolete HPO id(s): {', '.join(replaced)}" if replaced else "")
               + (f"; {notes['cohort']}" if "cohort" in notes else ""))
+    # what the VCF reader counted (quarantined records, common alleles, variants without a gene, sample, build):
+    # counts and reason codes only, never a value from the file
+    for key in sorted(k for k in notes if k.startswith("vcf_")):
+        con.print(f"VCF: {notes[key]}")
     con.print("relevance: how well the gene explains the phenotypes (sums to 1 over genes); priority: relevance "
               "with tractability (the order)")
     if args.out:
