@@ -964,7 +964,8 @@ def read_variants(path, resources=None, *, sample: str | int | None = None, buil
         for c in _VARIANT_COLS:
             cols[c].extend(part[c])
     if max_af is not None and cols["pos"]:
-        # what the fast path's first-entry test did not skip (BCF, multi-allelic records, an empty first field)
+        # what the text path's early test (_DirectReader._common) did not skip: BCF, multi-allelic records, an
+        # entry without a frequency, CSQ entries that disagree; decided on the picked entry's AF
         keep = [a is None or not a >= max_af for a in cols["af"]]
         if not all(keep):
             for c in _VARIANT_COLS:
