@@ -565,6 +565,19 @@ def test_max_af_drops_exactly_the_common_alleles(tmp_path):
     assert want[0]["af"] == pytest.approx(1e-5) and want[2]["af"] is None
     assert pg.ignored["vcf_common_allele"] == full.num_rows - len(want) == 3
     assert pg.codes() == pf.codes() == {"vcf_bad_annotation": 1}
+    # a BCF goes through the ingest loop (no early test): the same rows, dropped on the picked AF
+    import cyvcf2
+
+    bcf = tmp_path / "af.bcf"
+    r = cyvcf2.VCF(str(p))
+    w = cyvcf2.Writer(str(bcf), r, mode="wb")
+    for v in r:
+        w.write_record(v)
+    w.close()
+    r.close()
+    gb, pb = V.read_variants(bcf, max_af=0.05)
+    assert sorted(_key(x) for x in gb.to_pylist()) == sorted(_key(x) for x in want)
+    assert pb.ignored["vcf_common_allele"] == 3
     # nothing but common alleles: a clear error, no empty table
     only = _wide_vcf(tmp_path / "common.vcf", body[:1], fmt)
     with pytest.raises(V.NoUsableVariant, match="is common.*vcf_common_allele ×1"):
