@@ -622,6 +622,12 @@ class Variant(Scorer):
     * XLR / XL: hemi or hom ``v``; het (female carrier) → ``0.5·v``;
     * unknown mode: ``unknown_mode × v`` (default 0.7); unknown zygosity counts as het.
 
+    Frequency per mode (Exomiser's default maximum allele frequencies): an allele whose population AF is above
+    ``dominant_max_af`` (0.1 %) does not fit a dominant mode nor a homozygous / hemizygous recessive genotype
+    (a dominant or recessive-homozygous disease allele that common would make the disease common); one above
+    ``recessive_max_af`` (2 %) does not count as a compound-heterozygous or carrier allele. Unknown AF fits
+    every mode; the unknown-mode rule is not capped; ``None`` turns a cap off.
+
     The gene's score is the best fit over its modes. Absent from the mix when no variant table is given.
     Relevance logit: ``weight · s + log_weight · log(s + floor) + clinvar_weight · known``: the log term makes a
     gene without any qualifying variant (s = 0) pay ``log_weight · log(floor)`` (−4.6 · log_weight at the default
@@ -633,8 +639,11 @@ class Variant(Scorer):
 
     def __init__(self, kb: KnowledgeBase, weight: float = 1.0, carrier: float = 0.2, unknown_mode: float = 0.7,
                  log_weight: float = 0.0, floor: float = 0.01, clinvar_weight: float = 0.0,
-                 known_fit: float = 0.4, unannotated_weight: float = 0.0, **params: Any):
+                 known_fit: float = 0.4, unannotated_weight: float = 0.0,
+                 dominant_max_af: float | None = None, recessive_max_af: float | None = None, **params: Any):
         super().__init__(kb, weight, **params)
+        self.dominant_max_af = None if dominant_max_af is None else float(dominant_max_af)
+        self.recessive_max_af = None if recessive_max_af is None else float(recessive_max_af)
         self.carrier = float(carrier)
         self.unknown_mode = float(unknown_mode)
         self.log_weight = float(log_weight)
@@ -645,25 +654,32 @@ class Variant(Scorer):
         self._bits_genes = pa.array(list(kb.inheritance), pa.string())
         self._bits_val = np.array([self._mode_bits(m) for m in kb.inheritance.values()] + [0], np.int64)
 
-    def gene_fit(self, gene: str, alleles: list[tuple[float, str]]) -> tuple[float, str]:
-        """Best (score, mode) for the gene given ``[(v, zygosity)]``."""
+    def gene_fit(self, gene: str, alleles: list[tuple]) -> tuple[float, str]:
+        """Best (score, mode) for the gene given ``[(v, zygosity)]`` or ``[(v, zygosity, af)]`` (af: population
+        allele frequency, None / NaN unknown)."""
         if not alleles:
             return 0.0, ""
-        alleles = sorted(alleles, key=lambda a: -a[0])
-        v1 = alleles[0][0]
-        homs = [v for v, z in alleles if z in _HOMOZYGOUS]
-        hets = [v for v, z in alleles if z not in _HOMOZYGOUS]
+
+        def capped(cap):        # each allele's v where its AF fits under ``cap``, else 0
+            return [(0.0 if cap is not None and len(a) > 2 and a[2] is not None and a[2] == a[2] and a[2] > cap
+                     else a[0], a[1]) for a in alleles]
+
+        v1 = max(v for v, *_ in alleles)
+        strict = sorted(capped(self.dominant_max_af), key=lambda a: -a[0])
+        loose = sorted(capped(self.recessive_max_af), key=lambda a: -a[0])
+        homs = [v for v, z in strict if z in _HOMOZYGOUS]
+        hets = [v for v, z in loose if z not in _HOMOZYGOUS]
         modes = self.kb.inheritance.get(gene, set())
         fits: list[tuple[float, str]] = []
         for m in modes:
             if m == "AR":
-                cands = [homs[0] if homs else 0.0, alleles[1][0] if len(alleles) >= 2 else 0.0,
-                         self.carrier * v1]
+                cands = [homs[0] if homs else 0.0, loose[1][0] if len(loose) >= 2 else 0.0,
+                         self.carrier * loose[0][0]]
                 fits.append((max(cands), "AR"))
             elif m in _X_RECESSIVE:
                 fits.append((max(homs[0] if homs else 0.0, 0.5 * (hets[0] if hets else 0.0)), m))
             elif m in _DOMINANT_LIKE:
-                fits.append((v1, m))
+                fits.append((strict[0][0], m))
         if not fits:
             fits.append((self.unknown_mode * v1, "unknown"))
         return max(fits)
@@ -677,10 +693,11 @@ class Variant(Scorer):
             bits |= 1 if m == "AR" else 2 if m in _X_RECESSIVE else 4 if m in _DOMINANT_LIKE else 0
         return bits
 
-    def allele_scores(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+    def allele_scores(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array,
+                                                   np.ndarray]:
         """Per row of a variant table: allele score ``v = pathogenicity × rarity`` ``[n]``, homozygous /
-        hemizygous ``[n]`` bool, ClinVar P/LP ``[n]`` bool, gene code ``[n]`` (−1: no gene), and the genes the
-        codes name (an Arrow string array). Each distinct annotation (ClinVar, impact, consequence, REVEL, CADD,
+        hemizygous ``[n]`` bool, ClinVar P/LP ``[n]`` bool, gene code ``[n]`` (−1: no gene), the genes the
+        codes name (an Arrow string array) and the population AF ``[n]`` (NaN: unknown). Each distinct annotation (ClinVar, impact, consequence, REVEL, CADD,
         SpliceAI) is scored once by the scalar rule (:func:`variant_pathogenicity`): an exome has ~22k rows but a
         few hundred distinct annotations; AF by :func:`rarity` over the array."""
         n = t.num_rows
@@ -705,6 +722,7 @@ class Variant(Scorer):
                                                  for (idx, _), vl in zip(ann, values)]) for k in first.tolist()],
                         dtype=float)
         v = path[inv.reshape(-1)] if n else np.zeros(0)
+        af = np.full(n, np.nan)
         if "af" in cols and n:
             af = pc.fill_null(t.column("af").combine_chunks().cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
             v = v * rarity(af)
@@ -716,13 +734,17 @@ class Variant(Scorer):
         g_vals = g_vals.cast(pa.string())      # a store query may hand large_string / string_view: one type to look up
         g_ok = np.append(pc.fill_null(pc.not_equal(g_vals, ""), False).to_numpy(zero_copy_only=False), False)
         g_idx = np.where(g_ok[g_idx], g_idx, -1)
-        return v, hom, plp, g_idx, g_vals
+        return v, hom, plp, g_idx, g_vals, af
 
     def score(self, q: Query) -> Component:
         t = q.variants
         if t is None:
             return Component(self.name, np.zeros(len(q.genes)), lambda i: {}, present=False, role=self.role)
-        v, hom, plp_row, g_idx, g_vals = self.allele_scores(t)
+        v, hom, plp_row, g_idx, g_vals, af = self.allele_scores(t)
+        # v where the allele's AF fits the dominant / homozygous-recessive cap and the compound-het / carrier one
+        with np.errstate(invalid="ignore"):
+            v_dom = v if self.dominant_max_af is None else np.where(af > self.dominant_max_af, 0.0, v)
+            v_rec = v if self.recessive_max_af is None else np.where(af > self.recessive_max_af, 0.0, v)
         rows = np.flatnonzero(g_idx >= 0)
         # rows grouped by gene, best allele first (ties: file order, as a stable sort by score would give)
         order = rows[np.lexsort((rows, -v[rows], g_idx[rows]))]
@@ -735,9 +757,14 @@ class Variant(Scorer):
         span: dict[int, tuple[int, int]] = {}           # universe position → its rows in ``order``
         if len(starts):
             v1 = vs[starts]
-            v2 = np.where(ends - starts >= 2, vs[np.minimum(starts + 1, len(vs) - 1)], 0.0)
-            hom1 = np.maximum.reduceat(np.where(hom[order], vs, 0.0), starts)
-            het1 = np.maximum.reduceat(np.where(hom[order], 0.0, vs), starts)
+            # the same gene groups (same primary key) ordered by the capped score, for the second-best allele
+            order_rec = rows[np.lexsort((rows, -v_rec[rows], g_idx[rows]))]
+            vr = v_rec[order_rec]
+            v2 = np.where(ends - starts >= 2, vr[np.minimum(starts + 1, len(vr) - 1)], 0.0)
+            v1_rec = vr[starts]
+            v1_dom = np.maximum.reduceat(v_dom[order], starts)
+            hom1 = np.maximum.reduceat(np.where(hom[order], v_dom[order], 0.0), starts)
+            het1 = np.maximum.reduceat(np.where(hom[order], 0.0, v_rec[order]), starts)
             anyplp = np.maximum.reduceat(plp_row[order].astype(np.int8), starts) > 0
             genes = g_vals.take(pa.array(gcode[starts]))
             # inheritance rules and universe position by Arrow lookups (an exome names ~11k genes)
@@ -746,9 +773,9 @@ class Variant(Scorer):
                             self._bits_val[pc.fill_null(bi, 0).to_numpy(zero_copy_only=False)], 0)
             # gene_fit, per gene at once: the best fit over the gene's inheritance modes
             fit = np.full(len(genes), -np.inf)
-            fit = np.where(bits & 1, np.maximum(fit, np.maximum.reduce([hom1, v2, self.carrier * v1])), fit)
+            fit = np.where(bits & 1, np.maximum(fit, np.maximum.reduce([hom1, v2, self.carrier * v1_rec])), fit)
             fit = np.where(bits & 2, np.maximum(fit, np.maximum(hom1, 0.5 * het1)), fit)
-            fit = np.where(bits & 4, np.maximum(fit, v1), fit)
+            fit = np.where(bits & 4, np.maximum(fit, v1_dom), fit)
             fit = np.where(bits == 0, self.unknown_mode * v1, fit)
             pos = pc.fill_null(pc.index_in(genes, value_set=q.gene_array()), -1).to_numpy(
                 zero_copy_only=False).astype(np.int64)
@@ -763,7 +790,8 @@ class Variant(Scorer):
             if se is None:
                 return {}
             al = order[se[0]:se[1]]
-            _, mode = self.gene_fit(q.genes[i], list(zip(v[al].tolist(), np.where(hom[al], "hom_alt", "het").tolist())))
+            _, mode = self.gene_fit(q.genes[i], list(zip(v[al].tolist(), np.where(hom[al], "hom_alt", "het").tolist(),
+                                                         af[al].tolist())))
             vs = []
             for r, x in zip(shown.take(pa.array(al[:5])).to_pylist(), v[al[:5]].tolist()):
                 r["zygosity"] = r.get("zygosity") or "het"

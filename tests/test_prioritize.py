@@ -205,15 +205,17 @@ def test_variant_zygosity_vs_inheritance(tiny):
     assert ev["variants"][0]["clinvar"] == "pathogenic" and ev["fit"] == "AD"
 
 
-def test_variant_column_is_the_per_allele_rule_fitted_per_gene(tiny):
+@pytest.mark.parametrize("caps", [{}, {"dominant_max_af": 1e-3, "recessive_max_af": 2e-2}])
+def test_variant_column_is_the_per_allele_rule_fitted_per_gene(tiny, caps):
     """The variant scorer works over whole columns; every gene's score must still be the documented per-allele
-    rule (pathogenicity × rarity) fitted to the gene's inheritance by ``gene_fit``, row by row."""
+    rule (pathogenicity × rarity) fitted to the gene's inheritance by ``gene_fit``, row by row (with and without
+    the per-mode frequency caps)."""
     from raretarget.prioritize.scorers import rarity, variant_pathogenicity
 
     kb = KnowledgeBase(TERMS, GENES, phenotype_root="HP:0000118")
     kb.inheritance.update({"G3": {"XLR"}, "G4": {"AR", "AD"}, "G5": {"SEMIDOMINANT"}})   # every rule, and none
     P = Prioritizer(kb, {"phenotype_ic": 0, "knowledge": 0, "druggability": 0,
-                         "variant": {"weight": 1.0, "clinvar_weight": 3.0}})
+                         "variant": {"weight": 1.0, "clinvar_weight": 3.0, **caps}})
     V = next(sc for sc in P.scorers if sc.name == "variant")
     rng = np.random.default_rng(7)
     pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
@@ -231,17 +233,44 @@ def test_variant_column_is_the_per_allele_rule_fitted_per_gene(tiny):
     for r in rows:
         if r["gene"]:
             v = variant_pathogenicity(r["clinvar"], r["impact"], r["consequence"], r["revel"]) * rarity(r["af"])
-            per.setdefault(r["gene"], []).append((v, r["zygosity"] or "het", r["clinvar"]))
+            per.setdefault(r["gene"], []).append((v, r["zygosity"] or "het", r["clinvar"], r["af"]))
     assert set(per) == {"G1", "G2", "G3", "G4", "G5", "NOVEL1"}
     for g, al in per.items():
-        want, mode = V.gene_fit(g, [(v, z) for v, z, _ in al])
+        want, mode = V.gene_fit(g, [(v, z, af) for v, z, _, af in al])
         i = q.gene_pos[g]
         assert comp.scores[i] == pytest.approx(want, abs=1e-12), g
-        plp = any(c in ("pathogenic", "Likely_pathogenic") for _, _, c in al)
+        plp = any(c in ("pathogenic", "Likely_pathogenic") for _, _, c, _ in al)
         assert comp.features["known"][i] == float(plp and want >= V.known_fit), g
         ev = comp.evidence(i)
         assert ev["fit"] == mode and len(ev["variants"]) == min(5, len(al))
-        assert [x["allele_score"] for x in ev["variants"]] == sorted((round(v, 3) for v, _, _ in al), reverse=True)[:5]
+        assert [x["allele_score"] for x in ev["variants"]] == sorted((round(v, 3) for v, *_ in al), reverse=True)[:5]
+
+
+def test_frequency_caps_per_inheritance_mode(tiny):
+    """Exomiser's per-mode maximum allele frequencies: above 0.1 % an allele fits neither a dominant mode nor a
+    homozygous recessive genotype; above 2 % it is no compound-het / carrier allele; unknown mode: no cap."""
+    from raretarget.prioritize.scorers import rarity, variant_pathogenicity
+
+    kb = KnowledgeBase(TERMS, GENES, phenotype_root="HP:0000118")
+    kb.inheritance.update({"G1": {"AD"}, "G2": {"AR"}, "G3": {"AR"}, "G4": {"XLR"}})
+    rows = [{"gene": "G1", "impact": "MODERATE", "af": 0.005, "zygosity": "het"},         # AD, 0.5 %: no fit
+            {"gene": "G2", "impact": "MODERATE", "af": 0.005, "zygosity": "het"},         # AR comp het, 0.5 % + rare
+            {"gene": "G2", "impact": "MODERATE", "af": 1e-5, "zygosity": "het"},
+            {"gene": "G3", "impact": "MODERATE", "af": 0.005, "zygosity": "hom_alt"},     # AR hom at 0.5 %: carrier
+            {"gene": "G4", "impact": "MODERATE", "af": 0.005, "zygosity": "het"},         # XLR het female, 0.5 %
+            {"gene": "NOVEL1", "impact": "MODERATE", "af": 0.005, "zygosity": "het"}]     # unknown mode
+    v = variant_pathogenicity(None, "MODERATE", None) * rarity(0.005)
+    v_rare = variant_pathogenicity(None, "MODERATE", None) * rarity(1e-5)
+    score = {}
+    for caps in ({}, {"dominant_max_af": 1e-3, "recessive_max_af": 2e-2}):
+        P = Prioritizer(kb, {"phenotype_ic": 0, "knowledge": 0, "druggability": 0, "variant": {"weight": 1.0, **caps}})
+        V = next(sc for sc in P.scorers if sc.name == "variant")
+        q, _ = P.query(variants=_variants(rows))
+        c = V.score(q)
+        score[bool(caps)] = {g: c.scores[q.gene_pos[g]] for g in ("G1", "G2", "G3", "G4", "NOVEL1")}
+    assert score[False] == pytest.approx({"G1": v, "G2": v, "G3": v, "G4": 0.5 * v, "NOVEL1": 0.7 * v})
+    assert score[True] == pytest.approx({"G1": 0.0, "G2": v, "G3": 0.2 * v, "G4": 0.5 * v, "NOVEL1": 0.7 * v})
+    assert v < v_rare
 
 
 def test_rank_table_schema_and_combination(tiny):
