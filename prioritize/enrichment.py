@@ -151,16 +151,19 @@ def _parents_fn(ontology: Any) -> tuple[Callable[[str], Iterable[str]], Callable
                 return None
 
         return par_h, cur_h
-    terms = ontology.terms if hasattr(ontology, "terms") else ontology
+    # an object with term(id) (PhenotypeMapper: the packaged hp.obo, hpo3's release for a newer id) looks ids up
+    # through it, so a term newer than the packaged file still has its parents
+    lookup = ontology.term if callable(getattr(ontology, "term", None)) else \
+        (ontology.terms if hasattr(ontology, "terms") else ontology).get
 
     def par(t: str) -> list[str]:
-        x = terms.get(t)
+        x = lookup(t)
         if x is None:
             return []
         return list(getattr(x, "parents", x))
 
     def cur(t: str) -> str | None:
-        x = terms.get(t)
+        x = lookup(t)
         if x is None:
             return None
         if getattr(x, "obsolete", False):

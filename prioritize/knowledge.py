@@ -451,8 +451,9 @@ class KnowledgeBase:
         :func:`raretarget.query.spec.resolve_terms`)."""
         from raretarget.vocab.hpo import HpoTerm
 
-        if hpo_id in self.term_index:
-            return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id))
+        i = self.term_index.get(hpo_id)
+        if i is not None:
+            return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id), parents=tuple(self.term_ids[p] for p in self.parents[i]))
         if hpo_id in self.replaced_by:
             return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id), True, self.replaced_by[hpo_id])
         return None

@@ -271,3 +271,17 @@ def test_empty_case_list(cohort):
     t = cohort_evidence(eng.sql, [])
     assert t.num_rows == 0 and t.schema == COHORT_SCHEMA
     assert cohort_scores(t) == {}
+
+
+def test_a_stored_term_newer_than_the_packaged_obo_has_its_ancestors():
+    """HP:0020301 (Abnormal elbow physiology) is not in the packaged hp.obo (2025-01-16) but in hpo3's release: a
+    patient who has it is covered by a query for its parent HP:0009811 (Abnormality of the elbow); before, the term
+    had no parents and matched only itself."""
+    from raretarget.ingest.phenotypes import PhenotypeMapper
+
+    mapper = PhenotypeMapper()
+    assert "HP:0020301" not in mapper.terms
+    con = duckdb.connect()
+    con.execute("CREATE TABLE conditions AS SELECT * FROM (VALUES ('P1', 'HP:0020301'), ('P2', 'HP:0001250')) "
+                "t(patient_id, hpo_id)")
+    assert phenotype_coverage(con, ["HP:0009811"], mapper) == {"P1": 1.0, "P2": 0.0}

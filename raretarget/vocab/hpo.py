@@ -20,12 +20,13 @@ _HP_ID = re.compile(r"HP:(\d{7})")
 
 class HpoTerm(NamedTuple):
     """What an id lookup gives (:meth:`raretarget.prioritize.knowledge.KnowledgeBase.term`, :func:`release_term`):
-    the id, its label, whether it is obsolete and the id that replaces it (None: none)."""
+    the id, its label, whether it is obsolete, the id that replaces it (None: none) and its parents' ids."""
 
     id: str
     name: str
     obsolete: bool = False
     replaced_by: str | None = None
+    parents: tuple[str, ...] = ()
 
 
 def ontology():
@@ -49,4 +50,4 @@ def release_term(hpo_id: str) -> HpoTerm | None:
         t = ontology().hpo(int(m.group(1)))
     except (KeyError, IndexError, ValueError):
         return None
-    return HpoTerm(t.id, t.name, bool(t.is_obsolete), t.replaced_by or None)
+    return HpoTerm(t.id, t.name, bool(t.is_obsolete), t.replaced_by or None, tuple(p.id for p in t.parents))
