@@ -465,19 +465,24 @@ def test_scout_vep104_predictions_real():
     assert r["spliceai"] == pytest.approx(0.04)
 
 
-def test_read_variants_bcf_equals_text_for_each_sample(tmp_path):
-    """A BCF goes through the ingest loop restricted to the chosen genotype column: per sample, the same rows as
-    the text reader of the same file."""
+def _to_bcf(src: Path, bcf: Path) -> Path:
+    """The same records written as BCF by htslib (cyvcf2)."""
     import cyvcf2
 
-    src = DATA / "vep_multi.vcf"
-    bcf = tmp_path / "vep_multi.bcf"
     r = cyvcf2.VCF(str(src))
     w = cyvcf2.Writer(str(bcf), r, mode="wb")
     for v in r:
         w.write_record(v)
     w.close()
     r.close()
+    return bcf
+
+
+def test_read_variants_bcf_equals_text_for_each_sample(tmp_path):
+    """A BCF goes through the ingest loop restricted to the chosen genotype column: per sample, the same rows as
+    the text reader of the same file."""
+    src = DATA / "vep_multi.vcf"
+    bcf = _to_bcf(src, tmp_path / "vep_multi.bcf")
     for si in range(3):
         try:
             want = sorted(_key(x) for x in V.read_variants(src, sample=si, require_gene=False)[0].to_pylist())
@@ -566,16 +571,7 @@ def test_max_af_drops_exactly_the_common_alleles(tmp_path):
     assert pg.ignored["vcf_common_allele"] == full.num_rows - len(want) == 3
     assert pg.codes() == pf.codes() == {"vcf_bad_annotation": 1}
     # a BCF goes through the ingest loop (no early test): the same rows, dropped on the picked AF
-    import cyvcf2
-
-    bcf = tmp_path / "af.bcf"
-    r = cyvcf2.VCF(str(p))
-    w = cyvcf2.Writer(str(bcf), r, mode="wb")
-    for v in r:
-        w.write_record(v)
-    w.close()
-    r.close()
-    gb, pb = V.read_variants(bcf, max_af=0.05)
+    gb, pb = V.read_variants(_to_bcf(p, tmp_path / "af.bcf"), max_af=0.05)
     assert sorted(_key(x) for x in gb.to_pylist()) == sorted(_key(x) for x in want)
     assert pb.ignored["vcf_common_allele"] == 3
     # nothing but common alleles: a clear error, no empty table
