@@ -88,6 +88,7 @@ class PhenotypeMapper:
         self.by_snomed: dict[str, list[str]] = {}
         self.by_umls: dict[str, list[str]] = {}
         self.by_label: dict[str, str] = {}
+        self._newer: dict[str, object] = {}     # ids the packaged file lacks → hpo3's term (or None), see term()
         for t in self.terms.values():
             if t.obsolete:
                 continue
@@ -104,12 +105,11 @@ class PhenotypeMapper:
         both have ``id``, ``name``, ``obsolete``, ``replaced_by``), None when neither release has it."""
         t = self.terms.get(hpo_id)
         if t is None:
-            newer = self.__dict__.setdefault("_newer", {})
-            if hpo_id not in newer:
+            if hpo_id not in self._newer:
                 from raretarget.vocab.hpo import release_term
 
-                newer[hpo_id] = release_term(hpo_id)
-            t = newer[hpo_id]
+                self._newer[hpo_id] = release_term(hpo_id)
+            t = self._newer[hpo_id]
         return t
 
     def current(self, hpo_id: str) -> str | None:

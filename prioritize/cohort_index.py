@@ -36,6 +36,7 @@ The index is only valid for the store version and ontology it was built from: th
 from __future__ import annotations
 
 import json
+import types
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -149,7 +150,8 @@ class CohortIndex:
         qual = run(f"SELECT v.patient_id, v.gene, v.source_ref FROM variants v WHERE {where}", None)
         seq = run("SELECT DISTINCT patient_id FROM variants WHERE patient_id IS NOT NULL", None)
         lst = run("SELECT patient_id, count(*) AS n FROM patients GROUP BY patient_id", None)
-        if callable(ontology) and not hasattr(ontology, "terms"):
+        # a function / method is the lazy form (a pyhpo Ontology is callable too, but is the ontology itself)
+        if isinstance(ontology, (types.FunctionType, types.MethodType)):
             ontology = ontology() if cond.num_rows or qual.num_rows or seq.num_rows or lst.num_rows else None
 
         n_rows = int(pc.sum(lst.column("n")).as_py() or 0)

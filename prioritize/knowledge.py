@@ -453,7 +453,8 @@ class KnowledgeBase:
 
         i = self.term_index.get(hpo_id)
         if i is not None:
-            return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id), parents=tuple(self.term_ids[p] for p in self.parents[i]))
+            return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id),
+                           parents=tuple(self.term_ids[p] for p in self.parents[i]))
         if hpo_id in self.replaced_by:
             return HpoTerm(hpo_id, self.names.get(hpo_id, hpo_id), True, self.replaced_by[hpo_id])
         return None

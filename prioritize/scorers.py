@@ -697,7 +697,8 @@ class Variant(Scorer):
                                                    np.ndarray]:
         """Per row of a variant table: allele score ``v = pathogenicity × rarity`` ``[n]``, homozygous /
         hemizygous ``[n]`` bool, ClinVar P/LP ``[n]`` bool, gene code ``[n]`` (−1: no gene), the genes the
-        codes name (an Arrow string array) and the population AF ``[n]`` (NaN: unknown). Each distinct annotation (ClinVar, impact, consequence, REVEL, CADD,
+        codes name (an Arrow string array) and the population AF ``[n]`` (NaN: unknown). Each distinct
+        annotation (ClinVar, impact, consequence, REVEL, CADD,
         SpliceAI) is scored once by the scalar rule (:func:`variant_pathogenicity`): an exome has ~22k rows but a
         few hundred distinct annotations; AF by :func:`rarity` over the array."""
         n = t.num_rows

@@ -558,8 +558,8 @@ def test_max_af_drops_exactly_the_common_alleles(tmp_path):
     ]
     body = [f"15\t{48700000 + 10 * i}\t.\tC\tT\t50\tPASS\tCSQ={c}\tGT\t0/1" for i, c in enumerate(rows)]
     # a multi-allelic record: the common allele goes, the rare one stays (decided on the picked entries)
-    body.append("15\t48700100\t.\tC\tT,G\t50\tPASS\tCSQ=" + ",".join([entry("0.3", **mis), entry("2e-05", allele="G", **mis)])
-                + "\tGT\t1/2")
+    multi = ",".join([entry("0.3", **mis), entry("2e-05", allele="G", **mis)])
+    body.append(f"15\t48700100\t.\tC\tT,G\t50\tPASS\tCSQ={multi}\tGT\t1/2")
     p = _wide_vcf(tmp_path / "af.vcf", body, fmt)
     full, pf = V.read_variants(p)
     got, pg = V.read_variants(p, max_af=0.05)

@@ -622,7 +622,8 @@ def cmd_rank(args) -> int:
         notes = json.loads(rows[0]["evidence"]).get("query_notes", {})
     skipped = [k for k, v in notes.items() if isinstance(v, str) and "unknown HPO" in v]
     obsolete = [k for k, v in notes.items() if isinstance(v, str) and v.startswith("obsolete")]
-    replaced = [f"{k}→{v.split()[-1]}" for k, v in notes.items() if isinstance(v, str) and v.startswith("replaced_by")]
+    replaced = [f"{k}→{v.split()[-1]}" for k, v in notes.items()
+                if isinstance(v, str) and v.startswith("replaced_by")]
     n_rej = sum(r.get("verdict") == "rejected" for r in rows)
     con.print(f"[bold]{len(rows) - n_rej}[/bold] gene(s) ranked in {dt:.1f}s; evidence used: "
               + (", ".join(present) or "none")
