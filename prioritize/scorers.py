@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raretarget.vocab.variants import IMPACT_TERMS, impact_of, is_plp, normalize_clinvar  # noqa: F401
+from raretarget.vocab.variants import (IMPACT_TERMS, consequence_impact, consequence_term, impact_of,  # noqa: F401
+                                       is_plp, normalize_clinvar)
 from raretarget.vocab.variants import COMMON_AF, RARE_AF
 
 from .knowledge import KnowledgeBase
@@ -529,6 +530,19 @@ CLINVAR_SCORE = {"pathogenic": 1.0, "pathogenic/likely_pathogenic": 0.95, "likel
 #: per allele before ClinVar; ``UNKNOWN``: no consequence at all (a VCF without CSQ/ANN, genes by position), scored
 #: between LOW and MODERATE so such a variant neither vanishes nor passes for a protein-altering one
 IMPACT_SCORE = {"HIGH": 0.9, "MODERATE": 0.6, "UNKNOWN": 0.3, "LOW": 0.15, "MODIFIER": 0.05}
+#: consequences whose default departs from their impact class's, as Exomiser scores them without a prediction
+#: (``VariantEffectPathogenicityScore``: frameshift / nonsense / splice donor-acceptor 1.0, in-frame indel 0.85,
+#: splice region 0.8, missense 0.6, synonymous 0.1). Exomiser's 1.0 for a loss of function is this module's HIGH
+#: 0.9 (the scale the variant weights were fitted on); the in-frame and splice-region values are taken as Exomiser
+#: ships them, so they rank between a missense and a loss of function as there. VEP ≥ 105 splits the splice region
+#: into donor 5th-base / donor-region terms (the same positions Exomiser's splice region covers); the
+#: polypyrimidine-tract term reaches 17 bases into the intron and keeps its class default (Exomiser: intronic).
+CONSEQUENCE_SCORE = {"inframe_insertion": 0.85, "inframe_deletion": 0.85, "splice_region_variant": 0.8,
+                     "splice_donor_5th_base_variant": 0.8, "splice_donor_region_variant": 0.8,
+                     "synonymous_variant": 0.1}
+#: the splice-region terms: a SpliceAI score, when the VCF carries one, replaces their default (a prediction
+#: beats a positional guess, as REVEL replaces a missense's default)
+_SPLICE_REGION = frozenset({"splice_region_variant", "splice_donor_5th_base_variant", "splice_donor_region_variant"})
 # SO consequence → impact and ClinVar spelling: the one vocabulary (raretarget.vocab.variants); these names stay
 # importable from here
 HIGH_CSQ = IMPACT_TERMS["HIGH"]
@@ -566,20 +580,28 @@ def variant_pathogenicity(clinvar: str | None, impact: str | None, consequence: 
                           spliceai: float | None = None) -> float:
     """Pathogenicity of one allele in [0, 1]: ClinVar P/LP → max(ClinVar, impact); benign/likely benign →
     the ClinVar value (≤ 0.05); otherwise (VUS, conflicting, absent) the consequence impact
-    (HIGH 0.9, MODERATE 0.6, UNKNOWN 0.3 when neither impact nor consequence is given, LOW 0.15, MODIFIER 0.05) × 0.8, or 0.5 for conflicting when higher.
+    (HIGH 0.9, MODERATE 0.6, UNKNOWN 0.3 when neither impact nor consequence is given, LOW 0.15, MODIFIER 0.05;
+    the most severe consequence term's :data:`CONSEQUENCE_SCORE` where Exomiser departs from its class: in-frame
+    indel 0.85, splice region 0.8, synonymous 0.1) × 0.8, or 0.5 for conflicting when higher.
 
     In-silico predictions, when the VCF's CSQ carries them (Exomiser's rule): for a MODERATE (missense-class)
     allele :func:`predicted_pathogenicity` (REVEL, else scaled CADD) replaces the impact's 0.6, so a variant
     predicted benign scores low and one predicted damaging as high as a loss of function; a SpliceAI delta score
     raises any allele that is not HIGH to at least that score (a cryptic splice variant looks LOW or MODIFIER
-    by consequence)."""
+    by consequence); for a splice-region allele it replaces the 0.8 default (SpliceAI 0.02 → the LOW class's
+    0.15)."""
     imp_class = impact_of(impact, consequence)
     imp = IMPACT_SCORE[imp_class]
+    top = consequence_term(consequence)
+    if top is not None and consequence_impact(top) == imp_class:    # an explicit IMPACT that disagrees wins
+        imp = CONSEQUENCE_SCORE.get(top, imp)
     if imp_class == "MODERATE":
         pred = predicted_pathogenicity(revel, cadd_phred)
         if pred is not None:
             imp = pred
     if spliceai is not None and spliceai == spliceai and imp_class != "HIGH":
+        if top in _SPLICE_REGION:
+            imp = IMPACT_SCORE[imp_class]
         imp = max(imp, min(float(spliceai), 1.0))
     c = clinvar_score(clinvar)
     if c is not None and c >= 0.9:

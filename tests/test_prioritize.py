@@ -540,3 +540,46 @@ def test_predictions_reorder_the_variant_column(tiny):
     assert s[genes[1]] > s[genes[0]] > 0
     s0 = scores([{k: v for k, v in r.items() if k != "revel"} for r in rows])
     assert s0[genes[0]] == s0[genes[1]]
+
+
+def test_consequence_defaults_follow_exomiser():
+    """Without a prediction a consequence scores as Exomiser's VariantEffectPathogenicityScore orders it (issue 16):
+    loss of function > in-frame indel > splice region > missense > LOW class > synonymous. The most severe term of
+    an ``&``-joined consequence decides; an explicit IMPACT that disagrees with it keeps its class's default; a
+    SpliceAI score replaces a splice-region allele's default (low → the LOW class, high → lifted)."""
+    from raretarget.prioritize.scorers import variant_pathogenicity as vp
+    from raretarget.vocab.variants import consequence_term
+
+    assert consequence_term("intron_variant&splice_region_variant") == "splice_region_variant"
+    assert consequence_term("conservative_inframe_deletion") == "inframe_deletion"          # snpEff alias
+    assert consequence_term("made_up_term") is None and consequence_term(None) is None
+    lof, indel = vp(None, "HIGH", "stop_gained"), vp(None, "MODERATE", "inframe_deletion")
+    region = vp(None, "LOW", "splice_region_variant&intron_variant")
+    mis, low = vp(None, "MODERATE", "missense_variant"), vp(None, "LOW", "stop_retained_variant")
+    syn = vp(None, "LOW", "synonymous_variant")
+    assert lof > indel > region > mis > low > syn > 0
+    assert region == pytest.approx(0.8 * 0.8) and indel == pytest.approx(0.85 * 0.8)
+    assert vp(None, None, "missense_variant&splice_region_variant") == pytest.approx(mis)   # missense is more severe
+    assert vp(None, None, "splice_donor_5th_base_variant&intron_variant") == pytest.approx(region)   # VEP ≥ 105
+    assert vp(None, "MODERATE", "splice_region_variant") == pytest.approx(mis)          # the given IMPACT wins
+    assert vp(None, "LOW", "splice_region_variant", spliceai=0.02) == pytest.approx(vp(None, "LOW", None))
+    assert vp(None, "LOW", "splice_region_variant", spliceai=0.95) > region
+
+
+def test_splice_region_allele_outranks_a_missense_in_the_variant_column(tiny):
+    """Through the table path (distinct annotations scored once): in the same gene, a rare splice-region allele
+    scores above a rare missense, and a rare synonymous one below both."""
+    from raretarget.prioritize import Prioritizer
+
+    P = Prioritizer(tiny, {"variant": 1.0}, defaults=False)
+    gene = tiny.genes[0]
+
+    def score(consequence, impact):
+        rows = [{"gene": gene, "consequence": consequence, "impact": impact, "zygosity": "het", "af": 1e-5},
+                {"gene": tiny.genes[1], "consequence": "missense_variant", "impact": "MODERATE", "zygosity": "het",
+                 "af": 0.2}]
+        t = P.rank([], [], variants=pa.Table.from_pylist(rows))
+        return dict(zip(t.column("gene").to_pylist(), t.column("variant").to_pylist()))[gene]
+
+    region, mis = score("splice_region_variant&intron_variant", "LOW"), score("missense_variant", "MODERATE")
+    assert region > mis > score("synonymous_variant", "LOW") > 0

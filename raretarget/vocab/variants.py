@@ -97,6 +97,18 @@ def consequence_impact(term: str | None) -> str | None:
     return TERM_IMPACT.get(canonical_term(term.strip()))
 
 
+def consequence_term(consequence: str | None) -> str | None:
+    """The most severe known Ensembl term of an ``&``-joined consequence (aliases mapped); ``None`` when none of its
+    terms is known (or it is empty)."""
+    best = None
+    for c in (consequence or "").split("&"):
+        t = canonical_term(c.strip())
+        r = SEVERITY.get(t)
+        if r is not None and (best is None or r < best[0]):
+            best = (r, t)
+    return best[1] if best else None
+
+
 #: impact → every consequence name (Ensembl terms and aliases) with that impact
 IMPACT_TERMS: dict[str, frozenset[str]] = {
     imp: frozenset(t for t in list(TERM_IMPACT) + list(TERM_ALIASES) if consequence_impact(t) == imp)
