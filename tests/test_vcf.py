@@ -527,6 +527,36 @@ def test_wide_vep_entries_the_picked_entry_gives_its_late_fields(tmp_path):
     assert pr.codes() == {"vcf_bad_annotation": 1}
 
 
+def test_vep_entries_of_unequal_width_in_one_record(tmp_path):
+    """One alt allele, entries of different widths in one record: an entry shorter than the header is read (its
+    missing late fields are empty) and the most severe entry still wins; an entry wider than the header is a
+    misaligned annotation even when a shorter entry in the same record makes the record's total field count right."""
+    fmt = ["Allele", "Consequence", "IMPACT", "SYMBOL", "HGVSc", "HGVSp", "CANONICAL", "gnomADe_AF", "REVEL_score"]
+
+    def entry(**kw) -> str:
+        return "|".join(kw.get(k, "") for k in fmt)
+
+    intron = entry(Allele="T", Consequence="intron_variant", IMPACT="MODIFIER", SYMBOL="FBN1", gnomADe_AF="0.2")
+    missense = entry(Allele="T", Consequence="missense_variant", IMPACT="MODERATE", SYMBOL="FBN1",
+                     HGVSp="p.(Cys1117Tyr)", gnomADe_AF="1e-05", REVEL_score="0.9")
+    short = missense.rsplit("|", 1)[0]                    # no REVEL field at all
+    head = ["##fileformat=VCFv4.2", "##contig=<ID=15>",
+            '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+            '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. Format: '
+            + "|".join(fmt) + '">', "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1"]
+    body = [f"15\t48700000\t.\tC\tT\t50\tPASS\tCSQ={intron},{short}\tGT\t0/1",
+            f"15\t48700100\t.\tC\tT\t50\tPASS\tCSQ={intron}|extra,{short}\tGT\t0/1"]
+    p = tmp_path / "uneven.vcf"
+    p.write_text("\n".join(head + body) + "\n")
+    for mx in (None, 0.05):
+        t, pr = V.read_variants(p, max_af=mx)
+        [r] = t.to_pylist()
+        assert (r["pos"], r["consequence"], r["hgvsp"], r["revel"]) == (48700000, "missense_variant", "p.(Cys1117Tyr)",
+                                                                         None)
+        assert r["af"] == pytest.approx(1e-5)
+        assert pr.codes() == {"vcf_bad_annotation": 1}
+
+
 def _wide_vcf(path: Path, body: list[str], fmt: list[str], extra_head: tuple[str, ...] = ()) -> Path:
     head = ["##fileformat=VCFv4.2", "##contig=<ID=15>", *extra_head,
             '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
