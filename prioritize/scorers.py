@@ -655,7 +655,8 @@ class Variant(Scorer):
     gene without any qualifying variant (s = 0) pay ``log_weight · log(floor)`` (−4.6 · log_weight at the default
     floor), so phenotype evidence alone rarely lifts a gene the VCF gives no reason for; ``known`` is 1 when the
     gene carries a ClinVar pathogenic / likely pathogenic allele and its genotype fits the inheritance
-    (fit score ≥ ``known_fit``; a lone carrier allele in a recessive gene does not); plus
+    (fit score ≥ ``known_fit``; a lone carrier allele in a recessive gene does not; a compound het that pairs a
+    P/LP allele with one that is not counts 0.5); plus
     ``unannotated_weight · s`` for genes without HPO annotations (where the variant is all the evidence there is).
     """
 
@@ -802,9 +803,17 @@ class Variant(Scorer):
             fit = np.where(bits == 0, self.unknown_mode * v1, fit)
             pos = pc.fill_null(pc.index_in(genes, value_set=q.gene_array()), -1).to_numpy(
                 zero_copy_only=False).astype(np.int64)
+            # a gene whose fit is the compound-het rule counts as known by the share of ClinVar P/LP among the two
+            # alleles it pairs: P/LP + a rare VUS is half known (a carrier's P/LP allele and an unrelated rare
+            # missense in the same gene are common in an exome; the VUS is uncertain), both P/LP fully
+            plp_r = plp_row[order_rec]
+            plp2 = plp_r[starts].astype(float) + np.where(ends - starts >= 2,
+                                                           plp_r[np.minimum(starts + 1, len(plp_r) - 1)], False)
+            comp = ((bits & 1) > 0) & (v2 > hom1) & (v2 >= fit)
+            share = np.where(comp, plp2 / 2.0, 1.0)
             m = pos >= 0
             s[pos[m]] = fit[m]
-            known[pos[m]] = (anyplp[m] & (fit[m] >= self.known_fit)).astype(float)
+            known[pos[m]] = (anyplp[m] & (fit[m] >= self.known_fit)) * share[m]
             span = dict(zip(pos[m].tolist(), zip(starts[m].tolist(), ends[m].tolist())))
         shown = t.select([c for c in _EVIDENCE_FIELDS if c in t.column_names])
 

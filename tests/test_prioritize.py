@@ -205,6 +205,34 @@ def test_variant_zygosity_vs_inheritance(tiny):
     assert ev["variants"][0]["clinvar"] == "pathogenic" and ev["fit"] == "AD"
 
 
+def test_known_share_of_a_compound_het(tiny):
+    """``known`` (the ClinVar P/LP bonus) follows the genotype that explains the gene: in a recessive gene a P/LP
+    allele paired with a rare VUS is half known (a carrier's P/LP allele and an unrelated rare missense in one gene
+    are common in an exome), two P/LP alleles or a homozygous one fully, a lone carrier allele not at all; in a
+    dominant gene the P/LP allele alone explains it."""
+    P = Prioritizer(tiny, {"phenotype_ic": 0, "knowledge": 0, "druggability": 0,
+                           "variant": {"weight": 1.0, "clinvar_weight": 4.0}})
+    V = next(sc for sc in P.scorers if sc.name == "variant")
+    plp = {"clinvar": "pathogenic", "impact": "HIGH", "consequence": "stop_gained", "af": 1e-5, "zygosity": "het"}
+    vus = {"clinvar": "uncertain_significance", "impact": "MODERATE", "consequence": "missense_variant", "af": 1e-5,
+           "zygosity": "het"}
+
+    def known(gene: str, *alleles) -> tuple[float, float]:
+        q, _ = P.query(variants=_variants([{**a, "gene": gene} for a in alleles]))
+        c = V.score(q)
+        i = q.gene_pos[gene]
+        return c.features["known"][i], c.logit[i]
+
+    assert tiny.inheritance["G1"] == {"AR"} and tiny.inheritance["G2"] == {"AD"}
+    half, z_half = known("G1", plp, vus)
+    full, z_full = known("G1", plp, plp)
+    assert half == 0.5 and full == 1.0 and z_full > z_half
+    assert known("G1", {**plp, "zygosity": "hom_alt"})[0] == 1.0
+    assert known("G1", plp)[0] == 0.0                                   # one carrier allele
+    assert known("G1", vus, vus)[0] == 0.0
+    assert known("G2", plp, vus)[0] == 1.0                              # dominant: the P/LP allele explains it
+
+
 @pytest.mark.parametrize("caps", [{}, {"dominant_max_af": 1e-3, "recessive_max_af": 2e-2}])
 def test_variant_column_is_the_per_allele_rule_fitted_per_gene(tiny, caps):
     """The variant scorer works over whole columns; every gene's score must still be the documented per-allele
@@ -240,7 +268,15 @@ def test_variant_column_is_the_per_allele_rule_fitted_per_gene(tiny, caps):
         i = q.gene_pos[g]
         assert comp.scores[i] == pytest.approx(want, abs=1e-12), g
         plp = any(c in ("pathogenic", "Likely_pathogenic") for _, _, c, _ in al)
-        assert comp.features["known"][i] == float(plp and want >= V.known_fit), g
+        share = 1.0
+        if mode == "AR":         # the compound-het rule gave the fit: the share of P/LP among the two alleles it pairs
+            cap = lambda a, c: 0.0 if c is not None and a[3] is not None and a[3] == a[3] and a[3] > c else a[0]  # noqa: E731
+            loose = sorted(al, key=lambda a: -cap(a, V.recessive_max_af))
+            homs = [cap(a, V.dominant_max_af) for a in al if a[1] in ("hom_alt", "hemi")]
+            v2 = cap(loose[1], V.recessive_max_af) if len(loose) >= 2 else 0.0
+            if v2 > max(homs, default=0.0) and v2 >= want:
+                share = sum(a[2] in ("pathogenic", "Likely_pathogenic") for a in loose[:2]) / 2
+        assert comp.features["known"][i] == float(plp and want >= V.known_fit) * share, g
         ev = comp.evidence(i)
         assert ev["fit"] == mode and len(ev["variants"]) == min(5, len(al))
         assert [x["allele_score"] for x in ev["variants"]] == sorted((round(v, 3) for v, *_ in al), reverse=True)[:5]
