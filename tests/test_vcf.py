@@ -511,15 +511,9 @@ def test_wide_vep_entries_the_picked_entry_gives_its_late_fields(tmp_path):
     missense = entry(Allele="T", Consequence="missense_variant", IMPACT="MODERATE", SYMBOL="FBN1",
                      HGVSp="p.(Cys1117Tyr)", CANONICAL="YES", gnomADe_AF="1e-05", CLIN_SIG="likely_pathogenic",
                      REVEL_score="0.93")
-    head = ["##fileformat=VCFv4.2", "##contig=<ID=15>",
-            '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
-            '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. Format: '
-            + "|".join(fmt) + '">', "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1"]
     body = [f"15\t48700000\t.\tC\tT\t50\tPASS\tCSQ={intron},{missense},{intron}\tGT\t0/1",
             f"15\t48700100\t.\tC\tT\t50\tPASS\tCSQ={intron}|extra\tGT\t0/1"]
-    p = tmp_path / "wide.vcf"
-    p.write_text("\n".join(head + body) + "\n")
-    t, pr = V.read_variants(p)
+    t, pr = V.read_variants(_wide_vcf(tmp_path / "wide.vcf", body, fmt))
     [r] = t.to_pylist()
     assert (r["gene"], r["consequence"], r["impact"], r["hgvsp"]) == ("FBN1", "missense_variant", "MODERATE",
                                                                        "p.(Cys1117Tyr)")
@@ -540,14 +534,9 @@ def test_vep_entries_of_unequal_width_in_one_record(tmp_path):
     missense = entry(Allele="T", Consequence="missense_variant", IMPACT="MODERATE", SYMBOL="FBN1",
                      HGVSp="p.(Cys1117Tyr)", gnomADe_AF="1e-05", REVEL_score="0.9")
     short = missense.rsplit("|", 1)[0]                    # no REVEL field at all
-    head = ["##fileformat=VCFv4.2", "##contig=<ID=15>",
-            '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
-            '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. Format: '
-            + "|".join(fmt) + '">', "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1"]
     body = [f"15\t48700000\t.\tC\tT\t50\tPASS\tCSQ={intron},{short}\tGT\t0/1",
             f"15\t48700100\t.\tC\tT\t50\tPASS\tCSQ={intron}|extra,{short}\tGT\t0/1"]
-    p = tmp_path / "uneven.vcf"
-    p.write_text("\n".join(head + body) + "\n")
+    p = _wide_vcf(tmp_path / "uneven.vcf", body, fmt)
     for mx in (None, 0.05):
         t, pr = V.read_variants(p, max_af=mx)
         [r] = t.to_pylist()
