@@ -668,32 +668,7 @@ class _Reader:
         best_sym: list = [None] * nalt      # most severe entry with a gene symbol
         nfmt = len(fmt)
         crank = _cons_rank
-        entries = text.split(",")
-        if vep and nalt == 1 and inum is None:
-            # the common VEP case, one alt allele: every entry is its (no allele look-up); the same choice and the
-            # same checks as the loop below, with the fields it may index all present (an entry as wide as the
-            # header, or it is misaligned)
-            b = bs = None
-            wide = nfmt - 1
-            for entry in entries:
-                if entry.count("|") != wide:
-                    break
-                f = entry.split("|", sel)
-                cons = f[ic] if ic is not None else ""
-                rt = crank.get(cons)
-                if rt is None:
-                    rt = _consequence_rank(cons)
-                if rt[0] >= _UNRANKED or (ii is not None and f[ii] not in _IMPACTS):
-                    raise _BadAnnotation()
-                key = (rt[0], imane is None or f[imane] == "", ican is None or f[ican] != "YES")
-                if b is None or key < b[0]:
-                    b = (key, entry, rt[1])
-                if isy is not None and f[isy] and (bs is None or key < bs[0]):
-                    bs = (key, entry, rt[1])
-            else:
-                best[0], best_sym[0] = b, bs
-                entries = ()
-        for entry in entries:
+        for entry in text.split(","):
             nf = entry.count("|") + 1
             if vep and nf > nfmt:                       # more fields than the header names: misaligned
                 raise _BadAnnotation()
