@@ -1,8 +1,8 @@
 """Time ``Engine.rank_targets(phenotypes=, excluded=, vcf=path, k=None)`` on exome-sized VEP VCFs (issue 16 goal:
 ≤ 500 ms per case including reading a 25k-record VCF; first call < 5 s).
 
-VCFs: ``scripts/bench_phenopackets.py``'s simulated exome background (~22,760 records since 2026-12-01, sourced parameters) plus
-the case's causal gene as a rare missense, written with its ``write_vcf`` (VEP CSQ, GRCh38 contig names). Cases
+VCFs: ``scripts/bench_phenopackets.py``'s simulated exome background (~22,760 records since 2026-12-01, sourced
+parameters) plus the case's causal gene as a rare missense, written with its ``write_vcf`` (VEP CSQ, GRCh38 contig names). Cases
 (observed/excluded HPO terms, causal gene): the first ``--cases`` rows of ``cases_dev.tsv.gz`` in
 ``../shared/data/phenopackets``. The VCFs are written before any timing. Reported:
 

@@ -117,7 +117,8 @@ def subsample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
 def impact_from_hgvs(hgvsc: str | None, hgvsp: str | None) -> tuple[str, str]:
     """The consequence VEP would give, read off the HGVS: ``fs`` frameshift, ``=`` synonymous, ``Ter`` / ``*`` stop
     gained, intronic offset ±1–2 splice donor / acceptor, ±3–8 splice region, −9…−17 polypyrimidine tract (VEP ≥ 105),
-    deeper intronic; UTR (``c.*`` / ``c.-``); ``Met1`` start lost, in-frame indels, missense. Only the first position of a range is read."""
+    deeper intronic; UTR (``c.*`` / ``c.-``); ``Met1`` start lost, in-frame indels, missense. Only the first
+    position of a range is read."""
     c, p = hgvsc or "", hgvsp or ""
     if "fs" in p:
         return "frameshift_variant", "HIGH"
@@ -298,7 +299,8 @@ def time_rank_targets(rows: list[dict], seed: int, pool, ar_genes, tmp: Path) ->
             first = time.time() - t0
         hits += int(t.column("gene")[0].as_py() in r["truth"])
     return {"n": len(rows), "first_call_seconds": first, "seconds_per_case_after_first": float(np.mean(times[1:]))
-            if len(times) > 1 else None, "records_per_vcf": float(np.mean(n_rec)) if n_rec else None, "top1_via_engine": hits / max(len(rows), 1)}
+            if len(times) > 1 else None, "records_per_vcf": float(np.mean(n_rec)) if n_rec else None,
+            "top1_via_engine": hits / max(len(rows), 1)}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
